@@ -1,0 +1,48 @@
+"""Sources: where trees come from. A directory, an archive, or a gen_init_cpio list.
+
+:func:`load_source` tells them apart by what the path is and what the file starts with, so a
+user can mix them on one command line; later sources override earlier ones.
+"""
+from __future__ import annotations
+
+import os
+
+from imgkit.errors import InputError
+from imgkit.tree import Tree
+
+from .archive import read_archive
+from .directory import read_directory
+from .initramfs_list import looks_like_list, read_initramfs_list
+
+__all__ = ["load_source", "load_sources", "source_kind", "read_archive", "read_directory",
+           "read_initramfs_list"]
+
+
+def source_kind(path: str) -> str:
+    """``directory``, ``list`` or ``archive``."""
+    if os.path.isdir(path):
+        return "directory"
+    if not os.path.exists(path):
+        raise InputError(f"source {path!r} does not exist",
+                         hint="a source is a directory, an archive or a gen_init_cpio list file")
+    if looks_like_list(path):
+        return "list"
+    return "archive"
+
+
+def load_source(path: str, *, host_owners: bool = False, default_mtime: int = 0) -> Tree:
+    """Read one source into a new tree. ``SRC:/prefix`` is not parsed here (see CLI)."""
+    kind = source_kind(path)
+    if kind == "directory":
+        return read_directory(path, host_owners=host_owners)
+    if kind == "list":
+        return read_initramfs_list(path, default_mtime=default_mtime)
+    return read_archive(path)
+
+
+def load_sources(paths: list[str], *, host_owners: bool = False, default_mtime: int = 0) -> Tree:
+    """Overlay every source in order, later ones winning."""
+    tree = Tree(default_mtime=default_mtime)
+    for p in paths:
+        tree.overlay(load_source(p, host_owners=host_owners, default_mtime=default_mtime))
+    return tree

@@ -1,0 +1,91 @@
+"""A host directory as a source tree.
+
+Symlinks are never followed, so nothing outside the directory leaks in. Hard links are
+detected by ``(st_dev, st_ino)``. Owners: by default the invoking user's files become root's
+(as inside ``unshare -r``) and other owners are kept; ``host_owners=True`` keeps every owner
+as it is on disk.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from imgkit.errors import InputError
+from imgkit.tree import Entry, FileBlob, Kind, Tree
+
+
+def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
+                   prefix: str = "") -> Tree:
+    """Scan ``path`` into a new :class:`Tree`, its content placed under ``prefix``."""
+    if not os.path.isdir(path):
+        raise InputError(f"source directory {path!r} does not exist or is not a directory")
+    tree = Tree()
+    uid, gid = os.getuid(), os.getgid()
+    seen_inodes: dict[tuple[int, int], str] = {}
+
+    def owner(st: os.stat_result) -> tuple[int, int]:
+        if host_owners:
+            return st.st_uid, st.st_gid
+        return (0 if st.st_uid == uid else st.st_uid, 0 if st.st_gid == gid else st.st_gid)
+
+    def add(host: str, rel: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        kind = Kind.from_mode(mode)
+        u, g = owner(st)
+        fields = dict(path=rel, kind=kind, mode=stat.S_IMODE(mode), uid=u, gid=g,
+                      mtime=int(st.st_mtime), origin=host)
+        if kind is Kind.FILE:
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = seen_inodes.get(key)
+                if first is not None:
+                    tree.add(Entry(**{**fields, "kind": Kind.HARDLINK, "target": first}))
+                    return
+                seen_inodes[key] = rel
+            fields["data"] = FileBlob(host, st.st_size)
+        elif kind is Kind.SYMLINK:
+            fields["target"] = os.readlink(host)
+        elif kind in (Kind.CHAR, Kind.BLOCK):
+            fields["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        if xattrs and kind is not Kind.SYMLINK:
+            fields["xattrs"] = _read_xattrs(host)
+        tree.add(Entry(**fields))
+
+    root_st = os.lstat(path)
+    u, g = owner(root_st)
+    if prefix:
+        tree.add(Entry(prefix, Kind.DIR, mode=stat.S_IMODE(root_st.st_mode), uid=u, gid=g,
+                       mtime=int(root_st.st_mtime), origin=path))
+    else:
+        tree.with_root(mode=stat.S_IMODE(root_st.st_mode), uid=u, gid=g,
+                       mtime=int(root_st.st_mtime))
+
+    def walk(host_dir: str, rel_dir: str) -> None:
+        try:
+            with os.scandir(host_dir) as it:
+                items = sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            raise InputError(f"cannot read directory {host_dir!r}: {exc.strerror}") from exc
+        for item in items:
+            rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
+            st = item.stat(follow_symlinks=False)
+            add(item.path, rel, st)
+            if stat.S_ISDIR(st.st_mode):
+                walk(item.path, rel)
+
+    walk(path, prefix.strip("/"))
+    return tree
+
+
+def _read_xattrs(host: str) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(host, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for name in sorted(names):
+        try:
+            out.append((name, os.getxattr(host, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return tuple(out)

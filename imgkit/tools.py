@@ -1,0 +1,120 @@
+"""The one place that runs external programs.
+
+Every subprocess goes through :func:`run`: argv lists only (no shell), a clean environment,
+a log of what ran, and errors that name the command and the Debian package that provides a
+missing tool. Tests and library users may swap :data:`runner` for their own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import IO, Mapping, Sequence
+
+from .errors import ToolError
+
+log = logging.getLogger("imgkit.tools")
+
+#: Which Debian package ships each external tool, for the "install it" hint.
+PACKAGES: dict[str, str] = {
+    "mke2fs": "e2fsprogs", "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs", "dumpe2fs": "e2fsprogs",
+    "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
+    "syslinux": "syslinux", "mcopy": "mtools", "mdir": "mtools",
+    "sfdisk": "fdisk", "sgdisk": "gdisk", "fsck.vfat": "dosfstools", "mkfs.vfat": "dosfstools",
+    "cpio": "cpio", "bsdtar": "libarchive-tools", "xorriso": "xorriso", "objdump": "binutils",
+    "depmod": "kmod", "busybox": "busybox-static", "zstd": "zstd", "lz4": "lz4",
+    "apt-get": "apt", "dpkg": "dpkg", "dpkg-deb": "dpkg", "isoinfo": "genisoimage",
+}
+
+
+def which(tool: str) -> str:
+    """Absolute path of ``tool``, or a :class:`ToolError` saying which package to install.
+
+    Looks in ``PATH`` and in the sbin directories an unprivileged user's ``PATH`` often lacks.
+    """
+    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+    found = shutil.which(tool, path=path)
+    if found is None:
+        pkg = PACKAGES.get(tool)
+        raise ToolError(
+            f"required tool {tool!r} was not found in PATH",
+            hint=f"install it: apt-get install {pkg}" if pkg else "install it and retry",
+        )
+    return found
+
+
+def have(tool: str) -> bool:
+    """Whether ``tool`` can be found (for choosing the best available path)."""
+    try:
+        which(tool)
+        return True
+    except ToolError:
+        return False
+
+
+@dataclass
+class Runner:
+    """Runs commands; replace :data:`runner` to record or fake them."""
+
+    env: Mapping[str, str] | None = None
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        stdin: IO | int | None = None,
+        stdout: IO | int | None = None,
+        stderr: IO | int | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in argv]
+        argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
+        full_env = _clean_env()
+        full_env.update(self.env or {})
+        full_env.update(env or {})
+        log.debug("run: %s", shlex.join(argv))
+        capture_out = stdout is None
+        capture_err = stderr is None
+        try:
+            proc = subprocess.run(
+                argv, input=input, stdin=stdin if input is None else None,
+                stdout=subprocess.PIPE if capture_out else stdout,
+                stderr=subprocess.PIPE if capture_err else stderr,
+                cwd=cwd, env=full_env, timeout=timeout,
+            )
+        except FileNotFoundError as exc:
+            raise ToolError(f"cannot execute {argv[0]}: {exc.strerror}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"{shlex.join(argv)} did not finish within {timeout} s") from exc
+        if check and proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip() if capture_err and proc.stderr else ""
+            tail = "\n".join(err.splitlines()[-15:])
+            raise ToolError(
+                f"{os.path.basename(argv[0])} failed with exit status {proc.returncode}: "
+                f"{shlex.join(argv)}" + (f"\n{tail}" if tail else ""))
+        return proc
+
+
+def _clean_env() -> dict[str, str]:
+    """A predictable environment: C locale, the caller's PATH and HOME, nothing else."""
+    env = {"LC_ALL": "C", "LANG": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")
+           + ":/usr/local/sbin:/usr/sbin:/sbin"}
+    for key in ("HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "TERM"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+runner = Runner()
+
+
+def run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run ``argv`` through the current :data:`runner` (see :meth:`Runner.run`)."""
+    return runner.run(argv, **kwargs)
