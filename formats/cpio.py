@@ -8,6 +8,7 @@ what the kernel's unpacker expects).
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import BinaryIO, Iterator
 
@@ -46,11 +47,15 @@ class _Sink:
         self._out = out
         self._buf = bytearray()
         self.written = 0
-        try:
-            self._fd: int | None = out.fileno()
-            os.fstat(self._fd)
-        except (AttributeError, OSError, ValueError):
-            self._fd = None
+        # Only a plain file may be written to behind the object's back: a compressor's
+        # fileno() is that of the file it compresses into.
+        self._fd: int | None = None
+        if isinstance(out, (io.FileIO, io.BufferedWriter, io.BufferedRandom)) or getattr(
+                out, "passthrough", False):
+            try:
+                self._fd = out.fileno()
+            except (OSError, ValueError):
+                self._fd = None
 
     def write(self, data: bytes) -> None:
         self._buf += data

@@ -53,8 +53,12 @@ def _header(e: Entry, primary: Entry | None) -> "ffi.c_archive_entry_p":
 
 
 def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "pax_restricted",
-              include_root: bool = True) -> None:
-    """Write ``tree`` as a tar archive into ``out`` (left open)."""
+              include_root: bool = True) -> list[str]:
+    """Write ``tree`` as a tar archive into ``out`` (left open).
+
+    Returns the paths left out: tar has no way to store a socket (GNU tar skips them too).
+    """
+    skipped: list[str] = []
     tree.validate()
     tree = tree.with_canonical_hardlinks()
     filt = FILTERS[compress]
@@ -75,6 +79,9 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
             for e in tree:
                 if not e.path and not include_root:
                     continue
+                if e.kind is Kind.SOCKET:
+                    skipped.append(e.path)
+                    continue
                 primary = tree.get(e.target) if e.kind is Kind.HARDLINK and e.target else None
                 p = _header(e, primary)
                 try:
@@ -89,3 +96,4 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
     except libarchive.ArchiveError as exc:
         raise ImageError(f"tar writer failed: {exc}") from exc
     out.flush()
+    return skipped

@@ -38,6 +38,8 @@ def check_method(method: str) -> str:
 class _NoClose(io.RawIOBase):
     """Passes writes through and leaves the underlying file open on close."""
 
+    passthrough = True  # bytes written to fileno() land in the output unchanged
+
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
 

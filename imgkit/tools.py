@@ -102,6 +102,51 @@ class Runner:
         return proc
 
 
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: IO | int | None = subprocess.DEVNULL,
+        stdout: IO | int | None = None,
+        stderr: IO | int | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        new_session: bool = True,
+        kill_with_parent: bool = False,
+    ) -> subprocess.Popen:
+        """Start ``argv`` without waiting, for long-running programs read incrementally
+        (the QEMU runner). Same tool lookup and clean environment as :meth:`run`; by default
+        it gets its own session so the caller can kill its whole process group.
+        ``kill_with_parent`` has the kernel SIGKILL the child if this process dies first
+        (Linux ``PR_SET_PDEATHSIG``), so not even a SIGKILLed caller leaves it behind."""
+        argv = [str(a) for a in argv]
+        argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
+        full_env = _clean_env()
+        full_env.update(self.env or {})
+        full_env.update(env or {})
+        log.debug("spawn: %s", shlex.join(argv))
+        try:
+            return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
+                                    env=full_env, start_new_session=new_session,
+                                    preexec_fn=_die_with_parent_hook() if kill_with_parent else None)
+        except FileNotFoundError as exc:
+            raise ToolError(f"cannot execute {argv[0]}: {exc.strerror}") from exc
+
+
+def _die_with_parent_hook():
+    """A pre-exec hook asking for SIGKILL when the parent exits (``PR_SET_PDEATHSIG``).
+
+    libc is loaded here, in the parent: nothing may be imported between fork and exec."""
+    import ctypes
+    import signal
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    sig = int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(1, sig, 0, 0, 0)
+    return hook
+
+
 def _clean_env() -> dict[str, str]:
     """A predictable environment: C locale, the caller's PATH and HOME, nothing else."""
     env = {"LC_ALL": "C", "LANG": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")
@@ -118,3 +163,8 @@ runner = Runner()
 def run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
     """Run ``argv`` through the current :data:`runner` (see :meth:`Runner.run`)."""
     return runner.run(argv, **kwargs)
+
+
+def spawn(argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    """Start ``argv`` through the current :data:`runner` (see :meth:`Runner.spawn`)."""
+    return runner.spawn(argv, **kwargs)

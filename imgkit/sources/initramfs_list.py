@@ -35,19 +35,23 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def looks_like_list(path: str) -> bool:
-    """Whether ``path`` starts like a gen_init_cpio list (first real line is a keyword line)."""
+    """Whether ``path`` is a text file, which among our sources only a list can be.
+
+    Every archive format libarchive reads has binary headers (even ASCII cpio pads names with
+    NULs), so a text file is parsed as a list and a typo gets a line-numbered error.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
+            head = f.read(8192)
     except OSError:
         return False
-    if b"\0" in head:
+    if b"\0" in head or not head.strip():
         return False
-    for raw in head.decode("utf-8", "replace").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            return line.split()[0] in KEYWORDS
-    return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start > len(head) - 4  # a character cut by the 8 KiB boundary
+    return True
 
 
 def read_initramfs_list(path: str, *, default_mtime: int = 0,

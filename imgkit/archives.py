@@ -1,0 +1,41 @@
+"""Write a finished tree as an archive file (cpio initramfs or tar), atomically."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .atomic import atomic_open
+from .compress import check_method, compressed_writer
+from .formats.cpio import write_cpio
+from .formats.tar import write_tar
+from .tree import Tree
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    path: str
+    entries: int
+    data_bytes: int
+    archive_bytes: int
+    compress: str
+    skipped: tuple[str, ...] = ()
+
+
+def write_initramfs(tree: Tree, out_path: str, *, compress: str = "zstd",
+                    level: int | None = None, crc: bool = False) -> ArchiveResult:
+    """Write ``tree`` as a (compressed) cpio newc initramfs at ``out_path``."""
+    check_method(compress)
+    with atomic_open(out_path) as f:
+        with compressed_writer(f, compress, level) as w:
+            write_cpio(tree, w, crc=crc)
+    return ArchiveResult(out_path, len(tree) - 1, tree.data_size(),
+                         os.path.getsize(out_path), compress)
+
+
+def write_tarball(tree: Tree, out_path: str, *, compress: str = "none") -> ArchiveResult:
+    """Write ``tree`` as a pax tar at ``out_path``, compressed by libarchive's filters."""
+    check_method(compress)
+    with atomic_open(out_path) as f:
+        skipped = write_tar(tree, f, compress=compress)
+    return ArchiveResult(out_path, len(tree) - len(skipped), tree.data_size(),
+                         os.path.getsize(out_path), compress, tuple(skipped))

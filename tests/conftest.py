@@ -1,0 +1,74 @@
+"""Shared fixtures and the listing parsers of the real tools our outputs are checked with."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from imgkit.tree import BytesBlob, Entry, Kind, Tree
+
+# Tests and the runtime share one kernel cache (so a root and an unprivileged run reuse it).
+os.environ.setdefault("IMGKIT_CACHE", "/tmp/imgkit-cache")
+
+
+def sh(*argv: str, input: bytes | None = None, check: bool = True) -> str:
+    """Run a real tool and return its stdout (tests may call tools directly)."""
+    proc = subprocess.run(argv, input=input, capture_output=True, env={**os.environ, "LC_ALL": "C"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return proc.stdout.decode(errors="replace")
+
+
+_LS = re.compile(r"^(?P<mode>\S{10})\s+(?P<nlink>\d+)\s+(?P<uid>\d+)\s+(?P<gid>\d+)\s+"
+                 r"(?P<size>\d+|\d+,\s*\d+)\s+\w{3}\s+\d+\s+[\d:]+\s(?P<name>.*)$")
+
+
+def parse_ls_listing(text: str) -> dict[str, dict]:
+    """Parse ``cpio -itv --numeric-uid-gid`` or ``bsdtar -tvnf`` lines into path -> fields."""
+    out: dict[str, dict] = {}
+    for line in text.splitlines():
+        m = _LS.match(line)
+        if not m:
+            continue
+        name, target = m["name"], None
+        if " -> " in name:
+            name, target = name.split(" -> ", 1)
+        elif " link to " in name:
+            name, target = name.split(" link to ", 1)
+        name = name.rstrip("/")
+        if name.startswith("./"):
+            name = name[2:]
+        out[name] = {"mode": m["mode"], "nlink": int(m["nlink"]), "uid": int(m["uid"]),
+                     "gid": int(m["gid"]), "size": re.sub(r"\s", "", m["size"]), "target": target}
+    return out
+
+
+def cpio_listing(path: str) -> dict[str, dict]:
+    with open(path, "rb") as f:
+        return parse_ls_listing(sh("cpio", "-itv", "--numeric-uid-gid", "--quiet", input=f.read()))
+
+
+def bsdtar_listing(path: str) -> dict[str, dict]:
+    return parse_ls_listing(sh("bsdtar", "-tvnf", path))
+
+
+@pytest.fixture
+def sample_tree() -> Tree:
+    """Every kind of entry, owners other than 0, a hard-link set across directories."""
+    t = Tree()
+    t.add(Entry("bin/busybox", Kind.FILE, mode=0o4755, data=BytesBlob(b"\x7fELF" + b"x" * 5000)))
+    t.add(Entry("bin/sh", Kind.HARDLINK, target="bin/busybox"))
+    t.add(Entry("sbin/init", Kind.HARDLINK, target="bin/busybox"))
+    t.add(Entry("bin/ls", Kind.SYMLINK, mode=0o777, target="busybox"))
+    t.add(Entry("lib64", Kind.SYMLINK, mode=0o777, target="/usr/lib64"))
+    t.add(Entry("dev", Kind.DIR, mode=0o755))
+    t.add(Entry("dev/console", Kind.CHAR, mode=0o600, rdev=(5, 1)))
+    t.add(Entry("dev/sda", Kind.BLOCK, mode=0o660, gid=6, rdev=(8, 0)))
+    t.add(Entry("run/initctl", Kind.FIFO, mode=0o600))
+    t.add(Entry("run/sock", Kind.SOCKET, mode=0o755))
+    t.add(Entry("home/user", Kind.DIR, mode=0o700, uid=1000, gid=1000))
+    t.add(Entry("home/user/empty", Kind.FILE, mode=0o644, uid=1000, gid=1000, data=BytesBlob(b"")))
+    t.add(Entry("etc/" + "n" * 200, Kind.FILE, mode=0o600, data=BytesBlob(b"long name\n")))
+    return t
