@@ -1,0 +1,52 @@
+# imgkit: set up, demo, test, bench. System packages are listed once, in packages.txt.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export IMGKIT_CACHE ?= /tmp/imgkit-cache
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+NOBODY := setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp IMGKIT_CACHE=$(IMGKIT_CACHE)
+PYTEST_ARGS ?=
+
+.PHONY: setup system-packages venv demo test test-root test-unprivileged bench clean
+
+setup: system-packages venv
+
+system-packages:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $$(grep -v '^#' packages.txt) >/dev/null
+
+$(PY): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(PY)
+
+venv: $(PY)
+
+cache:
+	mkdir -p $(IMGKIT_CACHE) && chmod 1777 $(IMGKIT_CACHE)
+
+# Build an initramfs and a bootable disk from the bundled example, and boot them in QEMU.
+demo: setup cache
+	$(PY) -m imgkit demo --output-dir out
+
+# The test suite, then (when run as root, as CI does) again as an unprivileged user:
+# building images must never need root.
+test: setup cache test-root test-unprivileged
+
+test-root:
+	$(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS)
+
+test-unprivileged:
+	@if [ "$$(id -u)" = 0 ]; then \
+	    echo "== the same tests as uid 65534 =="; \
+	    chmod -R a+rX . ; \
+	    $(NOBODY) $(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS); \
+	else echo "(not root: the run above was already unprivileged)"; fi
+
+bench: setup cache
+	$(PY) bench/run.py
+
+clean:
+	rm -rf out build dist *.egg-info
