@@ -6,6 +6,8 @@ export IMGKIT_CACHE ?= /tmp/imgkit-cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NOBODY := setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp IMGKIT_CACHE=$(IMGKIT_CACHE)
 PYTEST_ARGS ?=
+# Debian's own Python: readable by every user, so the unprivileged test run can use the venv.
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 
 .PHONY: setup system-packages venv demo test test-root test-unprivileged bench clean
 
@@ -17,7 +19,8 @@ system-packages:
 	    $$(grep -v '^#' packages.txt) >/dev/null
 
 $(PY): pyproject.toml
-	python3 -m venv $(VENV)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(PY)
