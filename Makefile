@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export IMGKIT_CACHE ?= /tmp/imgkit-cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-NOBODY := setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp IMGKIT_CACHE=$(IMGKIT_CACHE)
 PYTEST_ARGS ?=
 # Debian's own Python: readable by every user, so the unprivileged test run can use the venv.
 PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
@@ -44,8 +43,7 @@ test-root:
 test-unprivileged:
 	@if [ "$$(id -u)" = 0 ]; then \
 	    echo "== the same tests as uid 65534 =="; \
-	    chmod -R a+rX . ; \
-	    $(NOBODY) $(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS); \
+	    VENV=$(VENV) PYTHON=$(PYTHON) tests/unprivileged.sh $(PYTEST_ARGS); \
 	else echo "(not root: the run above was already unprivileged)"; fi
 
 bench: setup cache
