@@ -1,0 +1,346 @@
+"""The GUID Partition Table (UEFI spec, chapter 5), written and read in pure Python.
+
+On disk: a protective MBR at LBA 0 (or a hybrid one), the primary header at LBA 1, the entry
+array from LBA 2 (128 entries x 128 bytes = 32 sectors of 512 bytes), and at the end of the
+disk the backup entry array followed by the backup header in the last sector.
+
+Both CRC32s are derived, never passed in: the header CRC is a construct ``Checksum`` over the
+header with its own CRC field zeroed, and the entry-array CRC is a ``Rebuild`` over the entry
+array bytes handed to the build as context. GUIDs are stored mixed-endian (the first three
+fields little-endian), which is what ``uuid.UUID(bytes_le=...)`` means.
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Sequence
+
+from construct import (Adapter, Array, Bytes, Checksum, ChecksumError, Const, ConstructError,
+                       Int32ul, Int64ul, PaddedString, Padding, Pointer, RawCopy, Rebuild,
+                       Struct, Tell, this)
+
+from imgkit.errors import ImageError, InputError
+
+from . import mbr as _mbr
+
+HEADER_SIZE = 92
+ENTRY_SIZE = 128
+DEFAULT_ENTRIES = 128
+NAME_UNITS = 36           # UTF-16 code units in an entry's name
+REVISION = 0x00010000     # 1.0
+
+# Attribute bits (UEFI: 0-2; Microsoft basic data / Discoverable Partitions: 59-63).
+ATTR_REQUIRED = 1 << 0
+ATTR_NO_BLOCK_IO = 1 << 1
+ATTR_LEGACY_BIOS_BOOTABLE = 1 << 2
+ATTR_GROWFS = 1 << 59
+ATTR_READ_ONLY = 1 << 60
+ATTR_HIDDEN = 1 << 62
+ATTR_NO_AUTO = 1 << 63
+
+#: Names accepted by :func:`parse_attributes`.
+ATTRIBUTE_NAMES: dict[str, int] = {
+    "required": ATTR_REQUIRED, "no-block-io": ATTR_NO_BLOCK_IO,
+    "legacy-bios-bootable": ATTR_LEGACY_BIOS_BOOTABLE, "growfs": ATTR_GROWFS,
+    "read-only": ATTR_READ_ONLY, "hidden": ATTR_HIDDEN, "no-auto": ATTR_NO_AUTO,
+}
+
+
+class _GuidAdapter(Adapter):
+    def _decode(self, obj, context, path):
+        return uuid.UUID(bytes_le=bytes(obj))
+
+    def _encode(self, obj, context, path):
+        return (obj if isinstance(obj, uuid.UUID) else uuid.UUID(str(obj))).bytes_le
+
+
+Guid = _GuidAdapter(Bytes(16))
+
+GptEntry = Struct(
+    "type_guid" / Guid,
+    "unique_guid" / Guid,
+    "first_lba" / Int64ul,
+    "last_lba" / Int64ul,       # inclusive
+    "attributes" / Int64ul,
+    "name" / PaddedString(NAME_UNITS * 2, "utf_16_le"),
+)
+
+_HeaderFields = Struct(
+    "signature" / Const(b"EFI PART"),
+    "revision" / Const(REVISION, Int32ul),
+    "header_size" / Const(HEADER_SIZE, Int32ul),
+    Padding(4),                 # header_crc32, zero while the CRC is computed (written below)
+    "reserved" / Const(0, Int32ul),
+    "my_lba" / Int64ul,
+    "alternate_lba" / Int64ul,
+    "first_usable_lba" / Int64ul,
+    "last_usable_lba" / Int64ul,
+    "disk_guid" / Guid,
+    "entries_lba" / Int64ul,
+    "num_entries" / Int32ul,
+    "entry_size" / Const(ENTRY_SIZE, Int32ul),
+    # Build with ``GptHeader.build(..., entries_raw=<the entry array bytes>)``.
+    "entries_crc32" / Rebuild(Int32ul, lambda ctx: zlib.crc32(ctx._params.entries_raw)),
+)
+
+def _zero_crc(raw: bytes) -> bytes:
+    """The header bytes as the CRC is defined over them: with the CRC field itself zeroed."""
+    return raw[:16] + b"\0\0\0\0" + raw[20:]
+
+
+GptHeader = Struct(
+    "_start" / Tell,
+    "fields" / RawCopy(_HeaderFields),
+    "header_crc32" / Pointer(this._start + 16, Checksum(Int32ul, zlib.crc32, lambda ctx: _zero_crc(ctx.fields.data))),
+)
+
+assert GptEntry.sizeof() == ENTRY_SIZE
+assert _HeaderFields.sizeof() == HEADER_SIZE
+assert GptHeader.sizeof() == HEADER_SIZE
+
+
+def guid_from_seed(seed: str, name: str) -> uuid.UUID:
+    """A GUID derived from ``seed`` and ``name``: SHA-256, shaped as an RFC 4122 version 4 UUID.
+
+    Reproducible images need stable GUIDs; deriving them keeps them unique per name and seed
+    while looking like the random GUIDs every tool expects.
+    """
+    digest = hashlib.sha256(b"imgkit-guid\0" + seed.encode() + b"\0" + name.encode()).digest()
+    return uuid.UUID(bytes=digest[:16], version=4)
+
+
+def parse_attributes(spec: int | str | Iterable[int | str] | None) -> int:
+    """An attribute bit mask from an int, a name, a bit number, or a list of them."""
+    if spec is None:
+        return 0
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 0 <= spec < 1 << 64:
+            raise InputError(f"GPT attributes: expected a 64-bit mask, got {spec}")
+        return spec
+    items = [spec] if isinstance(spec, str) else list(spec)
+    mask = 0
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < 64:
+                raise InputError(f"GPT attribute bit {item}: expected a bit number 0..63")
+            mask |= 1 << item
+        elif isinstance(item, str) and item.strip().lower() in ATTRIBUTE_NAMES:
+            mask |= ATTRIBUTE_NAMES[item.strip().lower()]
+        elif isinstance(item, str) and item.strip().isdigit() and int(item) < 64:
+            mask |= 1 << int(item)
+        else:
+            raise InputError(f"unknown GPT attribute {item!r}",
+                             hint="use a bit number 0..63 or one of: " + ", ".join(ATTRIBUTE_NAMES))
+    return mask
+
+
+def check_name(name: str, *, what: str = "GPT partition name") -> None:
+    """Refuse names that do not fit the 36 UTF-16 code units of an entry."""
+    units = len(name.encode("utf-16-le")) // 2
+    if units > NAME_UNITS:
+        raise InputError(f"{what} {name!r} is {units} UTF-16 units long; at most {NAME_UNITS} fit",
+                         hint="shorten the label")
+    if "\0" in name:
+        raise InputError(f"{what} {name!r} contains a NUL character")
+
+
+@dataclass(frozen=True)
+class GptPartition:
+    """One used entry; ``number`` is its 1-based slot in the entry array."""
+
+    number: int
+    type_guid: uuid.UUID
+    guid: uuid.UUID
+    first_lba: int
+    last_lba: int               # inclusive
+    attributes: int = 0
+    name: str = ""
+
+    @property
+    def num_sectors(self) -> int:
+        return self.last_lba - self.first_lba + 1
+
+
+@dataclass(frozen=True)
+class GptTable:
+    """A parsed GPT (from the primary header; ``backup_ok`` says whether the backup agrees)."""
+
+    disk_guid: uuid.UUID
+    sector_size: int
+    first_usable_lba: int
+    last_usable_lba: int
+    header_lba: int
+    backup_lba: int
+    entries_lba: int
+    num_entries: int
+    partitions: tuple[GptPartition, ...]
+    backup_ok: bool
+    protective_mbr: _mbr.MbrTable | None
+
+
+@dataclass(frozen=True)
+class GptGeometry:
+    """Where the GPT structures sit on a disk of ``disk_sectors`` sectors."""
+
+    disk_sectors: int
+    sector_size: int
+    num_entries: int
+
+    @property
+    def entry_sectors(self) -> int:
+        return -(-self.num_entries * ENTRY_SIZE // self.sector_size)
+
+    @property
+    def first_usable_lba(self) -> int:
+        return 2 + self.entry_sectors
+
+    @property
+    def backup_header_lba(self) -> int:
+        return self.disk_sectors - 1
+
+    @property
+    def backup_entries_lba(self) -> int:
+        return self.backup_header_lba - self.entry_sectors
+
+    @property
+    def last_usable_lba(self) -> int:
+        return self.backup_entries_lba - 1
+
+
+def geometry(disk_sectors: int, *, sector_size: int = 512,
+             num_entries: int = DEFAULT_ENTRIES) -> GptGeometry:
+    """The :class:`GptGeometry` of a disk; the number of sectors the tables take at each end."""
+    return GptGeometry(disk_sectors, sector_size, num_entries)
+
+
+def build_entries(partitions: Sequence[GptPartition], num_entries: int = DEFAULT_ENTRIES) -> bytes:
+    """The entry array: each partition in slot ``number - 1``, empty slots all zero."""
+    slots: list[dict | None] = [None] * num_entries
+    for p in partitions:
+        if not 1 <= p.number <= num_entries or slots[p.number - 1] is not None:
+            raise InputError(f"GPT partition number {p.number} is out of range 1..{num_entries} "
+                             "or used twice")
+        check_name(p.name)
+        slots[p.number - 1] = dict(type_guid=p.type_guid, unique_guid=p.guid,
+                                   first_lba=p.first_lba, last_lba=p.last_lba,
+                                   attributes=p.attributes, name=p.name)
+    empty = dict(type_guid=uuid.UUID(int=0), unique_guid=uuid.UUID(int=0), first_lba=0,
+                 last_lba=0, attributes=0, name="")
+    return Array(num_entries, GptEntry).build([s or empty for s in slots])
+
+
+def build_header(*, my_lba: int, alternate_lba: int, first_usable_lba: int, last_usable_lba: int,
+                 disk_guid: uuid.UUID, entries_lba: int, entries_raw: bytes) -> bytes:
+    """The 92-byte header; both CRCs are computed here."""
+    value = dict(my_lba=my_lba, alternate_lba=alternate_lba, first_usable_lba=first_usable_lba,
+                 last_usable_lba=last_usable_lba, disk_guid=disk_guid, entries_lba=entries_lba,
+                 num_entries=len(entries_raw) // ENTRY_SIZE, entries_crc32=None)
+    return GptHeader.build(dict(fields=dict(value=value), header_crc32=None),
+                           entries_raw=entries_raw)
+
+
+def build_gpt(disk_sectors: int, partitions: Sequence[GptPartition], *, disk_guid: uuid.UUID,
+              sector_size: int = 512, num_entries: int = DEFAULT_ENTRIES, boot_code: bytes = b"",
+              hybrid: Sequence[_mbr.MbrPartition] = (),
+              mbr_signature: int = 0) -> list[tuple[int, bytes]]:
+    """Every GPT structure of a disk as ``(byte offset, bytes)`` regions.
+
+    ``boot_code`` goes into the first 440 bytes of the protective MBR (e.g. ``gptmbr.bin``);
+    ``hybrid`` lists up to three MBR entries mirroring GPT partitions for a hybrid MBR.
+    """
+    geo = geometry(disk_sectors, sector_size=sector_size, num_entries=num_entries)
+    if num_entries < DEFAULT_ENTRIES:
+        raise InputError(f"a GPT needs room for at least {DEFAULT_ENTRIES} entries, "
+                         f"got {num_entries}")
+    if geo.last_usable_lba < geo.first_usable_lba:
+        raise InputError(f"a disk of {disk_sectors} sectors is too small for a GPT")
+    for p in partitions:
+        if not geo.first_usable_lba <= p.first_lba <= p.last_lba <= geo.last_usable_lba:
+            raise InputError(f"GPT partition {p.number} ({p.name!r}): sectors {p.first_lba}-"
+                             f"{p.last_lba} are outside the usable range "
+                             f"{geo.first_usable_lba}-{geo.last_usable_lba}")
+    entries = build_entries(partitions, num_entries)
+    common = dict(first_usable_lba=geo.first_usable_lba, last_usable_lba=geo.last_usable_lba,
+                  disk_guid=disk_guid, entries_raw=entries)
+    primary = build_header(my_lba=1, alternate_lba=geo.backup_header_lba, entries_lba=2, **common)
+    backup = build_header(my_lba=geo.backup_header_lba, alternate_lba=1,
+                          entries_lba=geo.backup_entries_lba, **common)
+    pmbr = _mbr.build_sector(
+        _mbr.protective_partitions(disk_sectors, first_usable_lba=geo.first_usable_lba,
+                                   hybrid=hybrid),
+        disk_signature=mbr_signature, boot_code=boot_code)
+    return [
+        (0, pmbr),
+        (sector_size, primary),
+        (2 * sector_size, entries),
+        (geo.backup_entries_lba * sector_size, entries),
+        (geo.backup_header_lba * sector_size, backup),
+    ]
+
+
+def _parse_header(f: BinaryIO, lba: int, sector_size: int, what: str):
+    f.seek(lba * sector_size)
+    raw = f.read(HEADER_SIZE)
+    if len(raw) < HEADER_SIZE:
+        raise ImageError(f"{what} GPT header at LBA {lba}: the image ends first")
+    if raw[:8] != b"EFI PART":
+        raise ImageError(f"{what} GPT header at LBA {lba}: expected signature 'EFI PART', "
+                         f"got {raw[:8]!r}")
+    try:
+        parsed = GptHeader.parse(raw)
+    except ChecksumError as exc:
+        raise ImageError(f"{what} GPT header at LBA {lba}: header CRC32 does not match") from exc
+    except ConstructError as exc:
+        raise ImageError(f"{what} GPT header at LBA {lba}: {exc}") from exc
+    hdr = parsed.fields.value
+    if hdr.my_lba != lba:
+        raise ImageError(f"{what} GPT header at LBA {lba} says it is at LBA {hdr.my_lba}")
+    f.seek(hdr.entries_lba * sector_size)
+    entries_raw = f.read(hdr.num_entries * ENTRY_SIZE)
+    if len(entries_raw) != hdr.num_entries * ENTRY_SIZE:
+        raise ImageError(f"{what} GPT entry array at LBA {hdr.entries_lba}: the image ends first")
+    if zlib.crc32(entries_raw) != hdr.entries_crc32:
+        raise ImageError(f"{what} GPT entry array at LBA {hdr.entries_lba}: CRC32 "
+                         f"{zlib.crc32(entries_raw):08x} does not match the header's "
+                         f"{hdr.entries_crc32:08x}")
+    return hdr, entries_raw
+
+
+def _detect_sector_size(f: BinaryIO) -> int:
+    for size in (512, 4096):
+        f.seek(size)
+        if f.read(8) == b"EFI PART":
+            return size
+    raise ImageError("no GPT found: expected 'EFI PART' at byte 512 or 4096")
+
+
+def read_gpt(f: BinaryIO, *, sector_size: int | None = None) -> GptTable:
+    """Parse the GPT of the disk image ``f``, checking both CRCs and the backup copy.
+
+    ``sector_size`` is found by looking for the header at 512 and 4096 bytes when not given.
+    Raises :class:`ImageError` when the primary header or its entries are damaged.
+    """
+    if sector_size is None:
+        sector_size = _detect_sector_size(f)
+    hdr, entries_raw = _parse_header(f, 1, sector_size, "primary")
+    parts = []
+    for i, e in enumerate(Array(hdr.num_entries, GptEntry).parse(entries_raw), start=1):
+        if e.type_guid.int == 0:
+            continue
+        parts.append(GptPartition(i, e.type_guid, e.unique_guid, e.first_lba, e.last_lba,
+                                  e.attributes, e.name))
+    try:
+        bhdr, bentries = _parse_header(f, hdr.alternate_lba, sector_size, "backup")
+        backup_ok = (bentries == entries_raw and bhdr.disk_guid == hdr.disk_guid
+                     and bhdr.alternate_lba == 1)
+    except ImageError:
+        backup_ok = False
+    try:
+        pmbr = _mbr.read_mbr(f, sector_size=sector_size)
+    except ImageError:
+        pmbr = None
+    return GptTable(hdr.disk_guid, sector_size, hdr.first_usable_lba, hdr.last_usable_lba, 1,
+                    hdr.alternate_lba, hdr.entries_lba, hdr.num_entries, tuple(parts),
+                    backup_ok, pmbr)

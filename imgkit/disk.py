@@ -1,0 +1,211 @@
+"""Execute a layout :class:`~imgkit.layout.Plan`: a sparse disk image with tables and contents.
+
+The image starts as a hole of the planned size (``ftruncate``; zeros are never written), each
+partition image is copied in with ``os.copy_file_range`` one data extent at a time
+(``SEEK_DATA``/``SEEK_HOLE``), so holes in a filesystem image stay holes in the disk, and the
+tables are written last with ``pwrite``. Nothing is held in memory but the table sectors.
+
+qcow2 output goes through ``qemu-img convert`` from a temporary raw image beside the output.
+Either way the output appears only when complete (:mod:`imgkit.atomic`).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from typing import Mapping, Sequence
+
+from . import tools
+from .atomic import atomic_path
+from .errors import ImageError, InputError, LayoutError
+from .formats import gpt as _gpt
+from .formats import mbr as _mbr
+from .layout import Plan
+from .sizes import format_size
+
+FORMATS = ("raw", "qcow2")
+_CHUNK = 1 << 20
+
+
+def table_regions(plan: Plan, *, boot_code: bytes | None = None) -> list[tuple[int, bytes]]:
+    """The partition table structures of ``plan`` as ``(byte offset, bytes)`` regions.
+
+    ``boot_code`` (at most 440 bytes) fills the code area of the (protective) MBR.
+    """
+    code = boot_code or b""
+    if plan.table == "gpt":
+        parts = [_gpt.GptPartition(p.number, p.type_guid, p.guid, p.start_lba, p.last_lba,
+                                   p.attributes, p.label) for p in plan.partitions]
+        hybrid = [_mbr.MbrPartition(0, p.mbr_type, p.start_lba, p.num_sectors, p.bootable)
+                  for p in sorted(plan.partitions, key=lambda p: p.start) if p.hybrid]
+        return _gpt.build_gpt(plan.disk_sectors, parts, disk_guid=plan.disk_guid,
+                              sector_size=plan.sector_size, num_entries=plan.num_entries,
+                              boot_code=code, hybrid=hybrid,
+                              mbr_signature=plan.disk_signature or 0)
+    parts = [_mbr.MbrPartition(p.number, p.mbr_type, p.start_lba, p.num_sectors, p.bootable)
+             for p in plan.partitions]
+    ebrs = [p.ebr_lba for p in plan.partitions if p.logical]
+    if plan.extended is not None:
+        e = plan.extended
+        parts.append(_mbr.MbrPartition(e.number, e.type, e.start_lba, e.num_sectors))
+    return _mbr.build_mbr(parts, disk_signature=plan.disk_signature or 0, boot_code=code,
+                          ebr_lbas=ebrs, sector_size=plan.sector_size)
+
+
+def write_disk(plan: Plan, contents: Mapping[str, str | os.PathLike | None],
+               out_path: str | os.PathLike, *, boot_code: bytes | None = None,
+               extra_regions: Sequence[tuple[int, bytes]] = (), format: str = "raw") -> None:
+    """Write the disk image ``out_path`` for ``plan``.
+
+    ``contents`` maps partition names to host files (partition images) copied to the start of
+    the partition; partitions that are missing or ``None`` stay empty (zero, sparse).
+    ``boot_code`` goes into the first 440 bytes of the MBR. ``extra_regions`` are
+    ``(byte offset, bytes)`` written last, e.g. bootloader stages in reserved ranges; they may
+    not touch partitions or table structures. ``format`` is ``"raw"`` or ``"qcow2"``.
+    """
+    if format not in FORMATS:
+        raise InputError(f"disk format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    sources = _check_contents(plan, contents)
+    if boot_code is not None and len(boot_code) > _mbr.BOOT_CODE_SIZE:
+        raise InputError(f"MBR boot code is {len(boot_code)} bytes; at most "
+                         f"{_mbr.BOOT_CODE_SIZE} fit",
+                         hint="pass only the first 440 bytes of the MBR image")
+    _check_regions(plan, extra_regions, boot_code)
+    tables = table_regions(plan, boot_code=boot_code)
+    if format == "qcow2":
+        tools.which("qemu-img")
+    with atomic_path(out_path) as tmp:
+        if format == "raw":
+            _write_raw(plan, sources, tables, extra_regions, tmp)
+            return
+        fd, raw = tempfile.mkstemp(prefix=".raw.", suffix=".img",
+                                   dir=os.path.dirname(os.path.abspath(out_path)))
+        os.close(fd)
+        try:
+            _write_raw(plan, sources, tables, extra_regions, raw)
+            tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(raw)
+
+
+def _check_contents(plan: Plan, contents: Mapping[str, str | os.PathLike | None]
+                    ) -> list[tuple[int, str, int]]:
+    """``(partition start, host path, size)`` for each content file, checked against the plan."""
+    names = {p.name: p for p in plan.partitions}
+    out = []
+    for name, path in contents.items():
+        if name not in names:
+            raise InputError(f"content given for partition {name!r}, which the layout does not "
+                             "have", hint="partitions: " + ", ".join(names))
+        if path is None:
+            continue
+        path = os.fspath(path)
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise InputError(f"content of partition {name!r}: cannot read {path}: "
+                             f"{exc.strerror}") from None
+        part = names[name]
+        if size > part.size:
+            raise LayoutError(
+                f"partition {name!r}: content {path} is {format_size(size)} ({size} bytes) but "
+                f"the partition holds only {format_size(part.size)} ({part.size} bytes)",
+                hint="plan the layout with this file's size as the content size")
+        out.append((part.start, path, size))
+    return out
+
+
+def _check_regions(plan: Plan, regions: Sequence[tuple[int, bytes]],
+                   boot_code: bytes | None) -> None:
+    taken = [(p.start, p.end, f"partition {p.name!r}") for p in plan.partitions]
+    taken += [(s.start, s.end, s.what) for s in plan.structures]
+    if boot_code:
+        taken.append((0, len(boot_code), "the MBR boot code"))
+    for offset, data in regions:
+        end = offset + len(data)
+        if offset < 0 or end > plan.disk_size:
+            raise LayoutError(f"extra region [{offset}, {end}) lies outside the "
+                              f"{format_size(plan.disk_size)} disk")
+        for start, stop, what in taken:
+            if offset < stop and start < end:
+                raise LayoutError(f"extra region [{offset}, {end}) overlaps {what} "
+                                  f"[{start}, {stop})",
+                                  hint="reserve a range for it in the layout and place it there")
+
+
+def _write_raw(plan: Plan, sources: list[tuple[int, str, int]],
+               tables: list[tuple[int, bytes]], extra: Sequence[tuple[int, bytes]],
+               path: str) -> None:
+    with open(path, "r+b") as out:
+        fd = out.fileno()
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, plan.disk_size)
+        for start, src, size in sources:
+            copy_sparse(src, fd, start, size)
+        for offset, data in list(tables) + list(extra):
+            _pwrite_all(fd, data, offset)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def copy_sparse(src: str, dst_fd: int, dst_offset: int, size: int | None = None) -> None:
+    """Copy the data extents of file ``src`` to ``dst_fd`` at ``dst_offset``; holes are skipped.
+
+    The destination must already read as zeros there (a fresh sparse file).
+    """
+    with open(src, "rb") as f:
+        sfd = f.fileno()
+        end = os.fstat(sfd).st_size if size is None else size
+        pos = 0
+        while pos < end:
+            try:
+                data = os.lseek(sfd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:        # only a hole is left
+                    return
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                data = pos                          # no hole support: copy everything
+            if data >= end:
+                return
+            try:
+                hole = os.lseek(sfd, data, os.SEEK_HOLE)
+            except OSError:
+                hole = end
+            hole = min(hole, end)
+            _copy_range(sfd, dst_fd, data, dst_offset + data, hole - data, src)
+            pos = hole
+
+
+def _copy_range(sfd: int, dfd: int, src_off: int, dst_off: int, count: int, name: str) -> None:
+    while count > 0:
+        try:
+            n = os.copy_file_range(sfd, dfd, count, src_off, dst_off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            _copy_range_slow(sfd, dfd, src_off, dst_off, count, name)
+            return
+        if n == 0:
+            raise ImageError(f"{name} ended early while being copied (it changed meanwhile?)")
+        src_off, dst_off, count = src_off + n, dst_off + n, count - n
+
+
+def _copy_range_slow(sfd: int, dfd: int, src_off: int, dst_off: int, count: int,
+                     name: str) -> None:
+    """pread/pwrite fallback that still skips all-zero chunks, keeping the output sparse."""
+    zero = bytes(_CHUNK)
+    while count > 0:
+        buf = os.pread(sfd, min(count, _CHUNK), src_off)
+        if not buf:
+            raise ImageError(f"{name} ended early while being copied (it changed meanwhile?)")
+        if buf != zero[:len(buf)]:
+            _pwrite_all(dfd, buf, dst_off)
+        src_off, dst_off, count = src_off + len(buf), dst_off + len(buf), count - len(buf)
