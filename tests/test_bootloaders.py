@@ -1,0 +1,298 @@
+"""systemd-boot and syslinux file trees, syslinux installation, and (optionally) real boots.
+
+The trees are copied into FAT images with mkfs.vfat + mcopy and read back with mtools;
+syslinux is installed by the real installer and its boot sector checked. Boot tests run only
+when IMGKIT_TEST_KERNEL names a bzImage (they take 10-20 s each under TCG).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from imgkit.bootloaders import syslinux, systemd_boot, uki
+from imgkit.errors import InputError
+from imgkit.tree import Kind, Tree
+
+HAVE_MTOOLS = all(shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+                  for t in ("mkfs.vfat", "mcopy", "mmd", "mtype"))
+SYSBOOT_EFI = systemd_boot.DEFAULT_EFI
+needs_mtools = pytest.mark.skipif(not HAVE_MTOOLS, reason="dosfstools/mtools not installed")
+
+
+def _tool(name):
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+def tree_to_fat(tree: Tree, image, size_mb=64, offset=0):
+    """Write ``tree`` into a new FAT32 filesystem (mkfs.vfat + mcopy) at ``offset`` bytes."""
+    fat = f"{image}.fat"
+    subprocess.run([_tool("mkfs.vfat"), "-C", "-F", "32", "-n", "TEST", fat,
+                    str(size_mb * 1024)], check=True, capture_output=True)
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    for e in tree:
+        if not e.path:
+            continue
+        if e.kind is Kind.DIR:
+            subprocess.run(["mmd", "-i", fat, f"::/{e.path}"], check=True, env=env)
+        elif e.kind is Kind.FILE:
+            src = e.data.host_range()[0] if e.data.host_range() else None
+            if src is None:
+                src = f"{image}.tmpfile"
+                with open(src, "wb") as f, e.data.open() as r:
+                    shutil.copyfileobj(r, f)
+            subprocess.run(["mcopy", "-i", fat, src, f"::/{e.path}"], check=True, env=env)
+    if offset:
+        with open(image, "wb") as out, open(fat, "rb") as src:
+            out.truncate(offset + os.path.getsize(fat) + 1024 * 1024)
+            out.seek(offset)
+            shutil.copyfileobj(src, out)
+        os.unlink(fat)
+    else:
+        os.replace(fat, image)
+
+
+def mtype(image, path, offset=0):
+    spec = f"{image}@@{offset}" if offset else str(image)
+    return subprocess.run(["mtype", "-i", spec, f"::/{path}"], check=True, capture_output=True,
+                          env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
+
+
+def files(tree: Tree) -> dict[str, bytes]:
+    out = {}
+    for e in tree:
+        if e.kind is Kind.FILE:
+            with e.data.open() as f:
+                out[e.path] = f.read()
+    return out
+
+
+@pytest.fixture
+def host(tmp_path):
+    (tmp_path / "vmlinuz").write_bytes(b"K" * 1000)
+    (tmp_path / "initrd.img").write_bytes(b"I" * 300)
+    (tmp_path / "ucode.img").write_bytes(b"U" * 30)
+    (tmp_path / "uki.efi").write_bytes(b"MZ" + b"U" * 100)
+    (tmp_path / "bootx64.efi").write_bytes(b"MZ" + b"B" * 100)
+    return tmp_path
+
+
+# -- systemd-boot ------------------------------------------------------------------------------
+def test_systemd_boot_tree(host):
+    entry = systemd_boot.BootEntry(
+        id="imgkit", title="imgkit test", linux=host / "vmlinuz",
+        initrds=[host / "ucode.img", host / "initrd.img"], options="console=ttyS0 quiet",
+        version="6.1")
+    tree = systemd_boot.systemd_boot_tree([entry], ukis=[("other", host / "uki.efi")],
+                                          efi=host / "bootx64.efi", mtime=1234)
+    got = files(tree)
+    assert set(got) == {
+        "EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi", "loader/loader.conf",
+        "loader/entries/imgkit.conf", "imgkit/vmlinuz", "imgkit/ucode.img",
+        "imgkit/initrd.img", "EFI/Linux/other.efi"}
+    assert got["EFI/BOOT/BOOTX64.EFI"] == (host / "bootx64.efi").read_bytes()
+    assert got["EFI/Linux/other.efi"] == (host / "uki.efi").read_bytes()
+    assert got["loader/loader.conf"] == b"default imgkit.conf\ntimeout 0\neditor no\n"
+    assert got["loader/entries/imgkit.conf"].decode() == (
+        "title imgkit test\nversion 6.1\nlinux /imgkit/vmlinuz\ninitrd /imgkit/ucode.img\n"
+        "initrd /imgkit/initrd.img\noptions console=ttyS0 quiet\n")
+    assert all(e.mtime == 1234 for e in tree)
+    # host files stay lazy (copy_file_range-able), generated ones are small bytes
+    assert tree["imgkit/vmlinuz"].data.host_range() == (str(host / "vmlinuz"), 0)
+
+
+def test_systemd_boot_defaults_and_errors(host):
+    tree = systemd_boot.systemd_boot_tree(ukis=[("a", host / "uki.efi"), ("b.efi", host / "uki.efi")],
+                                          default="b", timeout=5, efi=host / "bootx64.efi")
+    assert files(tree)["loader/loader.conf"] == b"default b.efi\ntimeout 5\neditor no\n"
+    assert "EFI/Linux/b.efi" in tree
+    e = systemd_boot.BootEntry(id="x", title="x", linux=host / "vmlinuz")
+    with pytest.raises(InputError, match="twice"):
+        systemd_boot.systemd_boot_tree([e, e], efi=host / "bootx64.efi")
+    with pytest.raises(InputError, match="at least one"):
+        systemd_boot.systemd_boot_tree(efi=host / "bootx64.efi")
+    with pytest.raises(InputError, match="not a valid"):
+        systemd_boot.systemd_boot_tree([systemd_boot.BootEntry(id="a/b", title="x",
+                                                               linux=host / "vmlinuz")],
+                                       efi=host / "bootx64.efi")
+    with pytest.raises(InputError, match="cannot read"):
+        systemd_boot.systemd_boot_tree([systemd_boot.BootEntry(id="a", title="x",
+                                                               linux=host / "missing")],
+                                       efi=host / "bootx64.efi")
+    other = host / "sub"
+    other.mkdir()
+    (other / "vmlinuz").write_bytes(b"other")
+    with pytest.raises(InputError, match="two different files"):
+        systemd_boot.systemd_boot_tree(
+            [e, systemd_boot.BootEntry(id="y", title="y", linux=other / "vmlinuz", directory="x")],
+            efi=host / "bootx64.efi")
+
+
+def test_uki_esp_tree(host):
+    tree = systemd_boot.uki_esp_tree(host / "uki.efi")
+    assert files(tree) == {"EFI/BOOT/BOOTX64.EFI": (host / "uki.efi").read_bytes()}
+
+
+@needs_mtools
+@pytest.mark.skipif(not os.path.isfile(SYSBOOT_EFI), reason="systemd-boot-efi not installed")
+def test_systemd_boot_tree_on_fat(host, tmp_path):
+    entry = systemd_boot.BootEntry(id="imgkit", title="t", linux=host / "vmlinuz",
+                                   initrds=[host / "initrd.img"], options="console=ttyS0")
+    tree = systemd_boot.systemd_boot_tree([entry])
+    img = tmp_path / "esp.img"
+    tree_to_fat(tree, img)
+    assert mtype(img, "loader/loader.conf") == b"default imgkit.conf\ntimeout 0\neditor no\n"
+    assert b"linux /imgkit/vmlinuz" in mtype(img, "loader/entries/imgkit.conf")
+    assert mtype(img, "EFI/BOOT/BOOTX64.EFI") == open(SYSBOOT_EFI, "rb").read()
+    subprocess.run([_tool("fsck.vfat"), "-n", str(img)], check=True, capture_output=True)
+
+
+# -- syslinux ------------------------------------------------------------------------------------
+def test_syslinux_cfg():
+    assert syslinux.syslinux_cfg("linux", "/vmlinuz", "/initrd.gz", "console=ttyS0 panic=-1") == (
+        "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\n\nLABEL linux\n"
+        "    LINUX /vmlinuz\n    INITRD /initrd.gz\n    APPEND console=ttyS0 panic=-1\n")
+    cfg = syslinux.syslinux_cfg("l", "/k", None, "", serial=False)
+    assert "SERIAL" not in cfg and "INITRD" not in cfg and "APPEND" not in cfg
+    with pytest.raises(InputError):
+        syslinux.syslinux_cfg("a b", "/k", None, "")
+    with pytest.raises(InputError):
+        syslinux.syslinux_cfg("l", "/k", None, "x\nDEFAULT evil")
+
+
+def test_syslinux_tree(host):
+    tree = syslinux.syslinux_tree(host / "vmlinuz", host / "initrd.img", "console=ttyS0",
+                                  directory="syslinux")
+    got = files(tree)
+    assert set(got) == {"vmlinuz", "initrd", "syslinux/syslinux.cfg"}
+    assert b"LINUX /vmlinuz\n" in got["syslinux/syslinux.cfg"]
+    assert b"INITRD /initrd\n" in got["syslinux/syslinux.cfg"]
+    assert got["vmlinuz"] == (host / "vmlinuz").read_bytes()
+    assert set(files(syslinux.syslinux_tree(host / "vmlinuz", None, ""))) == \
+        {"vmlinuz", "syslinux.cfg"}
+    with pytest.raises(InputError):
+        syslinux.syslinux_tree(host / "vmlinuz", None, "", directory="elsewhere")
+
+
+def test_mbr_boot_code_and_isolinux_files():
+    for table, name in (("mbr", "mbr.bin"), ("gpt", "gptmbr.bin")):
+        path = os.path.join(syslinux.MBR_DIR, name)
+        if not os.path.isfile(path):
+            pytest.skip("syslinux-common not installed")
+        code = syslinux.mbr_boot_code(table)
+        assert len(code) == 440
+        assert code == open(path, "rb").read()[:440].ljust(440, b"\0")
+    with pytest.raises(InputError):
+        syslinux.mbr_boot_code("apm")  # type: ignore[arg-type]
+    if os.path.isdir(syslinux.ISOLINUX_DIR):
+        found = syslinux.isolinux_files()
+        assert set(found) == {"isolinux.bin", "ldlinux.c32", "isohdpfx.bin"}
+        assert all(os.path.isfile(p) for p in found.values())
+        assert os.path.getsize(found["isohdpfx.bin"]) == 432
+
+
+@needs_mtools
+@pytest.mark.skipif(_tool("syslinux") is None, reason="syslinux not installed")
+def test_install_syslinux_at_offset(host, tmp_path):
+    tree = syslinux.syslinux_tree(host / "vmlinuz", host / "initrd.img", "console=ttyS0")
+    img = tmp_path / "disk.img"
+    offset = 1024 * 1024
+    tree_to_fat(tree, img, offset=offset)
+    syslinux.install_syslinux(img, offset)
+    listing = subprocess.run(["mdir", "-a", "-b", "-i", f"{img}@@{offset}", "::/"],
+                             check=True, capture_output=True, text=True,
+                             env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
+    assert "LDLINUX.SYS" in listing.upper() and "LDLINUX.C32" in listing.upper()
+    with open(img, "rb") as f:
+        f.seek(offset)
+        vbr = f.read(512)
+    assert vbr[510:] == b"\x55\xaa" and b"SYSLINUX" in vbr
+    assert mtype(img, "syslinux.cfg", offset).startswith(b"SERIAL 0 115200\n")
+    with pytest.raises(InputError):
+        syslinux.install_syslinux(img, 1000)
+
+
+# -- real boots (opt-in) ---------------------------------------------------------------------------
+KERNEL = os.environ.get("IMGKIT_TEST_KERNEL")
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+def marker_initrd(path, marker):
+    """A newc cpio (via the cpio tool) whose /init prints ``marker`` and powers off."""
+    root = path.parent / "initroot"
+    root.mkdir()
+    shutil.copy("/bin/busybox", root / "busybox")
+    (root / "init").write_text(f"#!/busybox sh\n/busybox echo {marker}\n/busybox poweroff -f\n")
+    os.chmod(root / "init", 0o755)
+    listing = subprocess.run(["find", "."], cwd=root, check=True, capture_output=True).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0"], cwd=root, input=listing,
+                          check=True, capture_output=True).stdout
+    path.write_bytes(gzip.compress(cpio, mtime=0))
+    return path
+
+
+def gpt_disk(tree, img, tmp_path, typecode, attrs=None):
+    offset = 1024 * 1024
+    tree_to_fat(tree, img, offset=offset)
+    argv = [_tool("sgdisk"), "-n", "1:2048:+64M", "-t", f"1:{typecode}"]
+    if attrs:
+        argv += ["-A", attrs]
+    subprocess.run(argv + [str(img)], check=True, capture_output=True)
+    return offset
+
+
+def run_qemu(args, tmp_path, marker, timeout=120):
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
+            *args]
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=timeout).stdout
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or b""
+    assert marker.encode() in out, out[-3000:].decode(errors="replace")
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("how", ["uki", "systemd-boot"])
+@pytest.mark.skipif(not os.path.isfile(OVMF_CODE), reason="ovmf not installed")
+@needs_mtools
+def test_boot_uefi(tmp_path, how):
+    if not KERNEL:
+        pytest.skip("set IMGKIT_TEST_KERNEL to a bzImage to boot")
+    marker = f"BOOTED-{how.upper()}"
+    initrd = marker_initrd(tmp_path / "initrd.gz", marker)
+    if how == "uki":
+        image = tmp_path / "uki.efi"
+        uki.build_uki(image, kernel=KERNEL, initrds=[initrd], cmdline="console=ttyS0 panic=-1")
+        tree = systemd_boot.uki_esp_tree(image)
+    else:
+        tree = systemd_boot.systemd_boot_tree([systemd_boot.BootEntry(
+            id="imgkit", title="imgkit", linux=KERNEL, initrds=[initrd],
+            options="console=ttyS0 panic=-1")])
+    disk = tmp_path / "disk.img"
+    gpt_disk(tree, disk, tmp_path, "EF00")
+    shutil.copy(OVMF_VARS, tmp_path / "vars.fd")
+    run_qemu(["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+              "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path / 'vars.fd'}",
+              "-drive", f"file={disk},format=raw"], tmp_path, marker)
+
+
+@pytest.mark.boot
+@pytest.mark.skipif(_tool("syslinux") is None, reason="syslinux not installed")
+@needs_mtools
+def test_boot_bios_syslinux_gpt(tmp_path):
+    if not KERNEL:
+        pytest.skip("set IMGKIT_TEST_KERNEL to a bzImage to boot")
+    marker = "BOOTED-SYSLINUX"
+    initrd = marker_initrd(tmp_path / "initrd.gz", marker)
+    tree = syslinux.syslinux_tree(KERNEL, initrd, "console=ttyS0 panic=-1")
+    disk = tmp_path / "disk.img"
+    offset = gpt_disk(tree, disk, tmp_path, "EF00", attrs="1:set:2")
+    syslinux.install_syslinux(disk, offset)
+    with open(disk, "r+b") as f:
+        f.write(syslinux.mbr_boot_code("gpt"))
+    run_qemu(["-drive", f"file={disk},format=raw"], tmp_path, marker)
+
