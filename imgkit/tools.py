@@ -25,8 +25,9 @@ PACKAGES: dict[str, str] = {
     "syslinux": "syslinux", "mcopy": "mtools", "mdir": "mtools",
     "sfdisk": "fdisk", "sgdisk": "gdisk", "fsck.vfat": "dosfstools", "mkfs.vfat": "dosfstools",
     "cpio": "cpio", "bsdtar": "libarchive-tools", "xorriso": "xorriso", "objdump": "binutils",
+    "objcopy": "binutils", "mmd": "mtools", "mtype": "mtools",
     "depmod": "kmod", "busybox": "busybox-static", "zstd": "zstd", "lz4": "lz4",
-    "apt-get": "apt", "dpkg": "dpkg", "dpkg-deb": "dpkg", "isoinfo": "genisoimage",
+    "apt-get": "apt", "apt-cache": "apt", "dpkg": "dpkg", "dpkg-deb": "dpkg", "isoinfo": "genisoimage",
 }
 
 
