@@ -113,15 +113,40 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
         raise InputError("nothing to archive: give at least one SOURCE, --entry or --file",
                          hint="e.g. imgkit initramfs rootfs/ -o initrd.zst")
     tree = assemble(spec)
-    if args.init or args.modules:
-        from .initrd_init import add_builtin_init
-        tree = add_builtin_init(tree, init=args.init, moddir=args.moddir, modules=args.modules,
-                                mtime=spec.mtime, busybox=args.busybox)
+    if args.init or args.modules or args.rc:
+        tree = _with_builtin_init(args, tree, spec.mtime or 0)
     compress = args.compress or method_for_path(args.output)
     result = write_initramfs(tree, args.output, compress=compress, level=args.level,
                              crc=args.format == "crc")
     _report(args, result, started)
     return 0
+
+
+def _with_builtin_init(args: argparse.Namespace, tree, mtime: int):
+    """The built-in init's tree with the user's sources laid over it."""
+    from .initrd_init import busybox_init_tree
+    from .kmod import resolve_modules
+
+    if not args.init:
+        raise InputError("--modules and --rc need --init busybox",
+                         hint="or add the modules as files with a SOURCE of your own")
+    names = [m for item in args.modules for m in item.split(",") if m]
+    if names and not args.moddir:
+        raise InputError("--modules needs --moddir DIR (a lib/modules/VERSION directory)",
+                         hint="imgkit kernel fetch prints one for the Debian kernel")
+    modules = resolve_modules(args.moddir, names) if names else []
+    rc = None
+    if args.rc:
+        try:
+            with open(args.rc, encoding="utf-8") as f:
+                rc = f.read()
+        except OSError as exc:
+            raise InputError(f"--rc {args.rc!r} cannot be read: {exc.strerror}") from None
+    base = busybox_init_tree(args.busybox, modules, args.moddir, rc_script=rc, mtime=mtime)
+    if modules:
+        progress(f"{len(modules)} modules: {', '.join(m.name for m in modules)}")
+    base.overlay(tree)
+    return base
 
 
 def cmd_tar(args: argparse.Namespace) -> int:
@@ -186,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modules", action="append", default=[], metavar="NAME",
                    help="kernel module (or alias) to include with its dependencies and softdeps;"
                         " repeatable, comma-separated allowed")
+    b.add_argument("--rc", metavar="SCRIPT", help="shell script the init runs when the kernel "
+                   "command line has no root= (installed as /etc/imgkit/rc)")
     ini.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     ini.set_defaults(func=cmd_initramfs)
 

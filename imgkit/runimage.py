@@ -1,0 +1,95 @@
+"""Decide how to boot a file: which firmware, which drive interface, direct kernel or not.
+
+``imgkit run IMAGE`` accepts a kernel, a UKI, a disk image (raw or qcow2) or an ISO. A UKI
+cannot be booted by QEMU as it is, so it is wrapped on the fly into a small GPT disk with an
+ESP holding it as ``EFI/BOOT/BOOTX64.EFI``.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from .errors import InputError
+from .qemu import Drive, QemuSpec
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    kind: str  # kernel | uki | iso | disk
+    firmware: str  # bios | uefi
+    format: str = "raw"
+    why: str = ""
+
+
+def classify(path: str) -> ImageKind:
+    """What ``path`` is and which firmware boots it by default."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(34 * 1024)
+    except OSError as exc:
+        raise InputError(f"cannot read {path!r}: {exc.strerror}") from None
+    if head[:4] == b"QFI\xfb":
+        return ImageKind("disk", "bios", "qcow2", "qcow2 image (firmware: bios unless --firmware)")
+    if len(head) >= 32774 and head[32769:32774] == b"CD001":
+        return ImageKind("iso", "bios", why="ISO 9660 image")
+    if head[0x202:0x206] == b"HdrS" and head[:2] == b"MZ" or head[0x202:0x206] == b"HdrS":
+        return ImageKind("kernel", "bios", why="Linux bzImage")
+    if head[:2] == b"MZ":
+        pe = struct.unpack_from("<I", head, 0x3C)[0] if len(head) > 0x40 else 0
+        if head[pe:pe + 4] == b"PE\0\0":
+            return ImageKind("uki", "uefi", why="PE/COFF EFI binary (UKI)")
+    if len(head) >= 1024 and head[510:512] == b"\x55\xaa":
+        has_code = any(head[:440])
+        gpt = head[512:520] == b"EFI PART"
+        if gpt and not has_code:
+            return ImageKind("disk", "uefi", why="GPT disk without BIOS boot code")
+        return ImageKind("disk", "bios", why=("GPT" if gpt else "MBR") + " disk with boot code")
+    raise InputError(f"{path!r} is not something imgkit can boot",
+                     hint="expected a Linux kernel, a UKI, a raw or qcow2 disk image, or an ISO")
+
+
+def spec_for(path: str, *, firmware: str | None = None, memory: int = 512, cpus: int = 1,
+             display: str = "serial", extra_drives: tuple[Drive, ...] = (),
+             extra_args: tuple[str, ...] = (), initrd: str | None = None,
+             append: str | None = None, workdir: str | None = None,
+             snapshot: bool = False) -> tuple[QemuSpec, ImageKind]:
+    """The QEMU spec that boots ``path``; ``workdir`` receives generated wrapper images."""
+    kind = classify(path)
+    fw = firmware or kind.firmware
+    if snapshot:
+        extra_args = ("-snapshot",) + tuple(extra_args)  # guest writes never reach the files
+    common = dict(memory=memory, cpus=cpus, display=display, extra_args=extra_args)
+    if kind.kind == "kernel":
+        return QemuSpec(kernel=path, initrd=initrd, append=append or "console=ttyS0",
+                        drives=extra_drives, **common), kind  # type: ignore[arg-type]
+    if initrd or append:
+        raise InputError("--initrd and --append only apply to a kernel booted directly",
+                         hint=f"{path} is a {kind.why}")
+    if kind.kind == "uki":
+        if fw != "uefi":
+            raise InputError("a UKI boots only with UEFI firmware", hint="drop --firmware bios")
+        disk = _wrap_uki(path, workdir or os.path.dirname(os.path.abspath(path)))
+        return QemuSpec(firmware="uefi", drives=(Drive(disk),) + extra_drives,
+                        **common), kind  # type: ignore[arg-type]
+    if kind.kind == "iso":
+        return QemuSpec(firmware=fw, drives=(Drive(path, "cdrom"),) + extra_drives,
+                        **common), kind  # type: ignore[arg-type]
+    return QemuSpec(firmware=fw, drives=(Drive(path, "virtio", kind.format),)
+                    + extra_drives, **common), kind  # type: ignore[arg-type]
+
+
+def _wrap_uki(uki: str, workdir: str) -> str:
+    from . import layout
+    from .bootloaders.systemd_boot import uki_esp_tree
+    from .disk import write_disk
+    from .formats.fat import write_fat
+
+    esp = os.path.join(workdir, "uki-esp.img")
+    plan = write_fat(uki_esp_tree(uki), esp, size=None, label="ESP", serial=0x1D6B17)
+    disk_plan = layout.plan(layout.DiskSpec(table="gpt", partitions=(
+        layout.PartitionSpec(name="esp", type="esp", content_size=plan.size),)))
+    disk = os.path.join(workdir, "uki-disk.img")
+    write_disk(disk_plan, {"esp": esp}, disk)
+    os.unlink(esp)
+    return disk
