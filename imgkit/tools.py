@@ -23,6 +23,8 @@ PACKAGES: dict[str, str] = {
     "mke2fs": "e2fsprogs", "debugfs": "e2fsprogs", "e2fsck": "e2fsprogs", "dumpe2fs": "e2fsprogs",
     "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils",
     "syslinux": "syslinux", "mcopy": "mtools", "mdir": "mtools",
+    "mtype": "mtools", "minfo": "mtools", "mlabel": "mtools", "fatlabel": "dosfstools",
+    "file": "file",
     "sfdisk": "fdisk", "sgdisk": "gdisk", "fsck.vfat": "dosfstools", "mkfs.vfat": "dosfstools",
     "cpio": "cpio", "bsdtar": "libarchive-tools", "xorriso": "xorriso", "objdump": "binutils",
     "objcopy": "binutils", "mmd": "mtools", "mtype": "mtools",

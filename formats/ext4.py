@@ -1,0 +1,515 @@
+"""ext4 images from a :class:`~imgkit.tree.Tree`, without root.
+
+``mke2fs -d DIR`` is the fast way to fill an ext4 filesystem, but it copies owners, modes and
+times from the host inodes of ``DIR`` and cannot see device nodes an unprivileged user cannot
+create. So the image is made in two steps:
+
+1. a staging directory mirrors the tree's *names and bytes* only (regular files are hard links
+   to the blob's host file where possible, so staging costs an inode, not a copy);
+   ``mke2fs -d`` copies it into the image;
+2. one ``debugfs -w -f CMDS`` pass makes device nodes and rewrites every inode's owner, full
+   mode, times and xattrs from the tree, so nothing of the host (owners, umask, atimes, ctimes,
+   inode numbers) leaks into the image.
+
+Everything that would otherwise be random or host time is fixed: the UUID and directory hash
+seed derive from a seed, ``E2FSPROGS_FAKE_TIME`` and debugfs' ``set_current_time`` pin the
+superblock and special-inode times, our own ``mke2fs.conf`` replaces the host's, and the
+options whose defaults depend on the host kernel (lazy init, discard) are given explicitly.
+Two builds of the same tree are therefore bit-identical.
+
+e2fsprogs 1.47.1 can read a tarball on ``-d -`` instead; the staging path works on every
+version from 1.43 on and is the one used here.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from imgkit import tools
+from imgkit.atomic import atomic_path
+from imgkit.errors import InputError, LayoutError, ToolError
+from imgkit.tree import Entry, Kind, Tree
+
+BLOCK = 4096
+INODE_SIZE = 256
+MIB = 1 << 20
+
+#: Features of a plain ext4 as e2fsprogs 1.47.0 makes it; the host's mke2fs.conf is ignored
+#: so the same tree gives the same image on every machine.
+DEFAULT_FEATURES = ("has_journal", "extent", "huge_file", "flex_bg", "metadata_csum", "64bit",
+                    "dir_nlink", "extra_isize")
+
+_MKE2FS_CONF = """\
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+	reserved_ratio = 5.0
+	lazy_itable_init = false
+	lazy_journal_init = false
+
+[fs_types]
+	ext4 = {{
+		features = {features}
+	}}
+"""
+
+# What mke2fs says when the tree does not fit the size it was given.
+_NO_SPACE = re.compile(
+    r"Could not allocate (block|inode)|No space left|No free space|too big for a filesystem|"
+    r"too small|Cannot create filesystem with requested number of inodes", re.I)
+
+
+@dataclass(frozen=True)
+class Ext4Info:
+    """What :func:`write_ext4` made: the size in bytes and the identifiers it chose."""
+
+    size: int
+    uuid: str
+    hash_seed: str
+    inodes: int
+
+
+# -- public API ---------------------------------------------------------------------------
+
+def write_ext4(
+    tree: Tree,
+    out_path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    label: str = "",
+    uuid: str | None = None,
+    hash_seed: str | None = None,
+    seed: str | None = None,
+    mtime_epoch: int | None = None,
+    features: Sequence[str] | None = None,
+    inodes: int | None = None,
+    reserved_percent: float = 0.0,
+    extra_mke2fs_args: Sequence[str] = (),
+    staging_dir: str | os.PathLike | None = None,
+) -> Ext4Info:
+    """Write ``tree`` as an ext4 image at ``out_path`` (atomically) and describe it.
+
+    ``size`` is the image size in bytes (a multiple of 4096); ``None`` picks the smallest size
+    that fits with some slack, growing it if ``mke2fs`` still runs out of room. A tree that does
+    not fit an explicit ``size`` raises :class:`LayoutError` naming the size it needs.
+
+    ``uuid`` and ``hash_seed`` default to values derived from ``seed``; without a seed, from
+    the label and the tree's metadata, so they never come from a random source.
+    ``mtime_epoch`` clamps every mtime (``SOURCE_DATE_EPOCH``) and is the time written into
+    the superblock; without it, the newest mtime of the tree is used. ``features`` are added to
+    :data:`DEFAULT_FEATURES` (``"^name"`` removes one), ``inodes`` overrides the inode count,
+    ``reserved_percent`` is mke2fs' ``-m`` (0 by default: an image is not a shared disk).
+    ``staging_dir`` is where the temporary staging tree goes (default: beside ``out_path``,
+    where hard links to the sources are most likely to work).
+    """
+    tree.validate()
+    version = e2fsprogs_version()
+    if version < (1, 43):
+        raise ToolError(f"mke2fs {'.'.join(map(str, version))} cannot populate a filesystem "
+                        f"from a directory (-d); e2fsprogs 1.43 or newer is needed")
+    if mtime_epoch is not None:
+        tree = tree.clamp_mtimes(mtime_epoch)
+        fs_time = mtime_epoch
+    else:
+        fs_time = max((e.mtime for e in tree), default=0)
+    # e2fsprogs reads a fake time of 0 as "no fake time"; 1 s keeps the image host-independent.
+    fs_time = max(int(fs_time), 1)
+    if len(label.encode()) > 16:
+        raise InputError(f"ext4 label {label!r} is {len(label.encode())} bytes; at most 16 fit")
+    if size is not None and (size <= 0 or size % BLOCK):
+        raise InputError(f"ext4 size must be a positive multiple of {BLOCK} bytes, got {size}")
+    for e in tree:
+        if "\n" in e.path or "\r" in e.path:
+            raise InputError(f"ext4: cannot store the name {e.path!r}: it contains a line break",
+                             hint="debugfs commands are line based; rename the file")
+    seed_text = seed if seed is not None else _tree_seed(tree, label)
+    fs_uuid = _parse_uuid(uuid, "uuid") if uuid else _derive_uuid(seed_text, "uuid")
+    fs_hash = (_parse_uuid(hash_seed, "hash_seed") if hash_seed
+               else _derive_uuid(seed_text, "hash_seed"))
+    need_inodes = _inodes_needed(tree)
+    if inodes is None:
+        n_inodes = need_inodes + max(64, need_inodes // 10)
+        if size is not None:
+            n_inodes = max(n_inodes, size // 16384)
+    else:
+        if inodes < need_inodes:
+            raise LayoutError(f"ext4: the tree needs {need_inodes} inodes, but inodes={inodes}")
+        n_inodes = inodes
+
+    out_path = os.fspath(out_path)
+    base = os.fspath(staging_dir) if staging_dir else os.path.dirname(os.path.abspath(out_path))
+    with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work:
+        staging = os.path.join(work, "root")
+        stage_tree(tree, staging)
+        conf = os.path.join(work, "mke2fs.conf")
+        feats = _merge_features(features)
+        with open(conf, "w") as f:
+            f.write(_MKE2FS_CONF.format(features=",".join(feats)))
+        mkfs = functools.partial(
+            _mke2fs, staging=staging, conf=conf, label=label, fs_uuid=fs_uuid, fs_hash=fs_hash,
+            inodes=n_inodes, reserved=reserved_percent, fs_time=fs_time,
+            extra=tuple(extra_mke2fs_args))
+        with atomic_path(out_path) as tmp:
+            if size is not None:
+                if mkfs(tmp, size) is not None:
+                    # Find what it does need, so the message can say so.
+                    estimate = estimate_size(tree, inodes=n_inodes,
+                                             reserved_percent=reserved_percent)
+                    needed = _fit(mkfs, os.path.join(work, "probe.img"),
+                                  max(estimate, size + size // 4))
+                    raise _too_small(size, needed)
+                final = size
+            else:
+                final = _fit(mkfs, tmp, estimate_size(tree, inodes=n_inodes,
+                                                      reserved_percent=reserved_percent))
+            cmds = os.path.join(work, "debugfs.cmds")
+            _write_debugfs_commands(cmds, tree, staging, work, fs_time)
+            _debugfs(tmp, cmds)
+    return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes)
+
+
+def estimate_size(tree: Tree, *, inodes: int | None = None,
+                  reserved_percent: float = 0.0) -> int:
+    """A size in bytes (MiB-aligned) an ext4 image of ``tree`` fits in, with ~5% slack.
+
+    Counts data and directory blocks, long symlinks, xattr blocks, the inode table, the
+    journal mke2fs will make, and per-group metadata; for layout planning before any I/O.
+    """
+    n_inodes = inodes if inodes is not None else _inodes_needed(tree) + 64
+    payload = 0
+    dir_bytes: dict[str, int] = {}
+    for e in tree:
+        if e.kind is Kind.FILE:
+            blocks = -(-e.size // BLOCK)
+            payload += blocks + blocks // (32768 * 340) + (1 if blocks > 4 * 32768 else 0)
+        elif e.kind is Kind.SYMLINK and e.size >= 60:
+            payload += 1
+        if e.xattrs and sum(len(n) + len(v) + 20 for n, v in e.xattrs) > 90:
+            payload += 1
+        if e.path:
+            name = len(os.fsencode(e.name))
+            dir_bytes[e.parent] = dir_bytes.get(e.parent, 24) + 8 + (name + 3) // 4 * 4
+    for nbytes in dir_bytes.values():
+        blocks = -(-nbytes // (BLOCK - 12))
+        payload += blocks if blocks == 1 else blocks * 3 // 2 + 1   # htree leaves half full
+    payload += len([e for e in tree if e.kind is Kind.DIR]) - len(dir_bytes)  # empty dirs
+    payload += 4 + 2  # lost+found, root
+    payload += -(-n_inodes * INODE_SIZE // BLOCK)
+    total = payload
+    for _ in range(20):
+        groups = -(-total // 32768)
+        overhead = groups * 2 + _sb_copies(groups) * (2 + _reserved_gdt(total)) + 16
+        journal = _journal_blocks(total)
+        new = int((payload + overhead + journal) * (1 + reserved_percent / 100) * 1.05) + 256
+        if new <= total:
+            break
+        total = new
+    return -(-total * BLOCK // MIB) * MIB
+
+
+def stage_tree(tree: Tree, staging: str) -> None:
+    """Mirror the names and bytes of ``tree`` under ``staging`` (which must not exist).
+
+    Metadata is not copied: the debugfs pass sets it. Regular files become hard links to the
+    blob's host file when it is a whole file on the same filesystem and not used by another
+    entry (mke2fs would merge two links to one host inode into one image inode); otherwise
+    they are copied (``copy_file_range``, which reflinks where the filesystem can). Device
+    nodes are left out: only root can make them on the host; debugfs makes them in the image.
+    """
+    os.mkdir(staging, 0o755)
+    linked: set[tuple[int, int]] = set()
+    hardlinks: list[Entry] = []
+    for e in tree:
+        dest = os.path.join(staging, e.path) if e.path else staging
+        if e.kind is Kind.DIR:
+            if e.path:
+                os.mkdir(dest, 0o755)
+        elif e.kind is Kind.FILE:
+            _stage_file(e, dest, linked)
+        elif e.kind is Kind.SYMLINK:
+            os.symlink(e.target or "", dest)
+        elif e.kind is Kind.FIFO:
+            os.mknod(dest, stat.S_IFIFO | 0o644)
+        elif e.kind is Kind.SOCKET:
+            os.mknod(dest, stat.S_IFSOCK | 0o644)
+        elif e.kind is Kind.HARDLINK:
+            hardlinks.append(e)
+    for e in hardlinks:   # after all primaries exist, wherever they sort
+        os.link(os.path.join(staging, e.target or ""), os.path.join(staging, e.path))
+
+
+@functools.lru_cache(maxsize=None)
+def e2fsprogs_version() -> tuple[int, ...]:
+    """The installed e2fsprogs version, from ``mke2fs -V`` (asked once per process)."""
+    proc = tools.run(["mke2fs", "-V"], check=False)
+    text = (proc.stderr or b"").decode() + (proc.stdout or b"").decode()
+    m = re.search(r"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise ToolError(f"cannot tell the e2fsprogs version from mke2fs -V: {text.strip()!r}")
+    return tuple(int(x or 0) for x in m.groups())
+
+
+# -- staging ------------------------------------------------------------------------------
+
+def _stage_file(e: Entry, dest: str, linked: set[tuple[int, int]]) -> None:
+    blob = e.data
+    if blob is None or blob.size == 0:
+        open(dest, "wb").close()
+        return
+    rng = blob.host_range()
+    if rng is not None and rng[1] == 0:
+        try:
+            st = os.stat(rng[0])
+        except OSError:
+            st = None
+        if (st is not None and stat.S_ISREG(st.st_mode) and st.st_size == blob.size
+                and (st.st_dev, st.st_ino) not in linked):
+            try:
+                os.link(rng[0], dest)
+                linked.add((st.st_dev, st.st_ino))
+                return
+            except OSError as exc:   # other filesystem, protected_hardlinks, no link support
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
+                                     errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+    with open(dest, "wb") as out:
+        if rng is not None:
+            with open(rng[0], "rb") as src:
+                _copy_range(src.fileno(), rng[1], out.fileno(), blob.size)
+        else:
+            with blob.open() as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _copy_range(src: int, offset: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes in the kernel; ``copy_file_range`` may share extents (reflink)."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src, dst, size - done, offset + done)
+            if n == 0:
+                break
+            done += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while done < size:
+        n = os.sendfile(dst, src, offset + done, size - done)
+        if n == 0:
+            raise InputError(f"source file shrank while copying: expected {size} bytes, "
+                             f"got {done}")
+        done += n
+
+
+# -- mke2fs -------------------------------------------------------------------------------
+
+def _mke2fs(image: str, size: int, *, staging: str, conf: str, label: str, fs_uuid: str,
+            fs_hash: str, inodes: int, reserved: float, fs_time: int,
+            extra: tuple[str, ...]) -> str | None:
+    """Make the filesystem; ``None`` on success, mke2fs' complaint if the tree did not fit."""
+    with open(image, "wb") as f:   # a fresh sparse file: no bytes of an earlier try remain
+        f.truncate(size)
+    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-d", staging, "-L", label, "-U", fs_uuid,
+            "-E", f"hash_seed={fs_hash},root_owner=0:0,nodiscard,lazy_itable_init=0,"
+                  "lazy_journal_init=0",
+            "-b", str(BLOCK), "-I", str(INODE_SIZE), "-N", str(inodes), "-m", f"{reserved:g}",
+            *extra, image, str(size // BLOCK)]
+    env = {"MKE2FS_CONFIG": conf, "E2FSPROGS_FAKE_TIME": str(fs_time)}
+    proc = tools.run(argv, env=env, check=False)
+    if proc.returncode == 0:
+        return None
+    text = (proc.stderr or b"").decode(errors="replace") + (proc.stdout or b"").decode(
+        errors="replace")
+    if _NO_SPACE.search(text):
+        return text
+    tail = "\n".join(text.strip().splitlines()[-15:])
+    raise ToolError(f"mke2fs failed with exit status {proc.returncode} making a "
+                    f"{size} byte ext4 image\n{tail}")
+
+
+def _fit(mkfs, image: str, start: int) -> int:
+    """Run ``mkfs`` at ``start`` bytes, growing by a quarter until the tree fits."""
+    size = start
+    for _ in range(12):
+        if mkfs(image, size) is None:
+            return size
+        size = -(-(size + max(size // 4, 4 * MIB)) // MIB) * MIB
+    raise LayoutError(f"ext4: the tree did not fit even in {size} bytes",
+                      hint="this looks like a bug in the size estimate; give size= explicitly")
+
+
+def _too_small(size: int, needed: int) -> LayoutError:
+    return LayoutError(
+        f"ext4: the tree does not fit in {size} bytes ({size / MIB:.1f} MiB); "
+        f"it needs about {needed} bytes ({needed / MIB:.1f} MiB)",
+        hint=f"make the filesystem at least {-(-needed // MIB)} MiB, or use size=auto")
+
+
+# -- debugfs ------------------------------------------------------------------------------
+
+def _q(path: str) -> str:
+    """Quote for debugfs' command parser: double quotes, a quote inside doubled."""
+    return '"' + path.replace('"', '""') + '"'
+
+
+def _abs(path: str) -> str:
+    return "/" + path
+
+
+def _write_debugfs_commands(cmd_path: str, tree: Tree, staging: str, work: str,
+                            fs_time: int) -> None:
+    lines: list[str] = [f"set_current_time @{fs_time}"]
+    # 1. device nodes, which staging could not hold. A full path to mknod would become one
+    #    name with slashes in it, so cd into the parent first.
+    for e in tree:
+        if e.kind in (Kind.CHAR, Kind.BLOCK):
+            lines.append(f"cd {_q(_abs(e.parent))}")
+            kind = "c" if e.kind is Kind.CHAR else "b"
+            major, minor = e.rdev
+            if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
+                raise InputError(f"device {e.path!r} has number {major}:{minor}; Linux allows "
+                                 f"majors up to 4095 and minors up to 1048575")
+            if minor <= 0xFFFF:
+                lines.append(f"mknod {_q(e.name)} {kind} {major} {minor}")
+            else:   # debugfs' mknod takes 16-bit numbers: store the kernel's encoding directly
+                lines.append(f"mknod {_q(e.name)} {kind} 0 0")
+                p = _q(_abs(e.path))
+                lines.append(f"sif {p} block[0] 0")
+                new = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+                lines.append(f"sif {p} block[1] {new}")
+    lines.append('cd "/"')
+    # 2. xattrs: drop whatever the staging host attached (SELinux labels, inherited ACLs),
+    #    then set the tree's. Values go through files so any bytes survive.
+    n_values = 0
+    for e in tree:
+        if e.kind in (Kind.CHAR, Kind.BLOCK, Kind.HARDLINK):
+            host_names: list[str] = []
+        else:
+            host = os.path.join(staging, e.path) if e.path else staging
+            try:
+                host_names = os.listxattr(host, follow_symlinks=False)
+            except OSError:
+                host_names = []
+        want = dict(e.xattrs) if e.kind is not Kind.HARDLINK else {}
+        for name in sorted(host_names):
+            if name not in want:
+                lines.append(f"ea_rm {_q(_abs(e.path))} {_q(name)}")
+        for name, value in e.xattrs if e.kind is not Kind.HARDLINK else ():
+            vfile = os.path.join(work, f"xattr-{n_values}")
+            n_values += 1
+            with open(vfile, "wb") as f:
+                f.write(value)
+            lines.append(f"ea_set -f {_q(vfile)} {_q(_abs(e.path))} {_q(name)}")
+    # 3. owner, full mode and all four times of every inode, last so nothing above bumps them.
+    entries: Iterable[Entry] = [e for e in tree if e.kind is not Kind.HARDLINK]
+    if "lost+found" not in tree:
+        entries = [*entries, Entry("lost+found", Kind.DIR, mode=0o700, mtime=fs_time)]
+    for e in entries:
+        p = _q(_abs(e.path))
+        lines.append(f"sif {p} uid {e.uid}")
+        lines.append(f"sif {p} gid {e.gid}")
+        lines.append(f"sif {p} mode 0{e.st_mode:o}")
+        for field in ("atime", "ctime", "mtime", "crtime"):
+            lines.append(f"sif {p} {field}_extra 0")   # before the time: it holds epoch bits
+            lines.append(f"sif {p} {field} @{e.mtime}")
+    with open(cmd_path, "wb") as f:
+        f.write(b"\n".join(os.fsencode(line) for line in lines) + b"\n")
+
+
+def _debugfs(image: str, cmds: str) -> None:
+    """Run the command file; debugfs exits 0 even when a command fails, so read stderr."""
+    proc = tools.run(["debugfs", "-w", "-f", cmds, image], stdout=subprocess.DEVNULL,
+                     check=False)
+    errors = [line for line in (proc.stderr or b"").decode(errors="replace").splitlines()
+              if line.strip() and not line.startswith("debugfs ")]
+    if proc.returncode != 0 or errors:
+        raise ToolError(f"debugfs failed setting metadata in {image}: "
+                        + "; ".join(errors[:10]) + (f" (and {len(errors) - 10} more)"
+                                                    if len(errors) > 10 else ""))
+
+
+# -- sizing helpers -----------------------------------------------------------------------
+
+def _inodes_needed(tree: Tree) -> int:
+    """Inodes the tree uses (hard links share one) plus the 11 reserved and lost+found."""
+    return sum(1 for e in tree if e.kind is not Kind.HARDLINK) + 12
+
+
+def _journal_blocks(blocks: int) -> int:
+    """The journal size mke2fs picks (ext2fs_default_journal_size)."""
+    if blocks < 2048:
+        return 0
+    for limit, journal in ((32768, 1024), (256 * 1024, 4096), (512 * 1024, 8192),
+                           (4096 * 1024, 16384), (8192 * 1024, 32768),
+                           (16384 * 1024, 65536), (32768 * 1024, 131072)):
+        if blocks < limit:
+            return journal
+    return 262144
+
+
+def _sb_copies(groups: int) -> int:
+    """Groups holding a superblock copy with sparse_super: 0, 1 and powers of 3, 5, 7."""
+    copies = {0, 1}
+    for base in (3, 5, 7):
+        g = base
+        while g < groups:
+            copies.add(g)
+            g *= base
+    return len([g for g in copies if g < groups]) or 1
+
+
+def _reserved_gdt(blocks: int) -> int:
+    """Group descriptor blocks reserved for online growth to 1024x (resize_inode)."""
+    groups = -(-blocks // 32768)
+    max_groups = -(-min(blocks * 1024, 2 ** 32) // 32768)
+    per_block = BLOCK // 64
+    return min(1024, -(-max_groups // per_block)) + -(-groups // per_block)
+
+
+def _merge_features(extra: Sequence[str] | None) -> list[str]:
+    feats = list(DEFAULT_FEATURES)
+    for f in extra or ():
+        name = f.lstrip("^")
+        if name in feats:
+            feats.remove(name)
+        if not f.startswith("^"):
+            feats.append(name)
+        elif name not in DEFAULT_FEATURES:
+            feats.append(f)
+    return feats
+
+
+def _parse_uuid(text: str, what: str) -> str:
+    try:
+        return str(uuidlib.UUID(text))
+    except ValueError:
+        raise InputError(f"ext4 {what} must be a UUID like "
+                         f"12345678-1234-1234-1234-123456789abc, got {text!r}") from None
+
+
+def _derive_uuid(seed: str, purpose: str) -> str:
+    digest = hashlib.sha256(f"imgkit ext4 {purpose}\0{seed}".encode()).digest()
+    return str(uuidlib.UUID(bytes=digest[:16], version=4))
+
+
+def _tree_seed(tree: Tree, label: str) -> str:
+    """A seed from the tree's metadata, so an image without a seed still has no random bits."""
+    h = hashlib.sha256(label.encode())
+    for e in tree:
+        h.update(os.fsencode(f"{e.path}\0{e.kind.value}\0{e.mode}\0{e.uid}\0{e.gid}\0"
+                             f"{e.mtime}\0{e.size}\0{e.target}\0"))
+    return h.hexdigest()

@@ -1,0 +1,216 @@
+"""ext4 images checked with e2fsprogs' own e2fsck and debugfs (read-only)."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from imgkit import tools
+from imgkit.errors import InputError, LayoutError
+from imgkit.formats.ext4 import estimate_size, write_ext4
+from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
+
+pytestmark = pytest.mark.skipif(not (tools.have("mke2fs") and tools.have("debugfs")),
+                                reason="e2fsprogs not installed")
+
+EPOCH = 1_700_000_000
+
+
+def debugfs(img, request: str) -> str:
+    proc = tools.run(["debugfs", "-R", request, str(img)])
+    return proc.stdout.decode(errors="replace")
+
+
+def fsck(img) -> None:
+    proc = tools.run(["e2fsck", "-fn", str(img)], check=False)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+def stat_of(img, path: str) -> dict:
+    out = debugfs(img, f'stat "{path}"')
+    info: dict = {"raw": out}
+    m = re.search(r"Inode: (\d+)\s+Type: ([\w ]+?)\s+Mode:\s+(\d+)", out)
+    assert m, f"debugfs stat {path}: {out}"
+    info["ino"], info["type"], info["perm"] = int(m[1]), m[2], int(m[3], 8)
+    m = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
+    info["uid"], info["gid"] = int(m[1]), int(m[2])
+    info["links"] = int(re.search(r"Links: (\d+)", out)[1])
+    for field in ("mtime", "atime", "ctime", "crtime"):
+        m = re.search(rf"^\s*{field}: 0x([0-9a-f]+):([0-9a-f]+)", out, re.M)
+        info[field] = int(m[1], 16) + ((int(m[2], 16) & 3) << 32)
+    m = re.search(r"Device major/minor number: (\d+):(\d+)", out)
+    if m:
+        info["rdev"] = (int(m[1]), int(m[2]))
+    return info
+
+
+def host_tree(src, *, umask: int, host_mtime: int) -> Tree:
+    """A tree whose regular files are real host files under ``src``.
+
+    The host files get ``umask``-dependent permissions and ``host_mtime`` (newer than EPOCH,
+    so clamped), which must not show in the image: only the tree's metadata may.
+    """
+    old = os.umask(umask)
+    try:
+        os.makedirs(src / "etc", exist_ok=True)
+        os.makedirs(src / "usr" / "bin", exist_ok=True)
+        files = {
+            "etc/hostname": b"imgkit\n",
+            "etc/with space.conf": b"a = b\n",
+            "usr/bin/tool": bytes(range(256)) * 300,
+            "usr/bin/su": b"\x7fELF" + b"\0" * 5000,
+        }
+        for i in range(40):
+            files[f"usr/share/doc/f{i:03d}.txt"] = f"file {i}\n".encode() * (i + 1)
+        for rel, data in files.items():
+            p = src / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+            os.utime(p, (host_mtime + 7, host_mtime))
+    finally:
+        os.umask(old)
+    t = Tree(default_mtime=EPOCH - 100)
+    for rel in sorted(files):
+        p = src / rel
+        mode = 0o4755 if rel == "usr/bin/su" else 0o755 if rel.startswith("usr/bin") else 0o644
+        t.add(Entry(rel, Kind.FILE, mode=mode, mtime=int(p.stat().st_mtime),
+                    data=FileBlob(str(p), p.stat().st_size)))
+    t.add(Entry("home/user", Kind.DIR, mode=0o700, uid=1000, gid=1000, mtime=EPOCH - 5))
+    t.add(Entry("home/user/notes", Kind.FILE, mode=0o600, uid=1000, gid=1000,
+                mtime=EPOCH - 50, data=BytesBlob(b"private\n")))
+    t.add(Entry("usr/bin/su-link", Kind.HARDLINK, target="usr/bin/su"))
+    t.add(Entry("dev/console", Kind.CHAR, mode=0o600, rdev=(5, 1), mtime=EPOCH - 1))
+    t.add(Entry("dev/sda1", Kind.BLOCK, mode=0o660, gid=6, rdev=(8, 1), mtime=EPOCH - 1))
+    t.add(Entry("dev/weird", Kind.CHAR, mode=0o600, rdev=(300, 70000), mtime=EPOCH - 1))
+    t.add(Entry("run/initctl", Kind.FIFO, mode=0o600, mtime=EPOCH - 2))
+    t.add(Entry("run/sock", Kind.SOCKET, mode=0o777, mtime=EPOCH - 2))
+    t.add(Entry("bin", Kind.SYMLINK, mode=0o777, target="usr/bin", mtime=EPOCH - 3))
+    t.add(Entry("etc/xattr", Kind.FILE, data=BytesBlob(b"x"),
+                xattrs=(("user.foo", b"bar"), ("user.bin", b"\0\n\"\xff"))))
+    t.add(Entry('etc/odd "quoted" name', Kind.FILE, data=BytesBlob(b"odd")))
+    return t
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return host_tree(tmp_path / "src", umask=0o022, host_mtime=EPOCH + 1000)
+
+
+def test_metadata_seen_by_debugfs(tmp_path, tree):
+    img = tmp_path / "root.img"
+    info = write_ext4(tree, img, size=16 << 20, label="root", seed="test",
+                      mtime_epoch=EPOCH)
+    assert img.stat().st_size == 16 << 20 == info.size
+    fsck(img)
+
+    st = stat_of(img, "/etc/hostname")
+    assert (st["type"], st["perm"], st["uid"], st["gid"]) == ("regular", 0o644, 0, 0)
+    assert st["mtime"] == st["atime"] == st["ctime"] == st["crtime"] == EPOCH  # clamped
+    assert debugfs(img, "cat /etc/hostname") == "imgkit\n"
+    assert debugfs(img, 'cat "/etc/with space.conf"') == "a = b\n"
+
+    su = stat_of(img, "/usr/bin/su")
+    assert (su["perm"], su["links"]) == (0o4755, 2)
+    assert stat_of(img, "/usr/bin/su-link")["ino"] == su["ino"]
+
+    home = stat_of(img, "/home/user")
+    assert (home["type"], home["perm"], home["uid"], home["gid"]) == ("directory", 0o700,
+                                                                       1000, 1000)
+    assert home["mtime"] == EPOCH - 5
+    notes = stat_of(img, "/home/user/notes")
+    assert (notes["perm"], notes["uid"], notes["gid"], notes["mtime"]) == (0o600, 1000, 1000,
+                                                                           EPOCH - 50)
+
+    con = stat_of(img, "/dev/console")
+    assert (con["type"], con["perm"], con["rdev"], con["mtime"]) == (
+        "character special", 0o600, (5, 1), EPOCH - 1)
+    sda = stat_of(img, "/dev/sda1")
+    assert (sda["type"], sda["perm"], sda["gid"], sda["rdev"]) == ("block special", 0o660,
+                                                                    6, (8, 1))
+    assert stat_of(img, "/dev/weird")["rdev"] == (300, 70000)
+    fifo = stat_of(img, "/run/initctl")
+    assert (fifo["type"], fifo["perm"]) == ("FIFO", 0o600)
+    assert stat_of(img, "/run/sock")["type"] == "socket"
+
+    link = stat_of(img, "/bin")
+    assert link["type"] == "symlink"
+    assert 'Fast link dest: "usr/bin"' in link["raw"]
+
+    xa = debugfs(img, "ea_list /etc/xattr")
+    assert "user.foo (3) = \"bar\"" in xa
+    assert "user.bin (4) = 00 0a 22 ff" in xa
+    assert debugfs(img, 'cat "/etc/odd ""quoted"" name"') == "odd"
+
+    root = stat_of(img, "/")
+    assert (root["uid"], root["gid"], root["perm"], root["mtime"]) == (0, 0, 0o755, EPOCH - 100)
+    lf = stat_of(img, "/lost+found")
+    assert (lf["uid"], lf["perm"], lf["mtime"]) == (0, 0o700, EPOCH)
+
+    sb = tools.run(["dumpe2fs", "-h", str(img)]).stdout.decode()
+    assert re.search(r"Filesystem volume name:\s+root", sb)
+    assert re.search(rf"Filesystem UUID:\s+{info.uuid}", sb)
+    assert "has_journal" in sb and "metadata_csum" in sb
+
+
+def test_bit_identical_from_different_copies(tmp_path):
+    t1 = host_tree(tmp_path / "a" / "src", umask=0o022, host_mtime=EPOCH + 10)
+    t2 = host_tree(tmp_path / "b" / "deeper" / "src", umask=0o077, host_mtime=EPOCH + 99999)
+    os.utime(tmp_path / "b", (EPOCH + 5, EPOCH + 5))
+    i1 = write_ext4(t1, tmp_path / "a.img", seed="same", mtime_epoch=EPOCH)
+    # A different staging place, and files touched in between: nothing host-side may leak.
+    (tmp_path / "stage").mkdir()
+    i2 = write_ext4(t2, tmp_path / "b.img", seed="same", mtime_epoch=EPOCH,
+                    staging_dir=tmp_path / "stage")
+    assert i1 == i2
+    fsck(tmp_path / "a.img")
+    a = (tmp_path / "a.img").read_bytes()
+    assert a == (tmp_path / "b.img").read_bytes()
+    # another seed gives another filesystem UUID
+    i3 = write_ext4(t1, tmp_path / "c.img", seed="other", mtime_epoch=EPOCH)
+    assert i3.uuid != i1.uuid
+    assert not os.listdir(tmp_path / "stage")   # staging removed
+
+
+def test_auto_size_fits_a_few_mb(tmp_path):
+    t = Tree(default_mtime=EPOCH)
+    src = tmp_path / "blob"
+    src.write_bytes(os.urandom(3 << 20))
+    t.add(Entry("big.bin", Kind.FILE, data=FileBlob(str(src), 3 << 20)))
+    for d in range(5):
+        for i in range(200):
+            t.add(Entry(f"d{d}/file-with-a-longish-name-{i:04d}", Kind.FILE,
+                        data=BytesBlob(b"y" * (i * 37))))
+    img = tmp_path / "auto.img"
+    info = write_ext4(t, img, seed="auto")
+    size = img.stat().st_size
+    assert size == info.size and size % (1 << 20) == 0
+    assert size < 4 * (t.data_size() + 1000 * 4096), size   # no wild over-allocation
+    assert info.inodes >= 1000 + 6
+    fsck(img)
+    assert debugfs(img, "cat /d4/file-with-a-longish-name-0003") == "y" * 111
+    data = tools.run(["debugfs", "-R", "cat /big.bin", str(img)]).stdout
+    assert data == src.read_bytes()
+    assert estimate_size(t) <= size * 2
+
+
+def test_too_small_raises_layout_error(tmp_path):
+    t = Tree()
+    t.add(Entry("a", Kind.FILE, data=BytesBlob(os.urandom(6 << 20))))
+    out = tmp_path / "small.img"
+    with pytest.raises(LayoutError, match=r"needs about \d+ bytes") as exc:
+        write_ext4(t, out, size=4 << 20, seed="x")
+    assert exc.value.hint and "MiB" in exc.value.hint
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []   # no temporaries left behind
+
+
+def test_bad_inputs(tmp_path):
+    t = Tree()
+    with pytest.raises(InputError):
+        write_ext4(t, tmp_path / "x.img", size=1000)
+    with pytest.raises(InputError):
+        write_ext4(t, tmp_path / "x.img", label="a-label-that-is-too-long")
+    t.add(Entry("bad\nname", Kind.FILE, data=BytesBlob(b"")))
+    with pytest.raises(InputError):
+        write_ext4(t, tmp_path / "x.img")
