@@ -29,9 +29,15 @@ venv: $(PY)
 cache:
 	mkdir -p $(IMGKIT_CACHE) && chmod 1777 $(IMGKIT_CACHE)
 
-# Build an initramfs and a bootable disk from the bundled example, and boot them in QEMU.
+DEMO_EXPECT := imgkit demo: root filesystem is up
+
+# Build the bundled example disk (examples/demo.toml) and boot it with SeaBIOS and with OVMF.
 demo: setup cache
-	$(PY) -m imgkit demo --output-dir out
+	$(PY) -m imgkit build examples/demo.toml -O out
+	$(PY) -m imgkit inspect out/demo.img
+	$(PY) -m imgkit run out/demo.img --firmware bios --snapshot --expect '$(DEMO_EXPECT)' --timeout 300
+	$(PY) -m imgkit run out/demo.img --firmware uefi --snapshot --expect '$(DEMO_EXPECT)' --timeout 300
+	@echo "demo: out/demo.img booted with SeaBIOS and with OVMF"
 
 # The test suite, then (when run as root, as CI does) again as an unprivileged user:
 # building images must never need root.

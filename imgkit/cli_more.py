@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec, kind = spec_for(args.image, firmware=args.firmware, memory=args.mem,
                                   cpus=args.cpus, display=display, extra_drives=extra_drives,
                                   extra_args=extra, initrd=args.initrd, append=args.append,
-                                  workdir=work, snapshot=args.snapshot)
+                                  workdir=work, snapshot=args.snapshot,
+                                  iso_as_disk=args.iso_as_disk)
             progress(f"booting {args.image}: {kind.why}, {spec.firmware} firmware")
         elif args.kernel:
             spec = QemuSpec(kernel=args.kernel, initrd=args.initrd,
@@ -123,6 +124,8 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
                    help="extra QEMU arguments, passed through (split on spaces)")
     p.add_argument("--snapshot", action="store_true",
                    help="discard the guest's writes (the image files stay unchanged)")
+    p.add_argument("--iso-as-disk", action="store_true",
+                   help="attach an ISO as a hard disk (as a USB stick would be) instead of a CD")
     p.add_argument("--quiet", action="store_true", help="do not copy the console to stdout")
     p.add_argument("--print-cmdline", action="store_true",
                    help="print the QEMU command line instead of running it")
@@ -157,3 +160,7 @@ def _register_kernel(sub: argparse._SubParsersAction) -> None:
 
 
 cli._EXTRA_PARSERS.extend([_register_run, _register_kernel])
+
+from . import cli_inspect  # noqa: E402  (registers `inspect`)
+
+cli._EXTRA_PARSERS.append(cli_inspect.register)

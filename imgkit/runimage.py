@@ -53,7 +53,7 @@ def spec_for(path: str, *, firmware: str | None = None, memory: int = 512, cpus:
              display: str = "serial", extra_drives: tuple[Drive, ...] = (),
              extra_args: tuple[str, ...] = (), initrd: str | None = None,
              append: str | None = None, workdir: str | None = None,
-             snapshot: bool = False) -> tuple[QemuSpec, ImageKind]:
+             snapshot: bool = False, iso_as_disk: bool = False) -> tuple[QemuSpec, ImageKind]:
     """The QEMU spec that boots ``path``; ``workdir`` receives generated wrapper images."""
     kind = classify(path)
     fw = firmware or kind.firmware
@@ -72,7 +72,7 @@ def spec_for(path: str, *, firmware: str | None = None, memory: int = 512, cpus:
         disk = _wrap_uki(path, workdir or os.path.dirname(os.path.abspath(path)))
         return QemuSpec(firmware="uefi", drives=(Drive(disk),) + extra_drives,
                         **common), kind  # type: ignore[arg-type]
-    if kind.kind == "iso":
+    if kind.kind == "iso" and not iso_as_disk:
         return QemuSpec(firmware=fw, drives=(Drive(path, "cdrom"),) + extra_drives,
                         **common), kind  # type: ignore[arg-type]
     return QemuSpec(firmware=fw, drives=(Drive(path, "virtio", kind.format),)
