@@ -92,6 +92,10 @@ def _host_file(path: str, host: PathLike, mtime: int, what: str) -> Entry:
                  origin=host)
 
 
+#: Free space ``syslinux --install`` needs on the FAT (ldlinux.sys + ldlinux.c32, rounded up).
+INSTALL_ROOM = 256 * 1024
+
+
 def install_syslinux(disk_image_path: PathLike, partition_offset_bytes: int, *,
                      directory: str | None = None) -> None:
     """Install syslinux's boot sector, ``ldlinux.sys`` and ``ldlinux.c32`` into the FAT
@@ -111,7 +115,16 @@ def install_syslinux(disk_image_path: PathLike, partition_offset_bytes: int, *,
         argv += ["--directory", "/" + directory.strip("/")]
     argv.append(image)
     # mtools refuses some valid filesystems unless told not to second-guess the geometry.
-    tools.run(argv, env={"MTOOLS_SKIP_CHECK": "1"})
+    proc = tools.run(argv, env={"MTOOLS_SKIP_CHECK": "1"})
+    # syslinux exits 0 even when mtools could not write ldlinux.sys: read what it said.
+    complaint = (proc.stderr or b"").decode(errors="replace").strip()
+    if complaint:
+        hint = None
+        if "space" in complaint or "free cluster" in complaint:
+            hint = (f"the FAT filesystem needs about {INSTALL_ROOM // 1024} KiB free for "
+                    "ldlinux.sys and ldlinux.c32: make it bigger")
+        raise ToolError(f"syslinux --install into {image} at offset {partition_offset_bytes} "
+                        f"failed: {complaint.splitlines()[0]}", hint=hint)
 
 
 def mbr_boot_code(table: Literal["mbr", "gpt"] = "mbr") -> bytes:

@@ -252,8 +252,12 @@ class Builder:
         tree = self.fs_tree(fc)
         if fc.type == "vfat":
             from .formats.fat import plan_fat
+            slack = 0
+            if fc.syslinux is not None:
+                from .bootloaders.syslinux import INSTALL_ROOM
+                slack = INSTALL_ROOM
             return plan_fat(tree, size=None, fat_type=fc.fat_type, label=fc.label,
-                            skip_special=True).size
+                            skip_special=True, slack=slack).size
         if fc.type == "ext4":
             from .formats.ext4 import estimate_size
             return estimate_size(tree)
