@@ -72,3 +72,20 @@ def sample_tree() -> Tree:
     t.add(Entry("home/user/empty", Kind.FILE, mode=0o644, uid=1000, gid=1000, data=BytesBlob(b"")))
     t.add(Entry("etc/" + "n" * 200, Kind.FILE, mode=0o600, data=BytesBlob(b"long name\n")))
     return t
+
+
+# In CI every tool is installed (packages.txt): a skipped test there means a missing package,
+# which must fail the run instead of passing silently.
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CI") and _skipped and exitstatus == 0:
+        print(f"\nCI: {len(_skipped)} test(s) skipped; every test must run in CI:", *_skipped[:20],
+              sep="\n  ")
+        session.exitstatus = 1
