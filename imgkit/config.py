@@ -197,7 +197,8 @@ class _Table:
 
     def table(self, key: str) -> "_Table | None":
         value = self.get(key, dict)
-        return None if value is None else _Table(value, f"{self.where}.{key}", self.file)
+        where = key if self.where == "top level" else f"{self.where}.{key}"
+        return None if value is None else _Table(value, where, self.file)
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -348,7 +349,7 @@ def _syslinux(t: _Table | None, rel) -> SyslinuxConfig | None:
 def _named_tables(top: _Table, key: str):
     group = top.get(key, dict, {})
     for name, value in group.items():
-        yield name, _Table(value, f"{key}.{name}", top.file)
+        yield name, _Table(value, f"{key}.{name}", top.file)  # [trees.NAME] etc.
 
 
 def _is_ref(value: str) -> bool:
