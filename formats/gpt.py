@@ -344,3 +344,32 @@ def read_gpt(f: BinaryIO, *, sector_size: int | None = None) -> GptTable:
     return GptTable(hdr.disk_guid, sector_size, hdr.first_usable_lba, hdr.last_usable_lba, 1,
                     hdr.alternate_lba, hdr.entries_lba, hdr.num_entries, tuple(parts),
                     backup_ok, pmbr)
+
+
+def reseal(f: BinaryIO, *, sector_size: int = 512) -> None:
+    """Make a GPT written by another tool consistent: recompute both CRCs of the primary
+    header, and rewrite the backup entries and header as copies of the primary.
+
+    Used on isohybrid ISOs, whose GPT (from pycdlib) carries wrong entry-array CRCs and a
+    backup that differs from the primary; firmware and ``sgdisk -v`` then distrust it.
+    """
+    f.seek(sector_size)
+    primary = _HeaderFields.parse(f.read(HEADER_SIZE))
+    array_bytes = primary.num_entries * ENTRY_SIZE
+    f.seek(primary.entries_lba * sector_size)
+    entries_raw = f.read(array_bytes)
+    if len(entries_raw) != array_bytes:
+        raise ImageError("GPT entry array runs past the end of the image")
+    backup_lba = primary.alternate_lba
+    backup_entries_lba = backup_lba - -(-array_bytes // sector_size)
+    common = dict(first_usable_lba=primary.first_usable_lba,
+                  last_usable_lba=primary.last_usable_lba, disk_guid=primary.disk_guid,
+                  entries_raw=entries_raw)
+    f.seek(sector_size)
+    f.write(build_header(my_lba=primary.my_lba, alternate_lba=backup_lba,
+                         entries_lba=primary.entries_lba, **common))
+    f.seek(backup_entries_lba * sector_size)
+    f.write(entries_raw)
+    f.seek(backup_lba * sector_size)
+    f.write(build_header(my_lba=backup_lba, alternate_lba=primary.my_lba,
+                         entries_lba=backup_entries_lba, **common))

@@ -31,6 +31,8 @@ import pycdlib
 from pycdlib import dates as _pdates
 from pycdlib import headervd as _pheadervd
 from pycdlib import isohybrid as _pisohybrid
+
+from imgkit.formats import gpt as _gpt
 from pycdlib import pycdlib as _pmain
 from pycdlib import rockridge as _prr
 from pycdlib import utils as _putils
@@ -128,12 +130,19 @@ def write_iso(
             with atomic_open(out_path) as f:
                 iso.write_fp(f)
                 size = f.tell()
+                if boot is not None and boot.isohybrid and _has_gpt(f):
+                    _gpt.reseal(f)
         except PyCdlibException as exc:
             raise LayoutError(f"ISO image {os.fspath(out_path)!r}: {exc}") from exc
         finally:
             with contextlib.suppress(PyCdlibException):
                 iso.close()
     return IsoInfo(size=size)
+
+
+def _has_gpt(f) -> bool:
+    f.seek(512)
+    return f.read(8) == b"EFI PART"
 
 
 # -- names --------------------------------------------------------------------------------

@@ -116,3 +116,15 @@ def test_demo_disk_is_sparse(built):
     image = main_output(built("demo"))
     st = os.stat(image)
     assert st.st_blocks * 512 < st.st_size * 0.6
+
+
+def test_hybrid_iso_structure_seen_by_xorriso(built):
+    iso = main_output(built("hybrid-iso"))
+    area = sh("xorriso", "-indev", iso, "-report_system_area", "plain")
+    assert "MBR isohybrid" in area and "GPT" in area
+    assert "CRC wrong" not in area and "backup problems" not in area
+    torito = sh("xorriso", "-indev", iso, "-report_el_torito", "plain")
+    assert "BIOS  y   none" in torito and "UEFI  y   none" in torito
+    assert "boot-info-table" in torito
+    listing = sh("xorriso", "-indev", iso, "-find", "/", "-exec", "lsdl")
+    assert "/README.txt" in listing and "/isolinux/isolinux.cfg" in listing
