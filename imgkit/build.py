@@ -22,7 +22,7 @@ from . import layout
 from .assemble import finish
 from .config import Config, FilesystemConfig, SyslinuxConfig, TreeConfig
 from .errors import InputError, LayoutError
-from .idmap import IdMap, parse_ranges
+from .idmap import idmap_from_options
 from .sizes import parse_size
 from .sources import load_source
 from .sources.initramfs_list import read_initramfs_list
@@ -178,15 +178,8 @@ class Builder:
             host = self.resolve(src, f"[trees.{tc.name}] files.{dest!r}")
             tree.add(_file_entry(dest, host, mtime=mtime))
         tree.validate()
-        if tc.owner == "squash":
-            idmap = IdMap("squash")
-        elif tc.uid_map or tc.gid_map:
-            idmap = IdMap("ranges", uid_ranges=parse_ranges(tc.uid_map) if tc.uid_map else (),
-                          gid_ranges=parse_ranges(tc.gid_map) if tc.gid_map else ())
-        elif tc.root_uid is not None or tc.root_gid is not None:
-            idmap = IdMap("root", root_uid=tc.root_uid, root_gid=tc.root_gid)
-        else:
-            idmap = IdMap("keep")
+        idmap = idmap_from_options(squash=tc.owner == "squash", root_uid=tc.root_uid,
+                                   root_gid=tc.root_gid, uid_map=tc.uid_map, gid_map=tc.gid_map)
         return finish(tree, idmap=idmap, mtime=self.mtime)
 
     # -- archives and UKIs ------------------------------------------------------------------

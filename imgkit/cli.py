@@ -64,17 +64,10 @@ def _add_tree_options(p: argparse.ArgumentParser) -> None:
 
 def _tree_spec(args: argparse.Namespace):
     from .assemble import TreeSpec
-    from .idmap import IdMap, parse_ranges
+    from .idmap import idmap_from_options
 
-    if args.squash:
-        idmap = IdMap("squash")
-    elif args.uid_map or args.gid_map:
-        idmap = IdMap("ranges", uid_ranges=parse_ranges(args.uid_map) if args.uid_map else (),
-                      gid_ranges=parse_ranges(args.gid_map) if args.gid_map else ())
-    elif args.root_uid is not None or args.root_gid is not None:
-        idmap = IdMap("root", root_uid=args.root_uid, root_gid=args.root_gid)
-    else:
-        idmap = IdMap("keep")
+    idmap = idmap_from_options(squash=args.squash, root_uid=args.root_uid,
+                               root_gid=args.root_gid, uid_map=args.uid_map, gid_map=args.gid_map)
     files = []
     for item in args.file:
         parts = item.split(":")

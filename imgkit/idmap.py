@@ -85,5 +85,19 @@ def parse_ranges(text: str) -> tuple[IdRange, ...]:
     return tuple(out)
 
 
+def idmap_from_options(*, squash: bool = False, root_uid: int | None = None,
+                       root_gid: int | None = None, uid_map: str | None = None,
+                       gid_map: str | None = None) -> IdMap:
+    """The id map the user's options ask for; squash wins, then ranges, then one id to root."""
+    if squash:
+        return IdMap("squash")
+    if uid_map or gid_map:
+        return IdMap("ranges", uid_ranges=parse_ranges(uid_map) if uid_map else (),
+                     gid_ranges=parse_ranges(gid_map) if gid_map else ())
+    if root_uid is not None or root_gid is not None:
+        return IdMap("root", root_uid=root_uid, root_gid=root_gid)
+    return IdMap("keep")
+
+
 SQUASH = IdMap("squash")
 KEEP = IdMap("keep")
