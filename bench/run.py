@@ -1,0 +1,554 @@
+#!/usr/bin/env python3
+"""imgkit against the tools it replaces, side by side on one realistic tree.
+
+Every contender runs as its own process, interleaved with the others (A B C A B C ...), on a
+warm page cache; we report the median wall time, the peak RSS and the *ratio* imgkit / other,
+measured in this one run. Absolute times on a shared machine mean little; ratios taken in the
+same minute do. A section whose tool is missing, or whose command fails, says so and the
+benchmark goes on.
+
+    python bench/run.py [--runs N] [--only SECTION[,SECTION]] [--tree DIR] [--quick] [--json FILE]
+
+Sections: initramfs, tar, fat, iso, ext4, disk, virt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import trees  # noqa: E402
+from measure import Command, Result, clear, measure  # noqa: E402
+
+SECTIONS = ("initramfs", "tar", "fat", "iso", "ext4", "disk", "virt")
+IMGKIT = [sys.executable, "-m", "imgkit"]
+HELPER = [sys.executable, os.path.join(HERE, "helpers.py")]
+MiB = 1 << 20
+q = shlex.quote
+
+
+@dataclass
+class Target:
+    """``imgkit`` row / ``ref`` row <= ``max_ratio`` (or, with ref None, RSS < max_rss_mb)."""
+
+    text: str
+    imgkit: str
+    ref: str | None = None
+    max_ratio: float | None = None
+    max_rss_mb: float | None = None
+    value: float | None = None
+    passed: bool | None = None
+
+    def check(self, results: dict[str, Result]) -> None:
+        me = results.get(self.imgkit)
+        if me is None or not me.ok:
+            return
+        if self.ref is None:
+            self.value = me.rss_mb
+            self.passed = self.value < self.max_rss_mb  # type: ignore[operator]
+            return
+        other = results.get(self.ref)
+        if other is None or not other.ok or not other.seconds:
+            return
+        self.value = me.seconds / other.seconds  # type: ignore[operator]
+        self.passed = self.value <= self.max_ratio  # type: ignore[operator]
+
+    def as_dict(self) -> dict:
+        return {"target": self.text, "value": self.value, "passed": self.passed}
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    cmds: list[Command] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    results: dict[str, Result] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    after: object = None  # callable(section) run after measuring, e.g. to look at outputs
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is not None
+
+
+def missing(section: Section, *tools: str) -> list[str]:
+    gone = [t for t in tools if not have(t)]
+    for t in gone:
+        section.notes.append(f"{t} not found: its row is left out (apt-get install the package "
+                             f"that provides it; see packages.txt)")
+    return gone
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+def sec_initramfs(tree: str, out: str) -> list[Section]:
+    raw = Section("initramfs", "initramfs: newc cpio, no compression")
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    raw.cmds.append(Command("imgkit initramfs --compress none",
+                            IMGKIT + ["initramfs", tree, "-o", o("imgkit.cpio"),
+                                      "--compress", "none"], (o("imgkit.cpio"),)))
+    gone = missing(raw, "cpio", "bsdtar")
+    if "cpio" not in gone:
+        raw.cmds.append(Command("find | cpio -o -H newc",
+                                f"find . | cpio -o -H newc --quiet > {q(o('cpio.cpio'))}",
+                                (o("cpio.cpio"),), cwd=tree))
+    if "bsdtar" not in gone:
+        raw.cmds.append(Command("bsdtar --format newc", ["bsdtar", "--format", "newc", "-cf",
+                                                         o("bsdtar.cpio"), "-C", tree, "."],
+                                (o("bsdtar.cpio"),)))
+    raw.cmds.append(Command("python copy_file_range floor", HELPER + ["copy", tree, o("floor")],
+                            (o("floor"),)))
+    me = raw.cmds[0].name
+    raw.targets += [Target("imgkit <= bsdtar", me, "bsdtar --format newc", 1.0),
+                    Target("imgkit <= 1.5x python copy floor", me,
+                           "python copy_file_range floor", 1.5),
+                    Target("imgkit peak RSS < 100 MB", me, max_rss_mb=100)]
+
+    z = Section("initramfs-zstd", "initramfs: newc cpio, zstd -3")
+    z.cmds.append(Command("imgkit initramfs --compress zstd",
+                          IMGKIT + ["initramfs", tree, "-o", o("imgkit.cpio.zst"),
+                                    "--compress", "zstd"], (o("imgkit.cpio.zst"),)))
+    gone = missing(z, "bsdtar", "zstd")
+    if not gone:
+        z.cmds.append(Command("bsdtar newc | zstd -T0 -3",
+                              f"set -o pipefail; bsdtar --format newc -cf - -C {q(tree)} . "
+                              f"| zstd -T0 -3 -q > {q(o('bsdtar.cpio.zst'))}",
+                              (o("bsdtar.cpio.zst"),)))
+    z.targets += [Target("imgkit zstd <= 1.2x bsdtar | zstd -T0 -3", z.cmds[0].name,
+                         "bsdtar newc | zstd -T0 -3", 1.2),
+                  Target("imgkit zstd peak RSS < 100 MB", z.cmds[0].name, max_rss_mb=100)]
+
+    def sizes(sec: Section) -> None:
+        for c in sec.cmds:
+            if c.outputs and os.path.exists(c.outputs[0]):
+                sec.extra.setdefault("output_bytes", {})[c.name] = os.path.getsize(c.outputs[0])
+    raw.after = z.after = sizes
+    return [raw, z]
+
+
+def sec_tar(tree: str, out: str) -> list[Section]:
+    s = Section("tar", "tar (no compression)")
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    s.cmds.append(Command("imgkit tar", IMGKIT + ["tar", tree, "-o", o("imgkit.tar")],
+                          (o("imgkit.tar"),)))
+    gone = missing(s, "tar", "bsdtar")
+    if "tar" not in gone:
+        s.cmds.append(Command("GNU tar -cf", ["tar", "-cf", o("gnu.tar"), "-C", tree, "."],
+                              (o("gnu.tar"),)))
+    if "bsdtar" not in gone:
+        s.cmds.append(Command("bsdtar -cf", ["bsdtar", "-cf", o("bsd.tar"), "-C", tree, "."],
+                              (o("bsd.tar"),)))
+    s.targets.append(Target("imgkit tar peak RSS < 100 MB", s.cmds[0].name, max_rss_mb=100))
+    return [s]
+
+
+def _fat_kib(root: str) -> int:
+    """A mkfs.vfat size (KiB) that holds ``root`` with 4 KiB clusters and some room."""
+    used = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        used += 8192 + 64 * (len(dirnames) + len(filenames))
+        for n in filenames:
+            used += -(-os.lstat(os.path.join(dirpath, n)).st_size // 4096) * 4096
+    return int(used * 1.10 + 4 * MiB) // 1024
+
+
+def sec_fat(fat_tree: str, out: str) -> list[Section]:
+    stats = trees.tree_stats(fat_tree)
+    s = Section("fat", f"FAT from a {stats.files:,}-file, {stats.bytes / 1e6:.0f} MB tree "
+                       "(regular files only)")
+    s.extra["tree"] = stats.as_dict()
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    s.cmds.append(Command("imgkit write_fat (auto size)", HELPER + ["fat", fat_tree, o("imgkit.fat")],
+                          (o("imgkit.fat"),)))
+    s.cmds.append(Command("python start-up + import (floor)", HELPER + ["import", "fat"]))
+    if not missing(s, "mkfs.vfat", "mcopy"):
+        kib = _fat_kib(fat_tree)
+        top = " ".join(q(os.path.join(fat_tree, n)) for n in sorted(os.listdir(fat_tree)))
+        s.cmds.append(Command(f"mkfs.vfat -C + mcopy -s ({kib // 1024} MiB)",
+                              f"set -e; mkfs.vfat -C {q(o('mtools.fat'))} {kib} >/dev/null; "
+                              f"mcopy -s -i {q(o('mtools.fat'))} {top} ::",
+                              (o("mtools.fat"),), env={"MTOOLS_SKIP_CHECK": "1"}))
+        s.targets.append(Target("imgkit FAT <= 2x mkfs.vfat + mcopy", s.cmds[0].name,
+                                s.cmds[-1].name, 2.0))
+    s.targets.append(Target("imgkit FAT peak RSS < 100 MB", s.cmds[0].name, max_rss_mb=100))
+    return [s]
+
+
+def sec_iso(tree: str, out: str) -> list[Section]:
+    s = Section("iso", "ISO 9660 with Rock Ridge and Joliet")
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    s.cmds.append(Command("imgkit write_iso", HELPER + ["iso", tree, o("imgkit.iso")],
+                          (o("imgkit.iso"),)))
+    if not missing(s, "xorriso"):
+        s.cmds.append(Command("xorriso -as mkisofs -R -J",
+                              ["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-o",
+                               o("xorriso.iso"), tree], (o("xorriso.iso"),)))
+    return [s]
+
+
+def ext4_size(stats: trees.TreeStats) -> int:
+    """A roomy ext4 size for a tree, in bytes, a multiple of 16 MiB (used by both sides)."""
+    entries = stats.files + stats.dirs + stats.symlinks + stats.other
+    need = stats.bytes * 1.25 + entries * 4096 + 48 * MiB
+    return int(-(-need // (16 * MiB)) * 16 * MiB)
+
+
+def sec_ext4(tree: str, out: str, stats: trees.TreeStats) -> list[Section]:
+    size = ext4_size(stats)
+    s = Section("ext4", f"ext4 image of {size // MiB} MiB")
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    s.cmds.append(Command("imgkit write_ext4", HELPER + ["ext4", tree, o("imgkit.ext4"), str(size)],
+                          (o("imgkit.ext4"),)))
+    if not missing(s, "mke2fs"):
+        s.cmds.append(Command("mke2fs -t ext4 -d", ["mke2fs", "-q", "-F", "-t", "ext4", "-d", tree,
+                                                    o("mke2fs.ext4"), f"{size // 1024}k"],
+                              (o("mke2fs.ext4"),)))
+    return [s]
+
+
+def _payload(path: str, size: int, seed: int) -> str:
+    """A file of ``size`` incompressible bytes (kernel- or initrd-like), made once."""
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        rnd = random.Random(seed)
+        with open(path + ".tmp", "wb") as f:
+            left = size
+            while left:
+                n = min(left, 4 * MiB)
+                f.write(rnd.randbytes(n))
+                left -= n
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def sec_disk(tree: str, out: str, stats: trees.TreeStats) -> list[Section]:
+    root_size = ext4_size(stats)
+    s = Section("disk", f"GPT disk: 64 MiB vfat ESP (8 + 24 MiB files) + {root_size // MiB} MiB "
+                        "ext4 root")
+    inputs = os.path.join(trees.cache_dir(), "inputs")
+    os.makedirs(inputs, exist_ok=True)
+    vmlinuz = _payload(os.path.join(inputs, "vmlinuz"), 8 * MiB, 1)
+    initrd = _payload(os.path.join(inputs, "initrd.img"), 24 * MiB, 2)
+
+    work = os.path.join(out, "disk")
+    os.makedirs(work, exist_ok=True)
+    cfg = os.path.join(work, "imgkit.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""seed = "bench"
+
+[trees.esp]
+files = {{ "vmlinuz" = {json.dumps(vmlinuz)}, "initrd.img" = {json.dumps(initrd)} }}
+
+[trees.root]
+sources = [{json.dumps(tree)}]
+
+[filesystems.esp]
+type = "vfat"
+tree = "esp"
+size = "64M"
+
+[filesystems.root]
+type = "ext4"
+tree = "root"
+size = "{root_size}"
+
+[disk]
+output = "disk.img"
+table = "gpt"
+partitions = [
+  {{ name = "esp", type = "esp", filesystem = "esp" }},
+  {{ name = "root", type = "root-x86-64", filesystem = "root" }},
+]
+""")
+    imgkit_out = os.path.join(work, "imgkit-out")
+    s.cmds.append(Command("imgkit build", IMGKIT + ["build", "-q", cfg, "-O", imgkit_out],
+                          (imgkit_out,)))
+    if not missing(s, "genimage", "mkdosfs", "mcopy", "mke2fs", "e2fsck"):
+        gcfg = os.path.join(work, "genimage.cfg")
+        with open(gcfg, "w") as f:
+            f.write(f"""image esp.vfat {{
+\tvfat {{
+\t\tfiles = {{ "vmlinuz", "initrd.img" }}
+\t}}
+\tsize = 64M
+}}
+
+image root.ext4 {{
+\text4 {{
+\t\tuse-mke2fs = true
+\t}}
+\tsize = {root_size // 1024}K
+}}
+
+image disk.img {{
+\thdimage {{
+\t\tpartition-table-type = "gpt"
+\t}}
+\tpartition esp {{
+\t\timage = "esp.vfat"
+\t\tpartition-type-uuid = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+\t}}
+\tpartition root {{
+\t\timage = "root.ext4"
+\t\tpartition-type-uuid = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+\t}}
+}}
+""")
+        g_out = os.path.join(work, "genimage-out")
+        g_tmp = os.path.join(work, "genimage-tmp")
+
+        def fresh() -> None:
+            shutil.rmtree(g_tmp, ignore_errors=True)
+            os.makedirs(g_out, exist_ok=True)
+
+        s.cmds.append(Command("genimage", ["genimage", "--config", gcfg, "--rootpath", tree,
+                                           "--tmppath", g_tmp, "--inputpath", inputs,
+                                           "--outputpath", g_out],
+                              (g_out, g_tmp), prepare=fresh))
+        s.targets.append(Target("imgkit build <= 1.2x genimage", s.cmds[0].name, "genimage", 1.2))
+
+    def usage(sec: Section) -> None:
+        for name, path in (("imgkit build", os.path.join(imgkit_out, "disk.img")),
+                           ("genimage", os.path.join(work, "genimage-out", "disk.img"))):
+            if os.path.exists(path):
+                st = os.stat(path)
+                sec.extra.setdefault("disk_usage", {})[name] = {
+                    "apparent_bytes": st.st_size, "allocated_bytes": st.st_blocks * 512}
+    s.after = usage
+    return [s]
+
+
+def _virt_available() -> bool:
+    try:
+        r = subprocess.run(IMGKIT + ["virt", "--help"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+        return r.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _floor_kernel(s: Section) -> str | None:
+    try:
+        from imgkit.kernel import fetch_debian_kernel
+        return fetch_debian_kernel().vmlinuz
+    except Exception as exc:  # noqa: BLE001 - any failure only drops the floor row
+        s.notes.append(f"no kernel for the bare QEMU floor: {exc}")
+        return None
+
+
+def sec_virt(out: str) -> list[Section]:
+    s = Section("virt", "virt start-up: imgkit virt -- true (TCG)")
+    if not _virt_available():
+        s.notes.append("virt: not available (imgkit virt --help failed)")
+        return [s]
+    if missing(s, "qemu-system-x86_64"):
+        return [s]
+    vmlinuz = None
+    if not missing(s, "cpio", "gzip", "busybox"):
+        vmlinuz = _floor_kernel(s)
+    if vmlinuz:
+        tiny = os.path.join(out, "tiny")
+        os.makedirs(os.path.join(tiny, "bin"), exist_ok=True)
+        shutil.copy(shutil.which("busybox") or "/bin/busybox", os.path.join(tiny, "bin", "busybox"))
+        with open(os.path.join(tiny, "init"), "w") as f:
+            f.write("#!/bin/busybox sh\n/bin/busybox poweroff -f\n")
+        os.chmod(os.path.join(tiny, "init"), 0o755)
+        initrd = os.path.join(out, "tiny.cpio.gz")
+        subprocess.run(f"find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > {q(initrd)}",
+                       shell=True, cwd=tiny, check=True)
+        s.cmds.append(Command("bare qemu -kernel -initrd (floor)",
+                              ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic",
+                               "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
+                               "-append", "console=ttyS0 panic=-1 quiet"], timeout=180))
+    cache = os.path.join(out, "virt-cache")
+    s.cmds.insert(0, Command("imgkit virt -- true (warm)", IMGKIT + ["virt", "--", "true"],
+                             env={"IMGKIT_CACHE": cache}, timeout=300))
+    s.extra["cold_cache"] = cache
+    return [s]
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_section(sec: Section) -> None:
+    print(f"\n== {sec.title} ==")
+    for n in sec.notes:
+        print(f"  note: {n}")
+    if not sec.cmds:
+        return
+    me = sec.results.get(sec.cmds[0].name)
+    width = max(len(c.name) for c in sec.cmds) + 2
+    print(f"  {'tool':<{width}}{'median s':>10}{'peak RSS MB':>13}{'imgkit/this':>13}")
+    for c in sec.cmds:
+        r = sec.results.get(c.name)
+        if r is None:
+            continue
+        if not r.ok:
+            print(f"  {c.name:<{width}}FAILED: {r.error}")
+            continue
+        ratio = None
+        if me is not None and me.ok and c is not sec.cmds[0] and r.seconds:
+            ratio = me.seconds / r.seconds  # type: ignore[operator]
+        print(f"  {c.name:<{width}}{fmt(r.seconds, '10.3f')}{fmt(r.rss_mb, '13.1f')}"
+              f"{fmt(ratio, '13.2f') if ratio is not None else '            -'}")
+    for t in sec.targets:
+        if t.passed is None:
+            verdict = "n/a (a row failed or is missing)"
+        elif t.ref is None:
+            verdict = f"{t.value:.1f} MB  {'PASS' if t.passed else 'MISS'}"
+        else:
+            verdict = f"ratio {t.value:.2f}  {'PASS' if t.passed else 'MISS'}"
+        print(f"  target: {t.text:<46} {verdict}")
+    for key, value in sec.extra.items():
+        if key == "output_bytes":
+            print("  output sizes: " + ", ".join(f"{k}: {v / 1e6:,.1f} MB" for k, v in value.items()))
+        elif key == "disk_usage":
+            for k, v in value.items():
+                print(f"  {k} disk.img: apparent {v['apparent_bytes'] / MiB:,.0f} MiB, "
+                      f"allocated {v['allocated_bytes'] / MiB:,.0f} MiB")
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def run_section(sec: Section, runs: int, logdir: str) -> None:
+    if not sec.cmds:
+        return
+    names = ", ".join(c.name for c in sec.cmds)
+    trees.log(f"{sec.name}: {runs} run(s) of {names}")
+    cold = None
+    if "cold_cache" in sec.extra:
+        # Cold: the first run with an empty cache, measured once, apart from the warm runs.
+        cold = Command("imgkit virt -- true (cold)", sec.cmds[0].argv, env=sec.cmds[0].env,
+                       timeout=900)
+        shutil.rmtree(sec.extra.pop("cold_cache"), ignore_errors=True)
+        sec.results.update(measure([cold], 1, logdir))
+    keep = callable(sec.after)
+    sec.results.update(measure(sec.cmds, runs, logdir, keep_outputs=keep))
+    if keep:
+        try:
+            sec.after(sec)  # type: ignore[operator]
+        finally:
+            for c in sec.cmds:
+                clear(c.outputs)
+    if cold is not None:
+        sec.cmds.insert(1, cold)
+    for t in sec.targets:
+        t.check(sec.results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per command; the median is kept")
+    ap.add_argument("--only", action="append", default=[], metavar="SECTION",
+                    help=f"only these sections ({', '.join(SECTIONS)}); repeatable or "
+                         "comma-separated")
+    ap.add_argument("--tree", metavar="DIR", help="benchmark this tree instead of building one")
+    ap.add_argument("--quick", action="store_true",
+                    help="a small tree (the host's Python library) for a fast smoke run")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    only = {x for item in args.only for x in item.split(",") if x}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from "
+                 f"{', '.join(SECTIONS)}")
+    wanted = [s for s in SECTIONS if not only or s in only]
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+
+    if args.tree:
+        tree, how = os.path.abspath(args.tree), "given with --tree"
+        if not os.path.isdir(tree):
+            ap.error(f"--tree {args.tree!r} is not a directory")
+    elif args.quick:
+        tree, how = trees.quick_tree(), "the host's Python standard library (--quick)"
+    else:
+        try:
+            tree = trees.big_tree()
+            how = open(tree + ".complete").read().strip()
+        except Exception as exc:  # noqa: BLE001
+            print(f"bench: cannot build the benchmark tree: {exc}", file=sys.stderr)
+            return 1
+    stats = trees.tree_stats(tree)
+    print(f"tree: {tree} ({how})")
+    print(f"      {stats.line()}")
+    print(f"runs: {args.runs} per command, median; interleaved; warm page cache; "
+          f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
+
+    base = trees.cache_dir()
+    report: dict = {"tree": {"path": tree, "how": how, **stats.as_dict()}, "runs": args.runs,
+                    "cpus": os.cpu_count(), "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="run-", dir=base) as out:
+        logdir = os.path.join(out, "logs")
+        os.makedirs(logdir)
+        trees.log("warming the page cache...")
+        trees.warm(tree)
+        for name in wanted:
+            try:
+                if name == "initramfs":
+                    secs = sec_initramfs(tree, out)
+                elif name == "tar":
+                    secs = sec_tar(tree, out)
+                elif name == "fat":
+                    if args.quick or args.tree:
+                        fat_tree = trees.regular_subset(tree, os.path.join(out, "fat-tree"),
+                                                        max_files=2000, max_bytes=40_000_000)
+                    else:
+                        fat_tree = trees.regular_subset(
+                            tree, os.path.join(base, "tree-fat"), max_files=2000,
+                            max_bytes=40_000_000, prefer=("usr/lib/python3.11", "usr/share"))
+                    trees.warm(fat_tree)
+                    secs = sec_fat(fat_tree, out)
+                elif name == "iso":
+                    secs = sec_iso(tree, out)
+                elif name == "ext4":
+                    secs = sec_ext4(tree, out, stats)
+                elif name == "disk":
+                    secs = sec_disk(tree, out, stats)
+                else:
+                    secs = sec_virt(out)
+            except Exception as exc:  # noqa: BLE001 - a broken section must not stop the rest
+                secs = [Section(name, name, notes=[f"could not set up: {type(exc).__name__}: {exc}"])]
+            for sec in secs:
+                try:
+                    run_section(sec, args.runs, logdir)
+                except Exception as exc:  # noqa: BLE001
+                    sec.notes.append(f"failed while measuring: {type(exc).__name__}: {exc}")
+                print_section(sec)
+                sys.stdout.flush()
+                report["sections"][sec.name] = {
+                    "title": sec.title, "notes": sec.notes,
+                    "results": [sec.results[c.name].as_dict() for c in sec.cmds
+                                if c.name in sec.results],
+                    "targets": [t.as_dict() for t in sec.targets], **sec.extra}
+    misses = [(n, t["target"]) for n, s in report["sections"].items() for t in s["targets"]
+              if t["passed"] is False]
+    print("\nsummary: " + ("every target met" if not misses else
+                           f"{len(misses)} target(s) missed: " +
+                           "; ".join(f"{n}: {t}" for n, t in misses)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
