@@ -243,6 +243,18 @@ class Tree:
         self._children_index = None
         return entry
 
+    def add_in_order(self, entry: Entry) -> None:
+        """Insert an entry whose path is canonical and whose parent is already a directory.
+
+        For sources that walk a hierarchy parent-first (a directory scan): it skips the path
+        normalization and parent checks that :meth:`add` does for arbitrary input.
+        """
+        old = self._entries.get(entry.path)
+        if old is not None and old.kind is Kind.DIR and entry.kind is not Kind.DIR:
+            self._remove_below(entry.path)
+        self._entries[entry.path] = entry
+        self._children_index = None
+
     def update(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             self.add(entry)

@@ -11,7 +11,7 @@ import os
 import stat
 
 from imgkit.errors import InputError
-from imgkit.tree import Entry, FileBlob, Kind, Tree
+from imgkit.tree import Entry, FileBlob, Kind, Tree, normalize_path
 
 
 def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
@@ -19,6 +19,7 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
     """Scan ``path`` into a new :class:`Tree`, its content placed under ``prefix``."""
     if not os.path.isdir(path):
         raise InputError(f"source directory {path!r} does not exist or is not a directory")
+    prefix = normalize_path(prefix)
     tree = Tree()
     uid, gid = os.getuid(), os.getgid()
     seen_inodes: dict[tuple[int, int], str] = {}
@@ -28,28 +29,32 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
             return st.st_uid, st.st_gid
         return (0 if st.st_uid == uid else st.st_uid, 0 if st.st_gid == gid else st.st_gid)
 
+    kinds = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.SYMLINK}
+
     def add(host: str, rel: str, st: os.stat_result) -> None:
         mode = st.st_mode
-        kind = Kind.from_mode(mode)
+        kind = kinds.get(stat.S_IFMT(mode)) or Kind.from_mode(mode)
         u, g = owner(st)
-        fields = dict(path=rel, kind=kind, mode=stat.S_IMODE(mode), uid=u, gid=g,
-                      mtime=int(st.st_mtime), origin=host)
+        target = None
+        data = None
+        rdev = (0, 0)
         if kind is Kind.FILE:
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 first = seen_inodes.get(key)
                 if first is not None:
-                    tree.add(Entry(**{**fields, "kind": Kind.HARDLINK, "target": first}))
+                    tree.add_in_order(Entry(rel, Kind.HARDLINK, stat.S_IMODE(mode), u, g,
+                                            int(st.st_mtime), first, origin=host))
                     return
                 seen_inodes[key] = rel
-            fields["data"] = FileBlob(host, st.st_size)
+            data = FileBlob(host, st.st_size)
         elif kind is Kind.SYMLINK:
-            fields["target"] = os.readlink(host)
+            target = os.readlink(host)
         elif kind in (Kind.CHAR, Kind.BLOCK):
-            fields["rdev"] = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        if xattrs and kind is not Kind.SYMLINK:
-            fields["xattrs"] = _read_xattrs(host)
-        tree.add(Entry(**fields))
+            rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        xa = _read_xattrs(host) if xattrs and kind is not Kind.SYMLINK else ()
+        tree.add_in_order(Entry(rel, kind, stat.S_IMODE(mode), u, g, int(st.st_mtime), target,
+                                rdev, xa, data, host))
 
     root_st = os.lstat(path)
     u, g = owner(root_st)
@@ -73,7 +78,7 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
             if stat.S_ISDIR(st.st_mode):
                 walk(item.path, rel)
 
-    walk(path, prefix.strip("/"))
+    walk(path, prefix)
     return tree
 
 
