@@ -10,7 +10,6 @@ import os
 from imgkit.errors import InputError
 from imgkit.tree import Tree
 
-from .archive import read_archive
 from .directory import read_directory
 from .initramfs_list import looks_like_list, read_initramfs_list
 
@@ -38,6 +37,12 @@ def load_source(path: str, *, host_owners: bool = False, default_mtime: int = 0)
     if kind == "list":
         return read_initramfs_list(path, default_mtime=default_mtime)
     return read_archive(path)
+
+
+def read_archive(path: str, **kwargs) -> Tree:
+    """See :func:`imgkit.sources.archive.read_archive` (imported on use: libarchive loads slowly)."""
+    from .archive import read_archive as _read_archive
+    return _read_archive(path, **kwargs)
 
 
 def load_sources(paths: list[str], *, host_owners: bool = False, default_mtime: int = 0) -> Tree:
