@@ -164,3 +164,7 @@ cli._EXTRA_PARSERS.extend([_register_run, _register_kernel])
 from . import cli_inspect  # noqa: E402  (registers `inspect`)
 
 cli._EXTRA_PARSERS.append(cli_inspect.register)
+
+from . import cli_virt  # noqa: E402  (registers `virt`)
+
+cli._EXTRA_PARSERS.append(cli_virt.register)
