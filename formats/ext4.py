@@ -1,27 +1,37 @@
 """ext4 images from a :class:`~imgkit.tree.Tree`, without root.
 
-``mke2fs -d DIR`` is the fast way to fill an ext4 filesystem, but it copies owners, modes and
-times from the host inodes of ``DIR`` and cannot see device nodes an unprivileged user cannot
-create. So the image is made in two steps:
+``mke2fs -d DIR`` is the fast way to fill an ext4 filesystem, but it copies owners, modes,
+times and xattrs from the host inodes of ``DIR`` and cannot see device nodes an unprivileged
+user cannot create. So the image is made in two steps:
 
-1. a staging directory mirrors the tree's *names and bytes* only (regular files are hard links
-   to the blob's host file where possible, so staging costs an inode, not a copy);
-   ``mke2fs -d`` copies it into the image;
-2. one ``debugfs -w -f CMDS`` pass makes device nodes and rewrites every inode's owner, full
-   mode, times and xattrs from the tree, so nothing of the host (owners, umask, atimes, ctimes,
-   inode numbers) leaks into the image.
+1. ``mke2fs -d`` copies a host directory holding the tree's *names and bytes*. When the tree
+   was read from one host directory and still matches it name for name (the usual case for
+   :func:`imgkit.sources.read_directory`), that directory is used as it is: ``mke2fs`` only
+   reads it. Otherwise a staging directory mirrors the tree (regular files are hard links to
+   the blob's host file where possible, so staging costs an inode, not a copy). Device nodes
+   the builder cannot make are staged as placeholders at their place, so every inode is
+   allocated by ``mke2fs`` in the same order whichever way the image is made.
+2. ``debugfs`` lists the new directories (``ls -p``: inode numbers, modes and owners), then
+   one ``debugfs -w -f CMDS`` pass addresses each inode by number and rewrites what differs
+   from the tree: owner, full mode, device numbers, xattrs, and all four times. Nothing of the
+   host (owners, umask, atimes, ctimes, inode numbers) leaks into the image.
+
+``mke2fs`` 1.47 reads directories sorted by name (``scandir`` + ``alphasort``, and the C
+locale is forced), so the host directory order does not matter either.
 
 Everything that would otherwise be random or host time is fixed: the UUID and directory hash
 seed derive from a seed, ``E2FSPROGS_FAKE_TIME`` and debugfs' ``set_current_time`` pin the
 superblock and special-inode times, our own ``mke2fs.conf`` replaces the host's, and the
 options whose defaults depend on the host kernel (lazy init, discard) are given explicitly.
-Two builds of the same tree are therefore bit-identical.
+Two builds of the same tree are therefore bit-identical, whether from the source directory or
+from a staging copy.
 
-e2fsprogs 1.47.1 can read a tarball on ``-d -`` instead; the staging path works on every
+e2fsprogs 1.47.1 can read a tarball on ``-d -`` instead; the directory path works on every
 version from 1.43 on and is the one used here.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import functools
 import hashlib
@@ -38,7 +48,7 @@ from typing import Iterable, Sequence
 from imgkit import tools
 from imgkit.atomic import atomic_path
 from imgkit.errors import InputError, LayoutError, ToolError
-from imgkit.tree import Entry, Kind, Tree
+from imgkit.tree import Entry, FileBlob, Kind, Tree
 
 BLOCK = 4096
 INODE_SIZE = 256
@@ -114,7 +124,8 @@ def write_ext4(
     :data:`DEFAULT_FEATURES` (``"^name"`` removes one), ``inodes`` overrides the inode count,
     ``reserved_percent`` is mke2fs' ``-m`` (0 by default: an image is not a shared disk).
     ``staging_dir`` is where the temporary staging tree goes (default: beside ``out_path``,
-    where hard links to the sources are most likely to work).
+    where hard links to the sources are most likely to work); a tree read unchanged from one
+    host directory needs none, as ``mke2fs`` reads that directory itself.
     """
     tree.validate()
     version = e2fsprogs_version()
@@ -152,18 +163,27 @@ def write_ext4(
 
     out_path = os.fspath(out_path)
     base = os.fspath(staging_dir) if staging_dir else os.path.dirname(os.path.abspath(out_path))
-    with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work:
-        staging = os.path.join(work, "root")
-        stage_tree(tree, staging)
+    with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work, \
+            atomic_path(out_path) as tmp, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # Looked at only now that our own temporaries exist: were they inside the source
+        # directory, it would no longer match the tree and would not be used.
+        direct = _direct_source(tree, version)
+        if direct is not None:
+            source, host = direct
+        else:
+            source = os.path.join(work, "root")
+            stage_tree(tree, source)
+            host = _scan(source)
         conf = os.path.join(work, "mke2fs.conf")
         feats = _merge_features(features)
         with open(conf, "w") as f:
             f.write(_MKE2FS_CONF.format(features=",".join(feats)))
         mkfs = functools.partial(
-            _mke2fs, staging=staging, conf=conf, label=label, fs_uuid=fs_uuid, fs_hash=fs_hash,
+            _mke2fs, source=source, conf=conf, label=label, fs_uuid=fs_uuid, fs_hash=fs_hash,
             inodes=n_inodes, reserved=reserved_percent, fs_time=fs_time,
             extra=tuple(extra_mke2fs_args))
-        with atomic_path(out_path) as tmp:
+        try:
             if size is not None:
                 if mkfs(tmp, size) is not None:
                     # Find what it does need, so the message can say so.
@@ -176,9 +196,24 @@ def write_ext4(
             else:
                 final = _fit(mkfs, tmp, estimate_size(tree, inodes=n_inodes,
                                                       reserved_percent=reserved_percent))
-            cmds = os.path.join(work, "debugfs.cmds")
-            _write_debugfs_commands(cmds, tree, staging, work, fs_time)
-            _debugfs(tmp, cmds)
+        except ToolError:
+            _raise_unreadable(source)
+            raise
+        # The staging copy is no longer needed: remove it while debugfs works (unlinking
+        # thousands of hard links costs as much as making them).
+        cleanup = pool.submit(shutil.rmtree, source) if direct is None else None
+        inodes_now = _list_inodes(tmp, tree)
+        cmds = os.path.join(work, "debugfs.cmds")
+        _write_debugfs_commands(cmds, tree, host, inodes_now, work, fs_time,
+                                exact_times=version <= (1, 47, 0))
+        _debugfs(tmp, cmds)
+        # The superblock counts the bytes each tool wrote, which differs with the work done
+        # (placeholders linked anew); zero it in a pass of its own, which writes no more.
+        with open(cmds, "w") as f:
+            f.write(f"set_current_time @{fs_time}\nssv kbytes_written 0\n")
+        _debugfs(tmp, cmds)
+        if cleanup is not None:
+            cleanup.result()
     return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes)
 
 
@@ -225,10 +260,13 @@ def stage_tree(tree: Tree, staging: str) -> None:
     """Mirror the names and bytes of ``tree`` under ``staging`` (which must not exist).
 
     Metadata is not copied: the debugfs pass sets it. Regular files become hard links to the
-    blob's host file when it is a whole file on the same filesystem and not used by another
-    entry (mke2fs would merge two links to one host inode into one image inode); otherwise
-    they are copied (``copy_file_range``, which reflinks where the filesystem can). Device
-    nodes are left out: only root can make them on the host; debugfs makes them in the image.
+    blob's host file when it is a whole file on the same filesystem, not used by another entry
+    (mke2fs would merge two links to one host inode into one image inode) and without xattrs
+    too big for the inode (mke2fs would give them a block of their own); otherwise they are
+    copied (``copy_file_range``, which reflinks where the filesystem can). Device nodes are
+    made when the builder may (root); otherwise a character device becomes a 0:0 "whiteout"
+    node (which Linux lets anyone make) and a block device a FIFO: a placeholder of the same
+    name that the debugfs pass turns into the real node.
     """
     os.mkdir(staging, 0o755)
     linked: set[tuple[int, int]] = set()
@@ -246,6 +284,8 @@ def stage_tree(tree: Tree, staging: str) -> None:
             os.mknod(dest, stat.S_IFIFO | 0o644)
         elif e.kind is Kind.SOCKET:
             os.mknod(dest, stat.S_IFSOCK | 0o644)
+        elif e.kind in (Kind.CHAR, Kind.BLOCK):
+            _stage_device(e, dest)
         elif e.kind is Kind.HARDLINK:
             hardlinks.append(e)
     for e in hardlinks:   # after all primaries exist, wherever they sort
@@ -277,7 +317,7 @@ def _stage_file(e: Entry, dest: str, linked: set[tuple[int, int]]) -> None:
         except OSError:
             st = None
         if (st is not None and stat.S_ISREG(st.st_mode) and st.st_size == blob.size
-                and (st.st_dev, st.st_ino) not in linked):
+                and (st.st_dev, st.st_ino) not in linked and _xattrs_fit(rng[0])):
             try:
                 os.link(rng[0], dest)
                 linked.add((st.st_dev, st.st_ino))
@@ -287,12 +327,57 @@ def _stage_file(e: Entry, dest: str, linked: set[tuple[int, int]]) -> None:
                                      errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise
     with open(dest, "wb") as out:
-        if rng is not None:
-            with open(rng[0], "rb") as src:
+        try:
+            src = open(rng[0], "rb") if rng is not None else blob.open()
+        except OSError as exc:
+            raise InputError(f"ext4: cannot read {e.path!r} from "
+                             f"{rng[0] if rng else 'its source'!r}: {exc.strerror}") from exc
+        with src:
+            if rng is not None:
                 _copy_range(src.fileno(), rng[1], out.fileno(), blob.size)
-        else:
-            with blob.open() as src:
+            else:
                 shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _stage_device(e: Entry, dest: str) -> None:
+    """The device node itself if we may make it, else a placeholder (see :func:`stage_tree`)."""
+    fmt = stat.S_IFCHR if e.kind is Kind.CHAR else stat.S_IFBLK
+    try:
+        os.mknod(dest, fmt | 0o600, os.makedev(*e.rdev))
+        return
+    except (OSError, ValueError, OverflowError):
+        pass
+    if e.kind is Kind.CHAR:
+        try:
+            os.mknod(dest, stat.S_IFCHR | 0o600, 0)
+            return
+        except OSError:
+            pass
+    os.mknod(dest, stat.S_IFIFO | 0o600)
+
+
+#: Room for xattrs inside a 256-byte inode, with a margin; more goes to a block of its own.
+_XATTR_IN_INODE = 80
+
+
+def _xattrs_fit(path: str, names: Sequence[str] | None = None) -> bool:
+    """Whether the xattrs of host ``path`` would stay inside the inode when mke2fs copies them.
+
+    A block of their own would be allocated in the middle of mke2fs' pass, moving every later
+    block; in-inode ones are removed and rewritten by the debugfs pass without a trace.
+    """
+    try:
+        if names is None:
+            names = os.listxattr(path, follow_symlinks=False)
+        if not names:
+            return True
+        used = 0
+        for name in names:
+            value = os.getxattr(path, name, follow_symlinks=False)
+            used += 16 + -(-len(name.encode()) // 4) * 4 + -(-len(value) // 4) * 4
+        return used <= _XATTR_IN_INODE
+    except OSError:
+        return False
 
 
 def _copy_range(src: int, offset: int, dst: int, size: int) -> None:
@@ -315,15 +400,125 @@ def _copy_range(src: int, offset: int, dst: int, size: int) -> None:
         done += n
 
 
+# -- the source directory ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Host:
+    """What ``mke2fs -d`` will copy from one host entry: its ``lstat`` and xattr names."""
+
+    st: os.stat_result
+    xattrs: tuple[str, ...]
+
+
+def _scan(root: str) -> dict[str, _Host]:
+    """``lstat`` and xattr names of everything under ``root``, by tree path (root is "")."""
+    out: dict[str, _Host] = {}
+
+    def names(path: str) -> tuple[str, ...]:
+        try:
+            return tuple(os.listxattr(path, follow_symlinks=False))
+        except OSError:
+            return ()
+
+    out[""] = _Host(os.lstat(root), names(root))
+    stack = [(root, "")]
+    while stack:
+        host_dir, rel_dir = stack.pop()
+        with os.scandir(host_dir) as it:
+            for item in it:
+                rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
+                st = item.stat(follow_symlinks=False)
+                out[rel] = _Host(st, names(item.path))
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((item.path, rel))
+    return out
+
+
+def _direct_source(tree: Tree, version: tuple[int, ...]) -> tuple[str, dict[str, _Host]] | None:
+    """The host directory the tree was read from, if ``mke2fs -d`` can take it as it is.
+
+    It can when every regular file's blob is the whole host file at the same relative path
+    under one directory, and that directory holds exactly the tree's names, each of the same
+    type (symlinks with the same target, hard links grouped as in the tree) and with xattrs
+    that fit in the inode: then ``mke2fs`` allocates every inode and block just as it would
+    from a staging copy, and the debugfs pass fixes metadata the same way. Anything else
+    (generated files, overlays, renamed paths, extra or missing names, device nodes missing
+    on the host) is staged. Only from e2fsprogs 1.47, which reads directories sorted.
+    """
+    if version < (1, 47):
+        return None
+    root = None
+    for e in tree:
+        if e.kind is Kind.FILE and isinstance(e.data, FileBlob) and e.data.offset == 0:
+            suffix = "/" + e.path
+            if e.data.path.endswith(suffix):
+                root = e.data.path[:-len(suffix)] or "/"
+                break
+    if root is None:
+        return None
+    prefix = root.rstrip("/") + "/"
+    for e in tree:
+        if e.kind is Kind.FILE and not (isinstance(e.data, FileBlob) and e.data.offset == 0
+                                        and e.data.path == prefix + e.path):
+            return None
+    try:
+        host = _scan(root)
+    except OSError:
+        return None   # staging will say what it cannot read
+    if len(host) != len(tree) or not stat.S_ISDIR(host[""].st.st_mode):
+        return None
+    seen: dict[tuple[int, int], str] = {}
+    links: list[tuple[Entry, tuple[int, int]]] = []
+    for e in tree:
+        h = host.get(e.path)
+        if h is None or stat.S_IFMT(h.st.st_mode) != e.kind.type_bits:
+            return None
+        if e.kind is Kind.FILE and h.st.st_size != e.size:
+            return None
+        if e.kind is Kind.SYMLINK:
+            try:
+                if os.readlink(prefix + e.path) != (e.target or ""):
+                    return None
+            except OSError:
+                return None
+        if e.kind is Kind.HARDLINK:
+            links.append((e, (h.st.st_dev, h.st.st_ino)))
+        elif e.kind not in (Kind.DIR, Kind.SYMLINK) and e.path:
+            key = (h.st.st_dev, h.st.st_ino)
+            if key in seen:
+                return None   # two tree files, one host inode: mke2fs would merge them
+            seen[key] = e.path
+        if h.xattrs and not _xattrs_fit(prefix + e.path if e.path else root, h.xattrs):
+            return None
+    if any(seen.get(key) != e.target for e, key in links):
+        return None   # a tree hard link that is not one on the host, or the other way round
+    return root, host
+
+
+def _raise_unreadable(source: str) -> None:
+    """After mke2fs failed: if it was for want of permission, say which file (InputError)."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        if not os.access(dirpath, os.R_OK | os.X_OK):
+            raise InputError(f"ext4: cannot read directory {dirpath!r}: permission denied",
+                             hint="make the source readable by the user building the image")
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path) and not os.access(path,
+                                                                                    os.R_OK):
+                raise InputError(f"ext4: cannot read {path!r}: permission denied",
+                                 hint="make the source readable by the user building the "
+                                      "image")
+
+
 # -- mke2fs -------------------------------------------------------------------------------
 
-def _mke2fs(image: str, size: int, *, staging: str, conf: str, label: str, fs_uuid: str,
+def _mke2fs(image: str, size: int, *, source: str, conf: str, label: str, fs_uuid: str,
             fs_hash: str, inodes: int, reserved: float, fs_time: int,
             extra: tuple[str, ...]) -> str | None:
     """Make the filesystem; ``None`` on success, mke2fs' complaint if the tree did not fit."""
     with open(image, "wb") as f:   # a fresh sparse file: no bytes of an earlier try remain
         f.truncate(size)
-    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-d", staging, "-L", label, "-U", fs_uuid,
+    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-d", source, "-L", label, "-U", fs_uuid,
             "-E", f"hash_seed={fs_hash},root_owner=0:0,nodiscard,lazy_itable_init=0,"
                   "lazy_journal_init=0",
             "-b", str(BLOCK), "-I", str(INODE_SIZE), "-N", str(inodes), "-m", f"{reserved:g}",
@@ -370,62 +565,133 @@ def _abs(path: str) -> str:
     return "/" + path
 
 
-def _write_debugfs_commands(cmd_path: str, tree: Tree, staging: str, work: str,
-                            fs_time: int) -> None:
+@dataclass(frozen=True)
+class _Inode:
+    """An inode as ``debugfs ls -p`` shows it after mke2fs: number, full mode and owner."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+
+
+def _list_inodes(image: str, tree: Tree) -> dict[str, _Inode]:
+    """Every name of the image (and lost+found) with its inode, from one ``ls -p`` pass.
+
+    Knowing the numbers lets the next pass address inodes as ``<ino>``: a path costs debugfs a
+    linear scan of every directory on the way, which made metadata 10x slower than this pass.
+    """
+    dirs = [e.path for e in tree if e.kind is Kind.DIR]
+    cmds = "".join(f"ls -p {_q(_abs(d))}\n" for d in dirs).encode()
+    proc = tools.run(["debugfs", "-f", "-", image], input=cmds, check=False)
+    errors = [line for line in (proc.stderr or b"").decode(errors="replace").splitlines()
+              if line.strip() and not line.startswith("debugfs ")]
+    if proc.returncode != 0 or errors:
+        raise ToolError(f"debugfs could not list the new image {image}: "
+                        + "; ".join(errors[:10]))
+    out: dict[str, _Inode] = {}
+    current = -1
+    for line in proc.stdout.split(b"\n"):
+        if line.startswith(b"debugfs:"):
+            current += 1
+            continue
+        if not line.startswith(b"/"):
+            continue
+        # /ino/mode/uid/gid/name/size/ -- a name never holds a slash, and line breaks in
+        # names were refused up front.
+        _, ino, mode, uid, gid, rest = line.split(b"/", 5)
+        name = os.fsdecode(rest.rsplit(b"/", 2)[0])
+        d = dirs[current]
+        if name == "..":
+            continue
+        path = d if name == "." else f"{d}/{name}" if d else name
+        if name == "." and d:
+            continue   # the parent's listing already has it
+        out[path] = _Inode(int(ino), int(mode, 8), int(uid), int(gid))
+    missing = [e.path for e in tree if e.path not in out]
+    if missing:
+        raise ToolError(f"ext4: mke2fs left out {len(missing)} entries of the tree, "
+                        f"e.g. {missing[0]!r}")
+    return out
+
+
+def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
+                            inodes: dict[str, _Inode], work: str, fs_time: int, *,
+                            exact_times: bool) -> None:
+    """Commands that make each inode exactly what the tree says, by inode number.
+
+    ``host`` is what mke2fs copied (owners, atime and mtime to the second, xattrs),
+    ``inodes`` what ``ls -p`` saw; only what differs is rewritten, except ctime and crtime,
+    which always come from the host or the clock. ``exact_times``: this mke2fs stores whole
+    seconds only, so the ``*_extra`` fields (nanoseconds, epoch bits) are already 0.
+    """
     lines: list[str] = [f"set_current_time @{fs_time}"]
-    # 1. device nodes, which staging could not hold. A full path to mknod would become one
-    #    name with slashes in it, so cd into the parent first.
+    retime: set[str] = set()   # directories whose entries were rewritten
+    # 1. device numbers, and the type of placeholders (see stage_tree): the directory entry
+    #    carries the type too, so the name is linked anew once the inode has its mode.
     for e in tree:
-        if e.kind in (Kind.CHAR, Kind.BLOCK):
-            lines.append(f"cd {_q(_abs(e.parent))}")
-            kind = "c" if e.kind is Kind.CHAR else "b"
-            major, minor = e.rdev
-            if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
-                raise InputError(f"device {e.path!r} has number {major}:{minor}; Linux allows "
-                                 f"majors up to 4095 and minors up to 1048575")
-            if minor <= 0xFFFF:
-                lines.append(f"mknod {_q(e.name)} {kind} {major} {minor}")
-            else:   # debugfs' mknod takes 16-bit numbers: store the kernel's encoding directly
-                lines.append(f"mknod {_q(e.name)} {kind} 0 0")
-                p = _q(_abs(e.path))
-                lines.append(f"sif {p} block[0] 0")
-                new = (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
-                lines.append(f"sif {p} block[1] {new}")
-    lines.append('cd "/"')
-    # 2. xattrs: drop whatever the staging host attached (SELinux labels, inherited ACLs),
-    #    then set the tree's. Values go through files so any bytes survive.
+        if e.kind not in (Kind.CHAR, Kind.BLOCK):
+            continue
+        major, minor = e.rdev
+        if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
+            raise InputError(f"device {e.path!r} has number {major}:{minor}; Linux allows "
+                             f"majors up to 4095 and minors up to 1048575")
+        node = inodes[e.path]
+        ref = f"<{node.ino}>"
+        if major < 256 and minor < 256:   # the encodings mke2fs and the kernel use
+            words = (major * 256 + minor, 0)
+        else:
+            words = (0, (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12))
+        lines.append(f"sif {ref} block[0] {words[0]}")
+        lines.append(f"sif {ref} block[1] {words[1]}")
+        if stat.S_IFMT(node.mode) != e.kind.type_bits:
+            lines.append(f"sif {ref} mode 0{e.st_mode:o}")
+            lines.append(f"cd <{inodes[e.parent].ino}>")
+            lines.append(f"unlink {_q(e.name)}")
+            lines.append(f"link {ref} {_q(e.name)}")
+            retime.add(e.parent)
+    # 2. xattrs: drop all mke2fs copied from the host (SELinux labels, inherited ACLs, or
+    #    the same ones in another order), then set the tree's in its order. Values go
+    #    through files so any bytes survive.
     n_values = 0
     for e in tree:
-        if e.kind in (Kind.CHAR, Kind.BLOCK, Kind.HARDLINK):
-            host_names: list[str] = []
-        else:
-            host = os.path.join(staging, e.path) if e.path else staging
-            try:
-                host_names = os.listxattr(host, follow_symlinks=False)
-            except OSError:
-                host_names = []
-        want = dict(e.xattrs) if e.kind is not Kind.HARDLINK else {}
-        for name in sorted(host_names):
-            if name not in want:
-                lines.append(f"ea_rm {_q(_abs(e.path))} {_q(name)}")
-        for name, value in e.xattrs if e.kind is not Kind.HARDLINK else ():
+        if e.kind is Kind.HARDLINK:
+            continue
+        h = host.get(e.path)
+        if not e.xattrs and not (h and h.xattrs):
+            continue
+        ref = f"<{inodes[e.path].ino}>"
+        for name in sorted(h.xattrs if h else ()):
+            lines.append(f"ea_rm {ref} {_q(name)}")
+        for name, value in e.xattrs:
             vfile = os.path.join(work, f"xattr-{n_values}")
             n_values += 1
             with open(vfile, "wb") as f:
                 f.write(value)
-            lines.append(f"ea_set -f {_q(vfile)} {_q(_abs(e.path))} {_q(name)}")
-    # 3. owner, full mode and all four times of every inode, last so nothing above bumps them.
+            lines.append(f"ea_set -f {_q(vfile)} {ref} {_q(name)}")
+    # 3. owner, full mode and the four times, last so nothing above bumps them.
     entries: Iterable[Entry] = [e for e in tree if e.kind is not Kind.HARDLINK]
     if "lost+found" not in tree:
         entries = [*entries, Entry("lost+found", Kind.DIR, mode=0o700, mtime=fs_time)]
     for e in entries:
-        p = _q(_abs(e.path))
-        lines.append(f"sif {p} uid {e.uid}")
-        lines.append(f"sif {p} gid {e.gid}")
-        lines.append(f"sif {p} mode 0{e.st_mode:o}")
-        for field in ("atime", "ctime", "mtime", "crtime"):
-            lines.append(f"sif {p} {field}_extra 0")   # before the time: it holds epoch bits
-            lines.append(f"sif {p} {field} @{e.mtime}")
+        node = inodes[e.path]
+        ref = f"<{node.ino}>"
+        if node.uid != e.uid:
+            lines.append(f"sif {ref} uid {e.uid}")
+        if node.gid != e.gid:
+            lines.append(f"sif {ref} gid {e.gid}")
+        if node.mode != e.st_mode:
+            lines.append(f"sif {ref} mode 0{e.st_mode:o}")
+        h = host.get(e.path) if e.path and e.path != "lost+found" else None
+        exact = exact_times and 0 <= e.mtime < 1 << 31
+        want_ns = e.mtime * 1_000_000_000
+        for field in ("atime", "mtime", "ctime", "crtime"):
+            if (field in ("atime", "mtime") and h is not None and e.path not in retime
+                    and getattr(h.st, f"st_{field}_ns") == want_ns and exact):
+                continue   # mke2fs copied it from the host already
+            if not exact:
+                lines.append(f"sif {ref} {field}_extra 0")   # before the time: epoch bits
+            lines.append(f"sif {ref} {field} @{e.mtime}")
     with open(cmd_path, "wb") as f:
         f.write(b"\n".join(os.fsencode(line) for line in lines) + b"\n")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 import gzip
 import hashlib
 import json
@@ -185,10 +186,14 @@ class ModuleIndex:
     # alias lookups: exact patterns in a dict, wildcard patterns scanned with fnmatch
     def __post_init__(self) -> None:
         self._exact: dict[str, list[str]] = {}
-        self._wild: list[tuple[str, str]] = []
+        # Wildcard aliases (thousands of device ids such as "pci:v00001AF4d*") are bucketed by
+        # their first three literal characters, so a lookup tries a handful, not all of them.
+        self._wild: dict[str, list[tuple[str, str]]] = {}
         for pattern, name in self.aliases:
             if any(c in pattern for c in "*?["):
-                self._wild.append((pattern, name))
+                literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+                key = normalize(literal)[:3] if len(literal) >= 3 else ""
+                self._wild.setdefault(key, []).append((pattern, name))
             else:
                 self._exact.setdefault(normalize(pattern), []).append(name)
         self._bexact: set[str] = set()
@@ -207,7 +212,8 @@ class ModuleIndex:
         if n in self.builtin:
             return []
         found = set(self._exact.get(n, ()))
-        for pattern, name in self._wild:
+        candidates = {*self._wild.get(n[:3], ()), *self._wild.get("", ())}
+        for pattern, name in candidates:
             if fnmatch.fnmatchcase(query, pattern) or fnmatch.fnmatchcase(n, normalize(pattern)):
                 found.add(name)
         found = {m for m in found if m in self.modules}

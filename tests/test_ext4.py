@@ -151,6 +151,10 @@ def test_metadata_seen_by_debugfs(tmp_path, tree):
     assert re.search(r"Filesystem volume name:\s+root", sb)
     assert re.search(rf"Filesystem UUID:\s+{info.uuid}", sb)
     assert "has_journal" in sb and "metadata_csum" in sb
+    with open(img, "rb") as f:
+        f.seek(1024 + 0x2C)
+        mount_time, write_time = (int.from_bytes(f.read(4), "little") for _ in range(2))
+    assert write_time == EPOCH and mount_time == 0   # no host clock in the superblock
 
 
 def test_bit_identical_from_different_copies(tmp_path):
@@ -214,3 +218,123 @@ def test_bad_inputs(tmp_path):
     t.add(Entry("bad\nname", Kind.FILE, data=BytesBlob(b"")))
     with pytest.raises(InputError):
         write_ext4(t, tmp_path / "x.img")
+
+
+def source_dir(src):
+    """A host directory with every kind an unprivileged user can make (devices if root)."""
+    (src / "etc").mkdir(parents=True)
+    (src / "usr" / "bin").mkdir(parents=True)
+    (src / "etc" / "hostname").write_bytes(b"imgkit\n")
+    (src / "usr" / "bin" / "tool").write_bytes(bytes(range(256)) * 40)
+    os.chmod(src / "usr" / "bin" / "tool", 0o4755)
+    os.link(src / "usr" / "bin" / "tool", src / "usr" / "bin" / "tool2")
+    os.symlink("usr/bin", src / "bin")
+    os.mkfifo(src / "etc" / "fifo")
+    (src / "etc" / "secret").write_bytes(b"s\n")
+    os.chmod(src / "etc" / "secret", 0o600)
+    (src / "etc" / "tagged").write_bytes(b"t\n")
+    try:
+        os.setxattr(src / "etc" / "tagged", "user.tag", b"v")
+    except OSError:
+        pass
+    if os.getuid() == 0:
+        (src / "dev").mkdir()
+        os.mknod(src / "dev" / "null", 0o20666, os.makedev(1, 3))
+        os.mknod(src / "dev" / "sda", 0o60660, os.makedev(8, 0))
+    for p in sorted(src.rglob("*"), reverse=True):
+        os.utime(p, ns=(EPOCH * 10**9 + 123, EPOCH * 10**9 + 456), follow_symlinks=False)
+
+
+def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch):
+    from imgkit.formats import ext4
+    from imgkit.sources import read_directory
+
+    src = tmp_path / "src"
+    source_dir(src)
+    before = sorted((str(p), p.lstat().st_mtime_ns) for p in src.rglob("*"))
+    tree = read_directory(str(src))
+    assert ext4._direct_source(tree, ext4.e2fsprogs_version()) is not None
+    write_ext4(tree, tmp_path / "direct.img", seed="s", mtime_epoch=EPOCH - 10)
+    assert sorted((str(p), p.lstat().st_mtime_ns) for p in src.rglob("*")) == before
+    fsck(tmp_path / "direct.img")
+    monkeypatch.setattr(ext4, "_direct_source", lambda tree, version: None)
+    write_ext4(tree, tmp_path / "staged.img", seed="s", mtime_epoch=EPOCH - 10)
+    assert (tmp_path / "direct.img").read_bytes() == (tmp_path / "staged.img").read_bytes()
+
+    img = tmp_path / "direct.img"
+    tool = stat_of(img, "/usr/bin/tool")
+    assert (tool["perm"], tool["links"], tool["uid"]) == (0o4755, 2, 0)
+    assert stat_of(img, "/usr/bin/tool2")["ino"] == tool["ino"]
+    for f in ("mtime", "atime", "ctime", "crtime"):
+        assert tool[f] == EPOCH - 10
+        assert f"{f}: 0x{EPOCH - 10:08x}:00000000" in tool["raw"]   # no nanoseconds
+    assert stat_of(img, "/etc/secret")["perm"] == 0o600
+    assert stat_of(img, "/etc/fifo")["type"] == "FIFO"
+    assert 'Fast link dest: "usr/bin"' in stat_of(img, "/bin")["raw"]
+    if tree["etc/tagged"].xattrs:
+        assert 'user.tag (1) = "v"' in debugfs(img, "ea_list /etc/tagged")
+    if os.getuid() == 0:
+        assert stat_of(img, "/dev/null")["rdev"] == (1, 3)
+        assert stat_of(img, "/dev/sda")["type"] == "block special"
+
+
+def test_source_directory_not_matching_is_staged(tmp_path):
+    from imgkit.formats import ext4
+    from imgkit.sources import read_directory
+
+    src = tmp_path / "src"
+    source_dir(src)
+    version = ext4.e2fsprogs_version()
+    tree = read_directory(str(src))
+    tree.remove("etc/secret")   # on the host, not in the tree
+    assert ext4._direct_source(tree, version) is None
+    write_ext4(tree, tmp_path / "a.img", seed="s")
+    assert "secret" not in debugfs(tmp_path / "a.img", "ls /etc")
+    fsck(tmp_path / "a.img")
+
+    tree = read_directory(str(src))
+    tree.add(Entry("etc/generated", Kind.FILE, data=BytesBlob(b"g")))
+    assert ext4._direct_source(tree, version) is None
+
+    # The image written into the source directory itself: its temporaries must not get in.
+    tree = read_directory(str(src))
+    info = write_ext4(tree, src / "self.img", seed="s")
+    assert info.size == (src / "self.img").stat().st_size
+    listing = debugfs(src / "self.img", "ls /")
+    assert "self.img" not in listing and ".imgkit" not in listing
+
+
+def test_device_placeholders_give_the_same_image(tmp_path, monkeypatch):
+    from imgkit.formats import ext4
+
+    t = Tree(default_mtime=EPOCH)
+    t.add(Entry("dev/a", Kind.FILE, data=BytesBlob(b"a")))
+    for i in range(300):   # a directory of several blocks: the entries are linked anew
+        t.add(Entry(f"dev/tty{i}", Kind.CHAR, mode=0o620, gid=5, rdev=(4, i)))
+    t.add(Entry("dev/sda", Kind.BLOCK, mode=0o660, gid=6, rdev=(8, 0)))
+    t.add(Entry("dev/big", Kind.CHAR, rdev=(300, 70000)))
+    t.add(Entry("dev/z", Kind.FILE, data=BytesBlob(b"z")))
+    write_ext4(t, tmp_path / "a.img", seed="d")   # real nodes if root, else placeholders
+    monkeypatch.setattr(ext4, "_stage_device",
+                        lambda e, dest: os.mknod(dest, 0o10600))   # FIFOs for all
+    write_ext4(t, tmp_path / "b.img", seed="d")
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    fsck(tmp_path / "b.img")
+    st = stat_of(tmp_path / "b.img", "/dev/tty299")
+    assert (st["type"], st["perm"], st["gid"], st["rdev"]) == ("character special", 0o620, 5,
+                                                               (4, 299))
+    assert stat_of(tmp_path / "b.img", "/dev/sda")["type"] == "block special"
+    assert stat_of(tmp_path / "b.img", "/dev/big")["rdev"] == (300, 70000)
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="root reads every file")
+def test_unreadable_source_file_is_named(tmp_path):
+    from imgkit.sources import read_directory
+
+    src = tmp_path / "src"
+    source_dir(src)
+    tree = read_directory(str(src))
+    os.chmod(src / "etc" / "secret", 0)
+    with pytest.raises(InputError, match="secret"):
+        write_ext4(tree, tmp_path / "x.img", seed="s")
+    assert not (tmp_path / "x.img").exists()
