@@ -148,7 +148,7 @@ def fetch_debian_kernel(cache_dir: str | os.PathLike | None = None,
         target, version = _image_package(package)
     except ToolError:
         # offline or no apt lists: a kernel fetched earlier is better than nothing
-        cached = _any_cached_kernel(root) if package == "linux-image-amd64" else None
+        cached = any_cached_kernel(root) if package == "linux-image-amd64" else None
         if cached is None:
             raise
         return cached
@@ -187,7 +187,7 @@ def fetch_debian_kernel(cache_dir: str | os.PathLike | None = None,
     return _kernel_in(final)
 
 
-def _any_cached_kernel(root: str) -> KernelInfo | None:
+def any_cached_kernel(root: str) -> KernelInfo | None:
     kernels = os.path.join(root, "kernels")
     try:
         names = sorted(n for n in os.listdir(kernels) if n.startswith("linux-image-")

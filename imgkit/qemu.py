@@ -135,7 +135,7 @@ def choose_accel() -> str:
 
 
 # -- command line ----------------------------------------------------------------------------
-def _opt(value: str) -> str:
+def escape_option(value: str) -> str:
     """Escape a value for a QEMU ``key=value,...`` option (a comma is written twice)."""
     return str(value).replace(",", ",,")
 
@@ -175,8 +175,8 @@ def build_argv(spec: QemuSpec, *, accel: str = "tcg", qemu: str = QEMU,
         vars_path = vars_path or spec.uefi_vars
         if uefi is None or vars_path is None:
             raise InputError("UEFI boot needs the firmware code and a variable store path")
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(uefi.code)}",
-                 "-drive", f"if=pflash,format=raw,unit=1,file={_opt(vars_path)}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={escape_option(uefi.code)}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={escape_option(vars_path)}"]
     if spec.kernel is not None:
         argv += ["-kernel", spec.kernel]
         if spec.initrd is not None:
@@ -190,7 +190,7 @@ def build_argv(spec: QemuSpec, *, accel: str = "tcg", qemu: str = QEMU,
         if d.format not in FORMATS:
             raise InputError(f"drive {d.file}: format {d.format!r}, expected one of "
                              f"{', '.join(FORMATS)}")
-        opts = f"file={_opt(d.file)},format={d.format}"
+        opts = f"file={escape_option(d.file)},format={d.format}"
         if d.interface == "cdrom":
             opts += ",if=ide,media=cdrom,readonly=on"
         elif d.interface == "scsi":
@@ -210,7 +210,7 @@ def build_argv(spec: QemuSpec, *, accel: str = "tcg", qemu: str = QEMU,
         if not s.tag or len(s.tag) > 31 or "," in s.tag:
             raise InputError(f"9p share {s.path}: mount tag {s.tag!r} must be 1-31 "
                              "characters without commas")
-        opts = f"local,path={_opt(s.path)},mount_tag={s.tag},security_model=none"
+        opts = f"local,path={escape_option(s.path)},mount_tag={s.tag},security_model=none"
         argv += ["-virtfs", opts + (",readonly=on" if s.readonly else "")]
     argv += list(spec.extra_args)
     return argv
@@ -225,7 +225,7 @@ def _check_inputs(spec: QemuSpec) -> None:
             raise InputError(f"{what} {path} does not exist")
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL QEMU's whole process group and reap it."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -383,7 +383,7 @@ def _watch(argv: list[str], err: IO[bytes], expect_re: Pattern[str] | None,
                 raise failure(f"QEMU exited with status {rc}\nQEMU stderr:\n"
                               f"{stderr_text() or '(empty)'}\ncommand: {cmdline}")
     finally:
-        _kill(proc)
+        kill_group(proc)
         if proc.stdout is not None:
             proc.stdout.close()
     return BootResult(matched, time.monotonic() - start, _tail(text), proc.returncode, text)

@@ -126,7 +126,7 @@ def select_kernel(path: str | os.PathLike | None = None, *,
     if host is not None and host.moddir is not None:
         return host
     root = kernels.cache_root(cache_dir)
-    cached = kernels._any_cached_kernel(root)  # noqa: SLF001 (same package)
+    cached = kernels.any_cached_kernel(root)
     if cached is not None:
         return cached
     try:
@@ -330,10 +330,10 @@ def vm_argv(spec: VirtSpec, prepared: Prepared, initrd: str, sockets: dict[str, 
     workdir = os.path.abspath(spec.workdir or os.getcwd())
     extra: list[str] = ["-cpu", TCG_CPU] if accel == "tcg" else []  # the last -cpu wins
     for name in ("out", "err", "ctl"):
-        extra += ["-chardev", f"socket,id={name},path={qemu._opt(sockets[name])}",
+        extra += ["-chardev", f"socket,id={name},path={qemu.escape_option(sockets[name])}",
                   "-serial", f"chardev:{name}"]
     if spec.image is not None:
-        extra += ["-drive", f"file={qemu._opt(spec.image)},format={_image_format(spec.image)},"
+        extra += ["-drive", f"file={qemu.escape_option(spec.image)},format={_image_format(spec.image)},"
                             "if=virtio,snapshot=on"]
     vm = qemu.QemuSpec(kernel=prepared.boot_kernel, initrd=initrd, append=APPEND,
                        memory=spec.memory, cpus=spec.cpus, display="serial",
@@ -397,10 +397,6 @@ def run_vm(spec: VirtSpec, *, stdout: IO | int = 1, stderr: IO | int = 2,
         finally:
             for s in listeners.values():
                 s.close()
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    qemu._kill(proc)  # noqa: SLF001 (same package: SIGKILL the process group, reap)
 
 
 def _supervise(argv: list[str], spec: VirtSpec, listeners: dict[str, socket.socket],
@@ -487,7 +483,7 @@ def _supervise(argv: list[str], spec: VirtSpec, listeners: dict[str, socket.sock
                             status = int(arg)
                             grace = time.monotonic() + 10.0
     finally:
-        _kill(proc)
+        qemu.kill_group(proc)
         sel.close()
         for c in conns:
             c.close()

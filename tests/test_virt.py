@@ -88,7 +88,7 @@ def test_no_kernel_says_how_to_get_one(monkeypatch):
     def offline(*a, **k):
         raise ToolError("apt-cache knows no package 'linux-image-amd64'")
     monkeypatch.setattr(kernel, "host_kernel", lambda: None)
-    monkeypatch.setattr(kernel, "_any_cached_kernel", lambda root: None)
+    monkeypatch.setattr(kernel, "any_cached_kernel", lambda root: None)
     monkeypatch.setattr(kernel, "fetch_debian_kernel", offline)
     with pytest.raises(ToolError, match="no kernel to boot") as info:
         virt.select_kernel()
