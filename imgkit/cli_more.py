@@ -83,6 +83,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(shlex.join(build_argv(spec, accel=accel, uefi=uefi,
                                         vars_path=uefi.vars_template if uefi else None)))
             return 0
+        if args.expect is None and not args.quiet and sys.stdin.isatty():
+            from .qemu import run_interactive
+            progress(f"QEMU ({accel}); serial console here: Ctrl-A X quits, Ctrl-A C is the "
+                     "QEMU monitor")
+            return run_interactive(spec, timeout=args.timeout, accel=accel)
         progress(f"QEMU ({accel}); " + ("waiting for " + repr(args.expect) if args.expect
                                         else "console below") + f", timeout {args.timeout:g} s")
         console = None if args.quiet else sys.stdout

@@ -274,17 +274,50 @@ def boot(spec: QemuSpec, *, expect: str | Pattern[str] | None = None, timeout: f
     expect_re = _compile(expect) if expect is not None else None
     fails = [(_compile(p), p if isinstance(p, str) else p.pattern) for p in fail_patterns]
     with tempfile.TemporaryDirectory(prefix="imgkit-qemu-") as tmp:
-        uefi = vars_path = None
-        if spec.firmware == "uefi":
-            uefi = find_uefi()
-            vars_path = spec.uefi_vars
-            if vars_path is None:
-                vars_path = os.path.join(tmp, "OVMF_VARS.fd")
-                shutil.copyfile(uefi.vars_template, vars_path)
-                os.chmod(vars_path, 0o600)
+        uefi, vars_path = _firmware_files(spec, tmp)
         argv = build_argv(spec, accel=accel, qemu=qemu, uefi=uefi, vars_path=vars_path)
         with open(os.path.join(tmp, "stderr"), "w+b") as err:
             return _watch(argv, err, expect_re, fails, timeout, console, wait_exit)
+
+
+def _firmware_files(spec: QemuSpec, tmp: str) -> tuple[UefiFirmware | None, str | None]:
+    """OVMF's code and a private, writable copy of its variable store (UEFI boots only)."""
+    if spec.firmware != "uefi":
+        return None, None
+    uefi = find_uefi()
+    vars_path = spec.uefi_vars
+    if vars_path is None:
+        vars_path = os.path.join(tmp, "OVMF_VARS.fd")
+        shutil.copyfile(uefi.vars_template, vars_path)
+        os.chmod(vars_path, 0o600)
+    return uefi, vars_path
+
+
+def run_interactive(spec: QemuSpec, *, timeout: float | None = None,
+                    accel: str | None = None) -> int:
+    """Boot ``spec`` with the serial console (and the monitor: Ctrl-A C, quit: Ctrl-A X) on
+    this terminal, so a person can type into the guest; returns QEMU's exit status.
+
+    QEMU stays in the caller's session (it must read the terminal) and is killed at the
+    timeout or if this process is interrupted.
+    """
+    _check_inputs(spec)
+    qemu = tools.which(QEMU)
+    accel = accel or choose_accel()
+    with tempfile.TemporaryDirectory(prefix="imgkit-qemu-") as tmp:
+        uefi, vars_path = _firmware_files(spec, tmp)
+        argv = build_argv(spec, accel=accel, qemu=qemu, uefi=uefi, vars_path=vars_path,
+                          interactive=True)
+        proc = tools.spawn(argv, stdin=None, new_session=False, kill_with_parent=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BootError(f"QEMU still running after {timeout:g} s: stopped it",
+                            hint="raise --timeout") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _watch(argv: list[str], err: IO[bytes], expect_re: Pattern[str] | None,
