@@ -327,7 +327,7 @@ def test_device_placeholders_give_the_same_image(tmp_path, monkeypatch):
     assert stat_of(tmp_path / "b.img", "/dev/big")["rdev"] == (300, 70000)
 
 
-@pytest.mark.skipif(os.getuid() == 0, reason="root reads every file")
+@pytest.mark.skipif(os.getuid() == 0, reason="privilege: root reads every file (runs in the uid 65534 pass)")
 def test_unreadable_source_file_is_named(tmp_path):
     from imgkit.sources import read_directory
 
