@@ -45,10 +45,13 @@ class BuildResult:
     outputs: list[Output]
 
 
-def _file_entry(dest: str, host: str, *, mode: int | None = None, mtime: int = 0) -> Entry:
+def _file_entry(dest: str, host: str, *, mode: int | None = None,
+                mtime: int | None = None) -> Entry:
+    """A host file placed at ``dest``; its time is the host file's, clamped to ``mtime``."""
     st = os.stat(host)
+    when = int(st.st_mtime) if mtime is None else min(int(st.st_mtime), mtime)
     return Entry(dest, Kind.FILE, mode=mode if mode is not None else (st.st_mode & 0o755),
-                 mtime=mtime, data=FileBlob(host, st.st_size), origin=host)
+                 mtime=when, data=FileBlob(host, st.st_size), origin=host)
 
 
 class Builder:
@@ -176,7 +179,7 @@ class Builder:
                     tree.add(e)
         for dest, src in tc.files:
             host = self.resolve(src, f"[trees.{tc.name}] files.{dest!r}")
-            tree.add(_file_entry(dest, host, mtime=mtime))
+            tree.add(_file_entry(dest, host, mtime=self.mtime))
         tree.validate()
         idmap = idmap_from_options(squash=tc.owner == "squash", root_uid=tc.root_uid,
                                    root_gid=tc.root_gid, uid_map=tc.uid_map, gid_map=tc.gid_map)
@@ -373,13 +376,13 @@ class Builder:
         if ic.bios is not None:
             from .bootloaders.syslinux import isolinux_files, syslinux_cfg
             files = isolinux_files()
-            tree.add(_file_entry("isolinux/isolinux.bin", files["isolinux.bin"], mode=0o644, mtime=mtime))
-            tree.add(_file_entry("isolinux/ldlinux.c32", files["ldlinux.c32"], mode=0o644, mtime=mtime))
+            tree.add(_file_entry("isolinux/isolinux.bin", files["isolinux.bin"], mode=0o644, mtime=self.mtime))
+            tree.add(_file_entry("isolinux/ldlinux.c32", files["ldlinux.c32"], mode=0o644, mtime=self.mtime))
             where = "[iso.bios]"
-            tree.add(_file_entry("boot/vmlinuz", self.resolve(ic.bios.kernel, where), mode=0o644, mtime=mtime))
+            tree.add(_file_entry("boot/vmlinuz", self.resolve(ic.bios.kernel, where), mode=0o644, mtime=self.mtime))
             initrd = None
             if ic.bios.initrd:
-                tree.add(_file_entry("boot/initrd", self.resolve(ic.bios.initrd, where), mode=0o644, mtime=mtime))
+                tree.add(_file_entry("boot/initrd", self.resolve(ic.bios.initrd, where), mode=0o644, mtime=self.mtime))
                 initrd = "/boot/initrd"
             cfg_text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, ic.bios.append)
             from .tree import BytesBlob
@@ -390,10 +393,10 @@ class Builder:
             from .formats.fat import write_fat
             efi = self.resolve(ic.efi, "[iso] efi")
             esp = Tree(default_mtime=mtime)
-            esp.add(_file_entry("EFI/BOOT/BOOTX64.EFI", efi, mode=0o644, mtime=mtime))
+            esp.add(_file_entry("EFI/BOOT/BOOTX64.EFI", efi, mode=0o644, mtime=self.mtime))
             esp_img = os.path.join(self.work, "iso-efi.img")
             write_fat(esp, esp_img, size=None, label="EFIBOOT", serial=int(self._seed("isoefi")[:8], 16))
-            tree.add(_file_entry("boot/efi.img", esp_img, mode=0o644, mtime=mtime))
+            tree.add(_file_entry("boot/efi.img", esp_img, mode=0o644, mtime=self.mtime))
             efi_image = "boot/efi.img"
         boot = None
         if bios_image or efi_image:

@@ -99,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(exc.log_tail, file=sys.stderr)
             raise
     if args.expect:
+        if console is not None:
+            print(flush=True)  # the console's last line may have no newline yet
         progress(f"saw {result.matched!r} after {result.elapsed:.1f} s")
     return 0
 
