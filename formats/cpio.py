@@ -32,12 +32,15 @@ def header(*, magic: bytes, ino: int, mode: int, uid: int, gid: int, nlink: int,
     """One header with its NUL-terminated, 4-byte-padded name."""
     fields = (ino, mode, uid, gid, nlink, mtime, filesize, 0, 0, rdev[0], rdev[1],
               len(name) + 1, check)
-    for value in fields:
-        if not 0 <= value <= 0xFFFFFFFF:
-            raise ImageError(f"cpio field value {value} of {name.decode(errors='replace')!r} "
-                             "does not fit in 32 bits")
-    head = magic + b"".join(b"%08X" % v for v in fields) + name + b"\0"
+    if max(fields) > 0xFFFFFFFF or min(fields) < 0:
+        value = next(v for v in fields if not 0 <= v <= 0xFFFFFFFF)
+        raise ImageError(f"cpio field value {value} of {name.decode(errors='replace')!r} "
+                         "does not fit in 32 bits")
+    head = magic + _FIELDS % fields + name + b"\0"
     return head + b"\0" * _pad4(len(head))
+
+
+_FIELDS = b"%08X" * 13
 
 
 class _Sink:

@@ -225,6 +225,7 @@ class Tree:
         self.default_mtime = default_mtime
         self._entries[""] = Entry("", Kind.DIR, mode=dir_mode, mtime=default_mtime)
         self._children_index: dict[str, list[str]] | None = None
+        self._order: list[str] | None = None  # canonical order, computed once per version
 
     # -- building -----------------------------------------------------------------------
     def add(self, entry: Entry) -> Entry:
@@ -240,7 +241,7 @@ class Tree:
         if path:
             self._ensure_parents(entry.parent, entry)
         self._entries[path] = entry
-        self._children_index = None
+        self._invalidate()
         return entry
 
     def add_in_order(self, entry: Entry) -> None:
@@ -253,7 +254,7 @@ class Tree:
         if old is not None and old.kind is Kind.DIR and entry.kind is not Kind.DIR:
             self._remove_below(entry.path)
         self._entries[entry.path] = entry
-        self._children_index = None
+        self._invalidate()
 
     def update(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
@@ -261,8 +262,16 @@ class Tree:
 
     def overlay(self, other: "Tree") -> None:
         """Lay ``other`` over this tree: its entries win, including its root's metadata."""
+        if len(self._entries) == 1:  # only the root: nothing to merge, take the entries as they are
+            self._entries = dict(other._entries)
+            self._invalidate()
+            return
         for entry in other:
             self.add(entry)
+
+    def _invalidate(self) -> None:
+        self._children_index = None
+        self._order = None
 
     def remove(self, path: str) -> None:
         path = normalize_path(path)
@@ -270,7 +279,7 @@ class Tree:
             raise InputError("cannot remove the root directory")
         self._remove_below(path)
         self._entries.pop(path, None)
-        self._children_index = None
+        self._invalidate()
 
     def _remove_below(self, path: str) -> None:
         prefix = path + "/" if path else ""
@@ -308,7 +317,9 @@ class Tree:
 
     def __iter__(self) -> Iterator[Entry]:
         """Entries in canonical order (root first, parents before children)."""
-        for path in sorted(self._entries, key=sort_key):
+        if self._order is None:
+            self._order = sorted(self._entries, key=sort_key)
+        for path in self._order:
             yield self._entries[path]
 
     def children(self, path: str) -> list[Entry]:
@@ -382,7 +393,7 @@ class Tree:
         """A new tree with ``fn(entry)`` applied to every entry (root included)."""
         out = Tree(dir_mode=self.dir_mode, default_mtime=self.default_mtime)
         out._entries = {p: fn(e) for p, e in self._entries.items()}
-        out._children_index = None
+        out._order = self._order  # same paths, same order
         return out
 
     def clamp_mtimes(self, epoch: int) -> "Tree":
@@ -392,5 +403,5 @@ class Tree:
     def with_root(self, **changes) -> None:
         """Change the root directory's metadata (mode, owner, mtime)."""
         self._entries[""] = self._entries[""].replace(**changes)
-        self._children_index = None
+        self._invalidate()
 
