@@ -57,6 +57,7 @@ class _Sink:
                 out, "passthrough", False):
             try:
                 self._fd = out.fileno()
+                out.flush()  # from here on, bytes go straight to the descriptor
             except (OSError, ValueError):
                 self._fd = None
 
@@ -68,18 +69,36 @@ class _Sink:
 
     def flush(self) -> None:
         if self._buf:
-            self._out.write(self._buf)
+            self._emit(self._buf)
             self._buf = bytearray()
+
+    def _emit(self, data) -> None:
+        if self._fd is None:
+            self._out.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        """Flush, and tell the file object where the descriptor now stands."""
+        self.flush()
+        if self._fd is not None and self._out.seekable():
+            self._out.seek(0, os.SEEK_END)
+        else:
+            self._out.flush()
 
     def copy(self, blob: Blob, path: str) -> None:
         size = blob.size
         where = blob.host_range()
         if where is not None and self._fd is not None:
             self.flush()
-            self._out.flush()
             host, offset = where
-            with open(host, "rb") as src:
-                _copy_fd(src.fileno(), self._fd, offset, size, path)
+            src = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _copy_fd(src, self._fd, offset, size, path)
+            finally:
+                os.close(src)
             self.written += size
         else:
             with blob.open() as src:
@@ -89,7 +108,7 @@ class _Sink:
                     if not chunk:
                         raise ImageError(f"{path}: source shrank while it was being archived")
                     self.flush()
-                    self._out.write(chunk)
+                    self._emit(chunk)
                     left -= len(chunk)
                 self.written += size
         self.write(b"\0" * _pad4(size))
@@ -185,6 +204,5 @@ def write_cpio(tree: Tree, out: BinaryIO, *, crc: bool = False) -> int:
         ino += 1
     sink.write(header(magic=magic, ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0,
                       rdev=(0, 0), name=TRAILER.encode()))
-    sink.flush()
-    out.flush()
+    sink.close()
     return sink.written

@@ -52,6 +52,15 @@ class _NoClose(io.RawIOBase):
     def fileno(self) -> int:
         return self._f.fileno()
 
+    def seekable(self) -> bool:
+        return self._f.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
     def flush(self) -> None:
         self._f.flush()
 
