@@ -246,10 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    return run_handler(args.func, args)
+
+
+def run_handler(func: Handler, args: argparse.Namespace) -> int:
+    """The error boundary: library errors become one line and a hint, exit status 1."""
     try:
-        return args.func(args)
+        return func(args)
     except ImgkitError as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"imgkit: error: {exc}", file=sys.stderr)
         if exc.hint:

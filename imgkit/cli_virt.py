@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Sequence
 
-from .errors import ImgkitError, InputError
+from .errors import InputError
 
 _MEM = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.I)
 
@@ -130,15 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="tracebacks for errors")
     add_arguments(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return cmd_virt(args)
-    except ImgkitError as exc:
-        if args.debug:
-            raise
-        print(f"imgkit: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"imgkit: hint: {exc.hint}", file=sys.stderr)
-        return 1
+    from .cli import run_handler
+    return run_handler(cmd_virt, args)
 
 
 if __name__ == "__main__":
