@@ -54,6 +54,16 @@ def _file_entry(dest: str, host: str, *, mode: int | None = None,
                  mtime=when, data=FileBlob(host, st.st_size), origin=host)
 
 
+def _fat_serial(text: str | None, seed: str) -> int:
+    """A FAT volume serial: ``"ABCD-1234"`` as given, else derived from the build seed."""
+    if text is None:
+        return int(seed[:8], 16)
+    digits = text.replace("-", "")
+    if len(digits) != 8 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise InputError(f"vfat uuid {text!r}: expected a serial like 'ABCD-1234' (8 hex digits)")
+    return int(digits, 16)
+
+
 class Builder:
     """Builds the artifacts of one config; every artifact is built at most once."""
 
@@ -205,7 +215,9 @@ class Builder:
             path = os.path.join(self.work, f"uki-{name}.efi")
             build_uki(path, kernel=self.resolve(uc.kernel, where),
                       initrds=[self.resolve(r, where) for r in uc.initrd], cmdline=uc.cmdline,
-                      os_release=uc.os_release)
+                      os_release=uc.os_release,
+                      splash=self.resolve(uc.splash, where) if uc.splash else None,
+                      devicetree=self.resolve(uc.devicetree, where) if uc.devicetree else None)
             self.progress(f"uki {name}: {os.path.getsize(path):,} bytes")
             self._publish("uki", name, path, uc.output)
             return path
@@ -253,6 +265,7 @@ class Builder:
                 from .bootloaders.syslinux import INSTALL_ROOM
                 slack = INSTALL_ROOM
             return plan_fat(tree, size=None, fat_type=fc.fat_type, label=fc.label,
+                            cluster_size=parse_size(fc.cluster_size) if fc.cluster_size else None,
                             skip_special=True, slack=slack).size
         if fc.type == "ext4":
             from .formats.ext4 import estimate_size
@@ -272,13 +285,15 @@ class Builder:
             if fc.type == "vfat":
                 from .formats.fat import write_fat
                 plan = write_fat(tree, path, size=want, fat_type=fc.fat_type, label=fc.label,
-                                 serial=int(self._seed("fat", name)[:8], 16),
+                                 serial=_fat_serial(fc.uuid, self._seed("fat", name)),
+                                 cluster_size=parse_size(fc.cluster_size, what=f"[filesystems.{name}] cluster_size")
+                                 if fc.cluster_size else None,
                                  hidden_sectors=hidden_sectors, skip_special=True)
                 self.progress(f"filesystem {name}: FAT{plan.fat_type}, {plan.size:,} bytes")
             elif fc.type == "ext4":
                 from .formats.ext4 import write_ext4
                 info = write_ext4(tree, path, size=want, label=fc.label, seed=self._seed("ext4", name),
-                                  mtime_epoch=self.mtime)
+                                  uuid=fc.uuid, mtime_epoch=self.mtime)
                 self.progress(f"filesystem {name}: ext4, {info.size:,} bytes")
             else:
                 from .formats.iso import write_iso
@@ -317,7 +332,8 @@ class Builder:
                 guid=p.guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr))
         plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),  # type: ignore[arg-type]
                                            size=None if dc.size == "auto" else dc.size,
-                                           alignment=dc.alignment, seed=self._seed("disk")))
+                                           alignment=dc.alignment, seed=self._seed("disk"),
+                                           disk_guid=dc.guid, disk_signature=dc.signature))
         contents: dict[str, str | None] = {}
         for p in dc.partitions:
             if not p.filesystem:

@@ -58,6 +58,8 @@ class UkiConfig:
     kernel: str = "kernel"
     initrd: tuple[str, ...] = ()
     os_release: str | None = None
+    splash: str | None = None
+    devicetree: str | None = None
     output: str | None = None
 
 
@@ -93,6 +95,8 @@ class FilesystemConfig:
     size: str = "auto"
     label: str = ""
     fat_type: int | None = None
+    cluster_size: str | None = None
+    uuid: str | None = None  # ext4 UUID; vfat serial as "XXXX-XXXX"
     output: str | None = None
     syslinux: SyslinuxConfig | None = None
     systemd_boot: SystemdBootConfig | None = None
@@ -121,6 +125,8 @@ class DiskConfig:
     partitions: tuple[PartitionConfig, ...] = ()
     bios: str | None = None  # syslinux: boot code + installer into the partition holding it
     hybrid_mbr: tuple[str, ...] = ()
+    guid: str | None = None  # GPT disk GUID (default: derived from the seed)
+    signature: int | None = None  # MBR disk signature (default: derived from the seed)
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,9 @@ def load_config(path: str) -> Config:
         ukis[name] = UkiConfig(name=name, cmdline=t.get("cmdline", str, required=True),
                                kernel=rel(t.get("kernel", str, "kernel")),  # type: ignore[arg-type]
                                initrd=tuple(rel(s) for s in t.strings("initrd")),  # type: ignore[misc]
-                               os_release=rel(t.get("os_release", str)), output=t.get("output", str))
+                               os_release=rel(t.get("os_release", str)),
+                               splash=rel(t.get("splash", str)),
+                               devicetree=rel(t.get("devicetree", str)), output=t.get("output", str))
         t.done()
 
     filesystems = {}
@@ -294,7 +302,9 @@ def load_config(path: str) -> Config:
         filesystems[name] = FilesystemConfig(
             name=name, type=t.get("type", str, required=True, choices=("vfat", "ext4", "iso9660")),
             tree=t.get("tree", str), size=t.size("size", "auto"), label=t.get("label", str, ""),
-            fat_type=t.get("fat_type", int), output=t.get("output", str), syslinux=sl,
+            fat_type=t.get("fat_type", int),
+            cluster_size=None if t.get("cluster_size", (str, int)) is None else str(t.data["cluster_size"]),
+            uuid=t.get("uuid", str), output=t.get("output", str), syslinux=sl,
             systemd_boot=sb)
         t.done()
 
@@ -317,7 +327,8 @@ def load_config(path: str) -> Config:
                           format=disk_t.get("format", str, "raw", choices=("raw", "qcow2")),
                           alignment=disk_t.size("alignment", "1M"), partitions=tuple(parts),
                           bios=disk_t.get("bios", str, None, choices=("syslinux",)),
-                          hybrid_mbr=disk_t.strings("hybrid_mbr"))
+                          hybrid_mbr=disk_t.strings("hybrid_mbr"), guid=disk_t.get("guid", str),
+                          signature=disk_t.get("signature", int))
         disk_t.done()
 
     iso = None

@@ -104,3 +104,31 @@ def test_failed_build_keeps_the_previous_image(tmp_path, hello):
     assert r.returncode == 1
     assert (out / "d.img").read_bytes() == b"previous image"
     assert os.listdir(out) == ["d.img"]
+
+
+def test_fixed_identifiers_and_cluster_size(tmp_path, hello):
+    r = build(tmp_path, DATA_TREE + """
+[filesystems.esp]
+type = "vfat"
+tree = "data"
+uuid = "1234-ABCD"
+cluster_size = "4K"
+[filesystems.root]
+type = "ext4"
+tree = "data"
+uuid = "01234567-89ab-cdef-0123-456789abcdef"
+[disk]
+output = "ids.img"
+guid = "11111111-2222-3333-4444-555555555555"
+partitions = [{ name = "esp", type = "esp", filesystem = "esp" },
+              { name = "root", filesystem = "root", guid = "66666666-7777-4888-9999-aaaaaaaaaaaa" }]
+""")
+    assert r.returncode == 0, r.stderr
+    image = str(tmp_path / "out" / "ids.img")
+    table = json.loads(sh("sfdisk", "--json", image))["partitiontable"]
+    assert table["id"] == "11111111-2222-3333-4444-555555555555"
+    assert table["partitions"][1]["uuid"] == "66666666-7777-4888-9999-AAAAAAAAAAAA"
+    esp, root = (p["start"] * 512 for p in table["partitions"])
+    info = sh("minfo", "-i", f"{image}@@{esp}", "::")
+    assert "serial number: 1234ABCD" in info and "cluster size: 8 sectors" in info
+    assert "01234567-89ab-cdef-0123-456789abcdef" in sh("dumpe2fs", "-h", f"{image}?offset={root}")
