@@ -83,14 +83,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(shlex.join(build_argv(spec, accel=accel, uefi=uefi,
                                         vars_path=uefi.vars_template if uefi else None)))
             return 0
-        if args.expect is None and not args.quiet and sys.stdin.isatty():
+        if args.expect is None and not (args.quiet or args.json) and sys.stdin.isatty():
             from .qemu import run_interactive
             progress(f"QEMU ({accel}); serial console here: Ctrl-A X quits, Ctrl-A C is the "
                      "QEMU monitor")
             return run_interactive(spec, timeout=args.timeout, accel=accel)
         progress(f"QEMU ({accel}); " + ("waiting for " + repr(args.expect) if args.expect
                                         else "console below") + f", timeout {args.timeout:g} s")
-        console = None if args.quiet else sys.stdout
+        console = None if (args.quiet or args.json) else sys.stdout
         try:
             result = boot(spec, expect=args.expect, timeout=args.timeout, console=console,
                           accel=accel, wait_exit=args.expect is None)
@@ -98,7 +98,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.quiet and getattr(exc, "log_tail", None):
                 print(exc.log_tail, file=sys.stderr)
             raise
-    if args.expect:
+    if args.json:
+        print(json.dumps({"matched": result.matched, "seconds": round(result.elapsed, 3),
+                          "returncode": result.returncode, "firmware": spec.firmware,
+                          "accel": accel}))
+    elif args.expect:
         if console is not None:
             print(flush=True)  # the console's last line may have no newline yet
         progress(f"saw {result.matched!r} after {result.elapsed:.1f} s")
@@ -134,6 +138,8 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iso-as-disk", action="store_true",
                    help="attach an ISO as a hard disk (as a USB stick would be) instead of a CD")
     p.add_argument("--quiet", action="store_true", help="do not copy the console to stdout")
+    p.add_argument("--json", action="store_true",
+                   help="no console; print the outcome (matched text, seconds) as JSON")
     p.add_argument("--print-cmdline", action="store_true",
                    help="print the QEMU command line instead of running it")
     p.set_defaults(func=cmd_run)
