@@ -26,14 +26,33 @@ options whose defaults depend on the host kernel (lazy init, discard) are given 
 Two builds of the same tree are therefore bit-identical, whether from the source directory or
 from a staging copy.
 
-e2fsprogs 1.47.1 can read a tarball on ``-d -`` instead; the directory path works on every
-version from 1.43 on and is the one used here.
+From e2fsprogs 1.47.1 on, ``mke2fs -d -`` reads a tar archive on its standard input (through
+libarchive, which it loads at run time: ``libarchive13``). Then the tree is streamed to it as a
+pax archive (:func:`imgkit.formats.tar.write_tar`) and no host directory is read or made: owners,
+modes, mtimes, device numbers, symlinks and hard links come from the archive. The debugfs pass
+still runs, for what the archive path leaves out: atime, ctime and crtime (mke2fs sets the
+first two to 0, as the archive has none, and crtime to the fake time), xattrs (it copies only
+``security.capability`` and ``gnu.translator``; the archive is written without any, and all
+are set by debugfs in the tree's order), sockets (tar cannot hold one: a FIFO stands in and is
+turned into the socket), and the root directory and ``lost+found`` (mke2fs ORs the archive's
+mode into theirs). mke2fs runs in the ``C.UTF-8`` locale there, or libarchive refuses every
+non-ASCII name. Trees the archive path cannot carry exactly (names that are not UTF-8, symlink
+targets whose length is a multiple of 1024, which that mke2fs mishandles) take the directory
+path. :attr:`Ext4Info.populated_from` says which path was taken.
+
+``E2FSPROGS_DIR`` (from the environment variable ``IMGKIT_E2FSPROGS``) names another
+e2fsprogs to use instead of the one on ``PATH``: a directory holding ``sbin/mke2fs``,
+``sbin/debugfs`` and ``sbin/e2fsck`` (or ``usr/sbin/...``) and its libraries under ``lib/`` or
+``usr/lib/`` (any multiarch subdirectory), as ``dpkg -x`` unpacks a Debian package. Its
+libraries are put on ``LD_LIBRARY_PATH`` of those tools only.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import errno
 import functools
+import glob
 import hashlib
 import os
 import re
@@ -49,6 +68,9 @@ from imgkit import tools
 from imgkit.atomic import atomic_path
 from imgkit.errors import InputError, LayoutError, ToolError
 from imgkit.tree import Entry, FileBlob, Kind, Tree
+
+#: Another e2fsprogs to run instead of the one on ``PATH`` (see the module docstring).
+E2FSPROGS_DIR: str | None = os.environ.get("IMGKIT_E2FSPROGS") or None
 
 BLOCK = 4096
 INODE_SIZE = 256
@@ -91,6 +113,9 @@ class Ext4Info:
     uuid: str
     hash_seed: str
     inodes: int
+    #: How mke2fs got the tree: ``"tar"`` (an archive on its standard input), ``"directory"``
+    #: (the host directory the tree was read from) or ``"staging"`` (a staging copy).
+    populated_from: str = "staging"
 
 
 # -- public API ---------------------------------------------------------------------------
@@ -125,7 +150,8 @@ def write_ext4(
     ``reserved_percent`` is mke2fs' ``-m`` (0 by default: an image is not a shared disk).
     ``staging_dir`` is where the temporary staging tree goes (default: beside ``out_path``,
     where hard links to the sources are most likely to work); a tree read unchanged from one
-    host directory needs none, as ``mke2fs`` reads that directory itself.
+    host directory needs none, as ``mke2fs`` reads that directory itself, and neither does
+    any tree with e2fsprogs 1.47.1 or newer, which is streamed to ``mke2fs`` as an archive.
     """
     tree.validate()
     version = e2fsprogs_version()
@@ -163,25 +189,34 @@ def write_ext4(
 
     out_path = os.fspath(out_path)
     base = os.fspath(staging_dir) if staging_dir else os.path.dirname(os.path.abspath(out_path))
+    use_tar = version >= (1, 47, 1) and _tar_can_carry(tree)
     with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work, \
             atomic_path(out_path) as tmp, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # Looked at only now that our own temporaries exist: were they inside the source
-        # directory, it would no longer match the tree and would not be used.
-        direct = _direct_source(tree, version)
-        if direct is not None:
-            source, host = direct
+        source: str | None = None
+        host: dict[str, _Host] = {}
+        if use_tar:
+            populated_from = "tar"
         else:
-            source = os.path.join(work, "root")
-            stage_tree(tree, source)
-            host = _scan(source)
+            # Looked at only now that our own temporaries exist: were they inside the source
+            # directory, it would no longer match the tree and would not be used.
+            direct = _direct_source(tree, version)
+            if direct is not None:
+                source, host = direct
+                populated_from = "directory"
+            else:
+                source = os.path.join(work, "root")
+                stage_tree(tree, source)
+                host = _scan(source)
+                populated_from = "staging"
         conf = os.path.join(work, "mke2fs.conf")
         feats = _merge_features(features)
         with open(conf, "w") as f:
             f.write(_MKE2FS_CONF.format(features=",".join(feats)))
         mkfs = functools.partial(
-            _mke2fs, source=source, conf=conf, label=label, fs_uuid=fs_uuid, fs_hash=fs_hash,
-            inodes=n_inodes, reserved=reserved_percent, fs_time=fs_time,
+            _mke2fs, source=source, tar=_tar_tree(tree) if use_tar else None,
+            log=os.path.join(work, "mke2fs.log"), conf=conf, label=label, fs_uuid=fs_uuid,
+            fs_hash=fs_hash, inodes=n_inodes, reserved=reserved_percent, fs_time=fs_time,
             extra=tuple(extra_mke2fs_args))
         try:
             if size is not None:
@@ -197,15 +232,17 @@ def write_ext4(
                 final = _fit(mkfs, tmp, estimate_size(tree, inodes=n_inodes,
                                                       reserved_percent=reserved_percent))
         except ToolError:
-            _raise_unreadable(source)
+            if source is not None:
+                _raise_unreadable(source)
             raise
         # The staging copy is no longer needed: remove it while debugfs works (unlinking
         # thousands of hard links costs as much as making them).
-        cleanup = pool.submit(shutil.rmtree, source) if direct is None else None
+        cleanup = pool.submit(shutil.rmtree, source) if populated_from == "staging" else None
         inodes_now = _list_inodes(tmp, tree)
         cmds = os.path.join(work, "debugfs.cmds")
         _write_debugfs_commands(cmds, tree, host, inodes_now, work, fs_time,
-                                exact_times=version <= (1, 47, 0))
+                                exact_times=use_tar or version <= (1, 47, 0),
+                                mtimes_set=use_tar)
         _debugfs(tmp, cmds)
         # The superblock counts the bytes each tool wrote, which differs with the work done
         # (placeholders linked anew); zero it in a pass of its own, which writes no more.
@@ -214,7 +251,8 @@ def write_ext4(
         _debugfs(tmp, cmds)
         if cleanup is not None:
             cleanup.result()
-    return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes)
+    return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes,
+                    populated_from=populated_from)
 
 
 def estimate_size(tree: Tree, *, inodes: int | None = None,
@@ -292,15 +330,46 @@ def stage_tree(tree: Tree, staging: str) -> None:
         os.link(os.path.join(staging, e.target or ""), os.path.join(staging, e.path))
 
 
-@functools.lru_cache(maxsize=None)
 def e2fsprogs_version() -> tuple[int, ...]:
-    """The installed e2fsprogs version, from ``mke2fs -V`` (asked once per process)."""
-    proc = tools.run(["mke2fs", "-V"], check=False)
+    """The e2fsprogs version in use, from ``mke2fs -V`` (asked once per process and
+    :data:`E2FSPROGS_DIR`)."""
+    return _version_of(E2FSPROGS_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _version_of(directory: str | None) -> tuple[int, ...]:
+    prog, env = e2fsprogs_command("mke2fs")
+    proc = tools.run([prog, "-V"], env=env, check=False)
     text = (proc.stderr or b"").decode() + (proc.stdout or b"").decode()
     m = re.search(r"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", text)
     if not m:
-        raise ToolError(f"cannot tell the e2fsprogs version from mke2fs -V: {text.strip()!r}")
+        raise ToolError(f"cannot tell the e2fsprogs version from {prog} -V: {text.strip()!r}")
     return tuple(int(x or 0) for x in m.groups())
+
+
+def e2fsprogs_command(name: str) -> tuple[str, dict[str, str]]:
+    """The program to run for e2fsprogs tool ``name`` and the environment it needs.
+
+    ``name`` itself (looked up on ``PATH``) and no environment, unless :data:`E2FSPROGS_DIR`
+    names another e2fsprogs: then its binary and ``LD_LIBRARY_PATH`` pointing at its
+    libraries.
+    """
+    if not E2FSPROGS_DIR:
+        return name, {}
+    root = os.path.abspath(E2FSPROGS_DIR)
+    for sub in ("sbin", "usr/sbin", "bin", "usr/bin"):
+        prog = os.path.join(root, sub, name)
+        if os.access(prog, os.X_OK):
+            break
+    else:
+        raise ToolError(f"no {name} in the e2fsprogs at {root} (IMGKIT_E2FSPROGS): "
+                        f"expected sbin/{name} or usr/sbin/{name}")
+    libs: list[str] = []
+    for pattern in ("lib", "lib/*", "usr/lib", "usr/lib/*"):
+        for d in sorted(glob.glob(os.path.join(root, pattern))):
+            if os.path.isdir(d) and glob.glob(os.path.join(d, "libext2fs.so*")) and d not in libs:
+                libs.append(d)
+    return prog, {"LD_LIBRARY_PATH": ":".join(libs)} if libs else {}
 
 
 # -- staging ------------------------------------------------------------------------------
@@ -512,28 +581,134 @@ def _raise_unreadable(source: str) -> None:
 
 # -- mke2fs -------------------------------------------------------------------------------
 
-def _mke2fs(image: str, size: int, *, source: str, conf: str, label: str, fs_uuid: str,
-            fs_hash: str, inodes: int, reserved: float, fs_time: int,
-            extra: tuple[str, ...]) -> str | None:
-    """Make the filesystem; ``None`` on success, mke2fs' complaint if the tree did not fit."""
+def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log: str,
+            conf: str, label: str, fs_uuid: str, fs_hash: str, inodes: int, reserved: float,
+            fs_time: int, extra: tuple[str, ...]) -> str | None:
+    """Make the filesystem from the directory ``source``, or from ``tar`` streamed as an
+    archive; ``None`` on success, mke2fs' complaint if the tree did not fit."""
     with open(image, "wb") as f:   # a fresh sparse file: no bytes of an earlier try remain
         f.truncate(size)
-    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-d", source, "-L", label, "-U", fs_uuid,
+    prog, env = e2fsprogs_command("mke2fs")
+    argv = [prog, "-q", "-F", "-t", "ext4", "-d", "-" if tar is not None else source,
+            "-L", label, "-U", fs_uuid,
             "-E", f"hash_seed={fs_hash},root_owner=0:0,nodiscard,lazy_itable_init=0,"
                   "lazy_journal_init=0",
             "-b", str(BLOCK), "-I", str(INODE_SIZE), "-N", str(inodes), "-m", f"{reserved:g}",
             *extra, image, str(size // BLOCK)]
-    env = {"MKE2FS_CONFIG": conf, "E2FSPROGS_FAKE_TIME": str(fs_time)}
-    proc = tools.run(argv, env=env, check=False)
-    if proc.returncode == 0:
+    # Both clocks pinned: from 1.47.1 mke2fs reads SOURCE_DATE_EPOCH too, which must not
+    # come from the caller's environment.
+    env.update({"MKE2FS_CONFIG": conf, "E2FSPROGS_FAKE_TIME": str(fs_time),
+                "SOURCE_DATE_EPOCH": str(fs_time)})
+    if tar is None:
+        proc = tools.run(argv, env=env, check=False)
+        returncode = proc.returncode
+        text = (proc.stderr or b"").decode(errors="replace") + (proc.stdout or b"").decode(
+            errors="replace")
+    else:
+        env["LC_ALL"] = "C.UTF-8"   # libarchive converts UTF-8 names to the locale's charset
+        returncode, text = _mke2fs_from_tar(argv, env, tar, log)
+    if returncode == 0:
         return None
-    text = (proc.stderr or b"").decode(errors="replace") + (proc.stdout or b"").decode(
-        errors="replace")
     if _NO_SPACE.search(text):
         return text
     tail = "\n".join(text.strip().splitlines()[-15:])
-    raise ToolError(f"mke2fs failed with exit status {proc.returncode} making a "
-                    f"{size} byte ext4 image\n{tail}")
+    hint = None
+    if "libarchive" in text:
+        hint = "mke2fs loads libarchive at run time to read archives: apt-get install libarchive13"
+    raise ToolError(f"mke2fs failed with exit status {returncode} making a "
+                    f"{size} byte ext4 image\n{tail}", hint=hint)
+
+
+class _Pipe:
+    """mke2fs' standard input as the tar writer's file: once mke2fs has exited (it ran out
+    of room, or failed), the rest of the archive is dropped and its exit status tells why."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.broken = False
+
+    def write(self, data) -> int:
+        if not self.broken:
+            try:
+                self._f.write(data)
+            except BrokenPipeError:
+                self.broken = True
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._f.flush()
+            except BrokenPipeError:
+                self.broken = True
+
+
+def _mke2fs_from_tar(argv: list[str], env: dict[str, str], tar: Tree,
+                     log: str) -> tuple[int, str]:
+    """Run mke2fs reading ``tar`` from its standard input, written as the archive goes."""
+    from imgkit.formats.tar import write_tar
+
+    with open(log, "w+b") as out:
+        proc = tools.spawn(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                           env=env)
+        try:
+            pipe = _Pipe(proc.stdin)
+            try:
+                write_tar(tar, pipe)
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+            returncode = proc.wait()
+        except BaseException as exc:
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, OSError) and exc.filename:
+                raise InputError(f"ext4: cannot read {exc.filename!r}: {exc.strerror}",
+                                 hint="make the source readable by the user building the "
+                                      "image") from exc
+            raise
+        out.seek(0)
+        return returncode, out.read().decode(errors="replace")
+
+
+# -- the archive path ---------------------------------------------------------------------
+
+def _tar_can_carry(tree: Tree) -> bool:
+    """Whether ``mke2fs -d -`` would get every name and link of ``tree`` exactly, from an
+    archive: names must be UTF-8 (pax stores them so, and mke2fs' libarchive needs it), and a
+    symlink target whose length is a multiple of 1024 overflows the buffer mke2fs copies it
+    into. Also needs libarchive for mke2fs to load."""
+    for e in tree:
+        try:
+            e.path.encode()
+            if e.kind is Kind.SYMLINK and len((e.target or "").encode()) % 1024 == 0:
+                return False
+        except UnicodeEncodeError:
+            return False
+    return _have_libarchive()
+
+
+@functools.lru_cache(maxsize=None)
+def _have_libarchive() -> bool:
+    """Whether the library mke2fs loads (by this name) for ``-d ARCHIVE`` is there."""
+    try:
+        ctypes.CDLL("libarchive.so.13")
+        return True
+    except OSError:
+        return False
+
+
+def _tar_tree(tree: Tree) -> Tree:
+    """The tree as the archive for mke2fs carries it: without xattrs (mke2fs would copy only
+    two names; the debugfs pass sets them all, in the tree's order) and with a FIFO in place
+    of each socket (which tar cannot hold; the debugfs pass makes it a socket again)."""
+    def strip(e: Entry) -> Entry:
+        if e.kind is Kind.SOCKET:
+            return e.replace(kind=Kind.FIFO, xattrs=())
+        return e.replace(xattrs=()) if e.xattrs else e
+    return tree.map(strip)
 
 
 def _fit(mkfs, image: str, start: int) -> int:
@@ -583,7 +758,8 @@ def _list_inodes(image: str, tree: Tree) -> dict[str, _Inode]:
     """
     dirs = [e.path for e in tree if e.kind is Kind.DIR]
     cmds = "".join(f"ls -p {_q(_abs(d))}\n" for d in dirs).encode()
-    proc = tools.run(["debugfs", "-f", "-", image], input=cmds, check=False)
+    prog, env = e2fsprogs_command("debugfs")
+    proc = tools.run([prog, "-f", "-", image], input=cmds, env=env, check=False)
     errors = [line for line in (proc.stderr or b"").decode(errors="replace").splitlines()
               if line.strip() and not line.startswith("debugfs ")]
     if proc.returncode != 0 or errors:
@@ -617,33 +793,37 @@ def _list_inodes(image: str, tree: Tree) -> dict[str, _Inode]:
 
 def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
                             inodes: dict[str, _Inode], work: str, fs_time: int, *,
-                            exact_times: bool) -> None:
+                            exact_times: bool, mtimes_set: bool = False) -> None:
     """Commands that make each inode exactly what the tree says, by inode number.
 
     ``host`` is what mke2fs copied (owners, atime and mtime to the second, xattrs),
     ``inodes`` what ``ls -p`` saw; only what differs is rewritten, except ctime and crtime,
     which always come from the host or the clock. ``exact_times``: this mke2fs stores whole
     seconds only, so the ``*_extra`` fields (nanoseconds, epoch bits) are already 0.
+    ``mtimes_set``: mke2fs took every mtime from the tree (an archive), so only those of
+    directories, which it may touch while filling them, are written again.
     """
     lines: list[str] = [f"set_current_time @{fs_time}"]
     retime: set[str] = set()   # directories whose entries were rewritten
-    # 1. device numbers, and the type of placeholders (see stage_tree): the directory entry
-    #    carries the type too, so the name is linked anew once the inode has its mode.
+    # 1. device numbers, and the type of placeholders (see stage_tree and _tar_tree): the
+    #    directory entry carries the type too, so the name is linked anew once the inode has
+    #    its mode.
     for e in tree:
-        if e.kind not in (Kind.CHAR, Kind.BLOCK):
+        if e.kind not in (Kind.CHAR, Kind.BLOCK, Kind.SOCKET):
             continue
-        major, minor = e.rdev
-        if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
-            raise InputError(f"device {e.path!r} has number {major}:{minor}; Linux allows "
-                             f"majors up to 4095 and minors up to 1048575")
         node = inodes[e.path]
         ref = f"<{node.ino}>"
-        if major < 256 and minor < 256:   # the encodings mke2fs and the kernel use
-            words = (major * 256 + minor, 0)
-        else:
-            words = (0, (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12))
-        lines.append(f"sif {ref} block[0] {words[0]}")
-        lines.append(f"sif {ref} block[1] {words[1]}")
+        if e.kind is not Kind.SOCKET:
+            major, minor = e.rdev
+            if not (0 <= major <= 0xFFF and 0 <= minor <= 0xFFFFF):
+                raise InputError(f"device {e.path!r} has number {major}:{minor}; Linux "
+                                 f"allows majors up to 4095 and minors up to 1048575")
+            if major < 256 and minor < 256:   # the encodings mke2fs and the kernel use
+                words = (major * 256 + minor, 0)
+            else:
+                words = (0, (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12))
+            lines.append(f"sif {ref} block[0] {words[0]}")
+            lines.append(f"sif {ref} block[1] {words[1]}")
         if stat.S_IFMT(node.mode) != e.kind.type_bits:
             lines.append(f"sif {ref} mode 0{e.st_mode:o}")
             lines.append(f"cd <{inodes[e.parent].ino}>")
@@ -689,6 +869,9 @@ def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
             if (field in ("atime", "mtime") and h is not None and e.path not in retime
                     and getattr(h.st, f"st_{field}_ns") == want_ns and exact):
                 continue   # mke2fs copied it from the host already
+            if (field == "mtime" and mtimes_set and exact and e.kind is not Kind.DIR
+                    and e.path not in retime):
+                continue   # mke2fs took it from the archive
             if not exact:
                 lines.append(f"sif {ref} {field}_extra 0")   # before the time: epoch bits
             lines.append(f"sif {ref} {field} @{e.mtime}")
@@ -698,7 +881,8 @@ def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
 
 def _debugfs(image: str, cmds: str) -> None:
     """Run the command file; debugfs exits 0 even when a command fails, so read stderr."""
-    proc = tools.run(["debugfs", "-w", "-f", cmds, image], stdout=subprocess.DEVNULL,
+    prog, env = e2fsprogs_command("debugfs")
+    proc = tools.run([prog, "-w", "-f", cmds, image], stdout=subprocess.DEVNULL, env=env,
                      check=False)
     errors = [line for line in (proc.stderr or b"").decode(errors="replace").splitlines()
               if line.strip() and not line.startswith("debugfs ")]

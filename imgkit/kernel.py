@@ -40,7 +40,7 @@ class KernelInfo:
 
 
 # -- cache directory -------------------------------------------------------------------------
-def _usable_dir(path: str) -> bool:
+def usable_dir(path: str) -> bool:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError:
@@ -57,12 +57,12 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
     """
     if cache_dir is not None:
         path = os.path.abspath(os.fspath(cache_dir))
-        _usable_dir(path)
+        usable_dir(path)
         return path
     env = os.environ.get("IMGKIT_CACHE")
     if env:
         path = os.path.abspath(env)
-        _usable_dir(path)
+        usable_dir(path)
         return path
     candidates = []
     if os.environ.get("XDG_CACHE_HOME"):
@@ -71,7 +71,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
     if home and home != "~":
         candidates.append(os.path.join(home, ".cache", "imgkit"))
     for path in candidates:
-        if _usable_dir(path):
+        if usable_dir(path):
             return path
     path = os.path.join(tempfile.gettempdir(), f"imgkit-cache-{os.getuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -79,7 +79,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
+def cache_lock(path: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created if possible; read-only works too)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -94,11 +94,11 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _writable_cache_subdir(root: str, name: str) -> str:
+def writable_cache_subdir(root: str, name: str) -> str:
     """``root/name``, or a per-user fallback when a shared cache's subdir belongs to another
     user and cannot be written."""
     path = os.path.join(root, name)
-    if _usable_dir(path):
+    if usable_dir(path):
         return path
     fallback = os.path.join(tempfile.gettempdir(), f"imgkit-cache-{os.getuid()}", name)
     os.makedirs(fallback, exist_ok=True)
@@ -157,14 +157,14 @@ def fetch_debian_kernel(cache_dir: str | os.PathLike | None = None,
     final = os.path.join(kernels, safe)
     if os.path.exists(os.path.join(final, ".complete")):
         return _kernel_in(final)
-    if not _usable_dir(kernels):
-        kernels = _writable_cache_subdir(root, "kernels")
+    if not usable_dir(kernels):
+        kernels = writable_cache_subdir(root, "kernels")
         final = os.path.join(kernels, safe)
         if os.path.exists(os.path.join(final, ".complete")):
             return _kernel_in(final)
     with contextlib.suppress(OSError):
         os.chmod(kernels, 0o1777)  # shared caches: any user may add a kernel
-    with _locked(os.path.join(kernels, f".{safe}.lock")):
+    with cache_lock(os.path.join(kernels, f".{safe}.lock")):
         if os.path.exists(os.path.join(final, ".complete")):
             return _kernel_in(final)
         work = tempfile.mkdtemp(prefix=f".{safe}.", dir=kernels)
@@ -281,7 +281,7 @@ def extract_vmlinux(bzimage: str | os.PathLike, cache_dir: str | os.PathLike | N
     if data[:4] == b"\x7fELF":
         return bzimage  # already a vmlinux
     digest = hashlib.sha256(data).hexdigest()[:32]
-    out_dir = _writable_cache_subdir(cache_root(cache_dir), "vmlinux")
+    out_dir = writable_cache_subdir(cache_root(cache_dir), "vmlinux")
     dest = os.path.join(out_dir, f"{digest}.vmlinux")
     shared = os.path.join(cache_root(cache_dir), "vmlinux", f"{digest}.vmlinux")
     for candidate in (shared, dest):

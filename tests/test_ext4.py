@@ -1,13 +1,23 @@
-"""ext4 images checked with e2fsprogs' own e2fsck and debugfs (read-only)."""
+"""ext4 images checked with e2fsprogs' own e2fsck and debugfs (read-only).
+
+The tests taking the ``e2fs`` fixture run twice: with the installed e2fsprogs, and with the
+one in Debian's bookworm-backports (1.47.1 or newer), whose ``mke2fs -d -`` reads a tar
+archive. That one is downloaded once into ``$IMGKIT_CACHE/e2fsprogs-bpo`` with a private apt
+setup (nothing is installed) and checked with its own e2fsck and debugfs.
+"""
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import stat
+import tempfile
 
 import pytest
 
-from imgkit import tools
-from imgkit.errors import InputError, LayoutError
+from imgkit import kernel, tools
+from imgkit.errors import InputError, LayoutError, ToolError
+from imgkit.formats import ext4
 from imgkit.formats.ext4 import estimate_size, write_ext4
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
@@ -17,14 +27,126 @@ pytestmark = pytest.mark.skipif(not (tools.have("mke2fs") and tools.have("debugf
 EPOCH = 1_700_000_000
 
 
+def e2(name: str, *args: str, check: bool = True):
+    """Run e2fsprogs tool ``name`` of the e2fsprogs the image was written with."""
+    prog, env = ext4.e2fsprogs_command(name)
+    return tools.run([prog, *args], env=env, check=check)
+
+
 def debugfs(img, request: str) -> str:
-    proc = tools.run(["debugfs", "-R", request, str(img)])
-    return proc.stdout.decode(errors="replace")
+    return e2("debugfs", "-R", request, str(img)).stdout.decode(errors="replace")
 
 
 def fsck(img) -> None:
-    proc = tools.run(["e2fsck", "-fn", str(img)], check=False)
+    proc = e2("e2fsck", "-fn", str(img), check=False)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+# -- the e2fsprogs under test -------------------------------------------------------------
+
+BPO_RELEASE = "bookworm-backports"
+BPO_PACKAGES = ("e2fsprogs", "libext2fs2")
+BPO_SOURCES = (f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+               f"http://deb.debian.org/debian {BPO_RELEASE} main\n")
+
+
+def _e2fsprogs_in(root: str) -> tuple[int, ...]:
+    saved = ext4.E2FSPROGS_DIR
+    try:
+        ext4.E2FSPROGS_DIR = root
+        return ext4.e2fsprogs_version()
+    finally:
+        ext4.E2FSPROGS_DIR = saved
+
+
+def _fetch_bpo(top: str) -> None:
+    """Download and unpack the backports e2fsprogs into ``top/root`` (under the caller's lock).
+
+    apt runs with its own sources list, lists and cache under a work directory: the
+    system's apt configuration and state are neither used nor changed.
+    """
+    work = tempfile.mkdtemp(prefix=".fetch.", dir=top)
+    try:
+        for d in ("lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(work, d))
+        with open(os.path.join(work, "sources.list"), "w") as f:
+            f.write(BPO_SOURCES)
+        apt = ["-q", "-o", f"Dir::Etc::SourceList={work}/sources.list",
+               "-o", "Dir::Etc::SourceParts=/dev/null",
+               "-o", f"Dir::State::Lists={work}/lists", "-o", f"Dir::Cache={work}/cache",
+               "-o", "Debug::NoLocking=1"]
+        if os.getuid() == 0:   # apt's _apt user could not write into this directory
+            apt += ["-o", "APT::Sandbox::User=root"]
+        proxies = {k: v for k, v in os.environ.items() if k.lower().endswith("_proxy")}
+        tools.run(["apt-get", *apt, "--error-on=any", "update"], env=proxies, timeout=300)
+        tools.run(["apt-get", *apt, "download",
+                   *(f"{p}/{BPO_RELEASE}" for p in BPO_PACKAGES)], cwd=work, env=proxies,
+                  timeout=300)
+        debs = sorted(f for f in os.listdir(work) if f.endswith(".deb"))
+        if len(debs) != len(BPO_PACKAGES):
+            raise ToolError(f"apt-get download left {debs} in {work}")
+        unpacked = os.path.join(work, "root")
+        for deb in debs:
+            tools.run(["dpkg", "-x", os.path.join(work, deb), unpacked], timeout=300)
+        version = _e2fsprogs_in(unpacked)
+        if version < (1, 47, 1):
+            raise ToolError(f"{BPO_RELEASE} has e2fsprogs {version}, expected 1.47.1 or newer")
+        for dirpath, dirnames, filenames in os.walk(unpacked):   # other users read it too
+            for name in [*dirnames, *filenames]:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode):
+                    x = 0o111 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100 else 0
+                    os.chmod(path, st.st_mode | 0o444 | x)
+        os.chmod(unpacked, 0o755)
+        open(os.path.join(unpacked, ".complete"), "w").close()
+        final = os.path.join(top, "root")
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(unpacked, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bpo_e2fsprogs() -> str:
+    """The unpacked backports e2fsprogs, fetched once and shared by every user of the cache.
+
+    A download that fails (no network) fails the test: the archive path must not go
+    untested silently.
+    """
+    root = kernel.cache_root()
+    top = os.path.join(root, "e2fsprogs-bpo")
+    final = os.path.join(top, "root")
+    if not os.path.exists(os.path.join(final, ".complete")) and not kernel.usable_dir(top):
+        # another user's copy, not complete: fetch our own
+        top = kernel.writable_cache_subdir(root, "e2fsprogs-bpo")
+        final = os.path.join(top, "root")
+    if not os.path.exists(os.path.join(final, ".complete")):
+        try:
+            with kernel.cache_lock(os.path.join(top, ".lock")):
+                if not os.path.exists(os.path.join(final, ".complete")):
+                    os.chmod(top, 0o755)
+                    _fetch_bpo(top)
+        except (ToolError, OSError) as exc:
+            pytest.fail(f"could not get e2fsprogs from Debian {BPO_RELEASE} into {top} "
+                        f"(network needed once): {exc}", pytrace=False)
+    return final
+
+
+@pytest.fixture(params=["installed", "backports"])
+def e2fs(request, monkeypatch) -> str:
+    """Which e2fsprogs writes and checks the image: the installed one, or the backports one
+    (through ``ext4.E2FSPROGS_DIR``, as ``IMGKIT_E2FSPROGS`` would set it)."""
+    if request.param == "backports":
+        monkeypatch.setattr(ext4, "E2FSPROGS_DIR", request.getfixturevalue("bpo_e2fsprogs"))
+    else:
+        monkeypatch.setattr(ext4, "E2FSPROGS_DIR", None)
+    return request.param
+
+
+def expected_path() -> str:
+    """How write_ext4 fills the image with this e2fsprogs, for a tree needing staging."""
+    return "tar" if ext4.e2fsprogs_version() >= (1, 47, 1) else "staging"
 
 
 def stat_of(img, path: str) -> dict:
@@ -97,11 +219,14 @@ def tree(tmp_path):
     return host_tree(tmp_path / "src", umask=0o022, host_mtime=EPOCH + 1000)
 
 
-def test_metadata_seen_by_debugfs(tmp_path, tree):
+def test_metadata_seen_by_debugfs(tmp_path, tree, e2fs):
     img = tmp_path / "root.img"
     info = write_ext4(tree, img, size=16 << 20, label="root", seed="test",
                       mtime_epoch=EPOCH)
     assert img.stat().st_size == 16 << 20 == info.size
+    assert info.populated_from == expected_path()
+    if e2fs == "backports":
+        assert info.populated_from == "tar"
     fsck(img)
 
     st = stat_of(img, "/etc/hostname")
@@ -147,7 +272,7 @@ def test_metadata_seen_by_debugfs(tmp_path, tree):
     lf = stat_of(img, "/lost+found")
     assert (lf["uid"], lf["perm"], lf["mtime"]) == (0, 0o700, EPOCH)
 
-    sb = tools.run(["dumpe2fs", "-h", str(img)]).stdout.decode()
+    sb = e2("dumpe2fs", "-h", str(img)).stdout.decode()
     assert re.search(r"Filesystem volume name:\s+root", sb)
     assert re.search(rf"Filesystem UUID:\s+{info.uuid}", sb)
     assert "has_journal" in sb and "metadata_csum" in sb
@@ -157,7 +282,7 @@ def test_metadata_seen_by_debugfs(tmp_path, tree):
     assert write_time == EPOCH and mount_time == 0   # no host clock in the superblock
 
 
-def test_bit_identical_from_different_copies(tmp_path):
+def test_bit_identical_from_different_copies(tmp_path, e2fs):
     t1 = host_tree(tmp_path / "a" / "src", umask=0o022, host_mtime=EPOCH + 10)
     t2 = host_tree(tmp_path / "b" / "deeper" / "src", umask=0o077, host_mtime=EPOCH + 99999)
     os.utime(tmp_path / "b", (EPOCH + 5, EPOCH + 5))
@@ -167,6 +292,7 @@ def test_bit_identical_from_different_copies(tmp_path):
     i2 = write_ext4(t2, tmp_path / "b.img", seed="same", mtime_epoch=EPOCH,
                     staging_dir=tmp_path / "stage")
     assert i1 == i2
+    assert i1.populated_from == expected_path()
     fsck(tmp_path / "a.img")
     a = (tmp_path / "a.img").read_bytes()
     assert a == (tmp_path / "b.img").read_bytes()
@@ -176,7 +302,7 @@ def test_bit_identical_from_different_copies(tmp_path):
     assert not os.listdir(tmp_path / "stage")   # staging removed
 
 
-def test_auto_size_fits_a_few_mb(tmp_path):
+def test_auto_size_fits_a_few_mb(tmp_path, e2fs):
     t = Tree(default_mtime=EPOCH)
     src = tmp_path / "blob"
     src.write_bytes(os.urandom(3 << 20))
@@ -193,12 +319,12 @@ def test_auto_size_fits_a_few_mb(tmp_path):
     assert info.inodes >= 1000 + 6
     fsck(img)
     assert debugfs(img, "cat /d4/file-with-a-longish-name-0003") == "y" * 111
-    data = tools.run(["debugfs", "-R", "cat /big.bin", str(img)]).stdout
+    data = e2("debugfs", "-R", "cat /big.bin", str(img)).stdout
     assert data == src.read_bytes()
     assert estimate_size(t) <= size * 2
 
 
-def test_too_small_raises_layout_error(tmp_path):
+def test_too_small_raises_layout_error(tmp_path, e2fs):
     t = Tree()
     t.add(Entry("a", Kind.FILE, data=BytesBlob(os.urandom(6 << 20))))
     out = tmp_path / "small.img"
@@ -328,7 +454,7 @@ def test_device_placeholders_give_the_same_image(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(os.getuid() == 0, reason="privilege: root reads every file (runs in the uid 65534 pass)")
-def test_unreadable_source_file_is_named(tmp_path):
+def test_unreadable_source_file_is_named(tmp_path, e2fs):
     from imgkit.sources import read_directory
 
     src = tmp_path / "src"
@@ -338,3 +464,86 @@ def test_unreadable_source_file_is_named(tmp_path):
     with pytest.raises(InputError, match="secret"):
         write_ext4(tree, tmp_path / "x.img", seed="s")
     assert not (tmp_path / "x.img").exists()
+
+
+def test_backports_e2fsprogs_reads_a_tar(tmp_path, bpo_e2fsprogs, monkeypatch):
+    """What only the archive path has to get right: names in UTF-8, sockets (which tar cannot
+    hold), xattrs too big for the inode, long symlinks, times past 2038 and before 1970, and
+    no host directory read or staged."""
+    monkeypatch.setattr(ext4, "E2FSPROGS_DIR", bpo_e2fsprogs)
+    assert ext4.e2fsprogs_version() >= (1, 47, 1)
+    t = Tree(default_mtime=EPOCH)
+    t.with_root(mode=0o750, uid=7, gid=8, mtime=EPOCH - 9)
+    t.add(Entry("caf\u00e9/na\u00efve \u00fc", Kind.FILE, mode=0o640, uid=5,
+                data=BytesBlob(b"utf8\n"), mtime=EPOCH - 7))
+    t.add(Entry("run/s", Kind.SOCKET, mode=0o755, uid=3, gid=4, mtime=EPOCH - 6))
+    t.add(Entry("run/zz", Kind.FILE, data=BytesBlob(b"after the socket")))
+    t.add(Entry("big-xattrs", Kind.FILE, data=BytesBlob(b"x"),
+                xattrs=(("user.z", b"1" * 300), ("user.a", b"2" * 300),
+                        ("security.capability", b"\x01\x00\x00\x02" + b"\0" * 16))))
+    t.add(Entry("long-link", Kind.SYMLINK, target="t/" * 100))
+    t.add(Entry("future", Kind.FILE, data=BytesBlob(b""), mtime=(1 << 32) + 5))
+    t.add(Entry("past", Kind.FILE, data=BytesBlob(b""), mtime=-100))
+    t.add(Entry("lost+found", Kind.DIR, mode=0o755, uid=2, mtime=EPOCH - 3))
+    (tmp_path / "stage").mkdir()
+    img = tmp_path / "t.img"
+    info = write_ext4(t, img, seed="t", staging_dir=tmp_path / "stage")
+    assert info.populated_from == "tar"
+    assert os.listdir(tmp_path / "stage") == []
+    fsck(img)
+
+    root = stat_of(img, "/")
+    assert (root["perm"], root["uid"], root["gid"], root["mtime"]) == (0o750, 7, 8, EPOCH - 9)
+    f = stat_of(img, "/caf\u00e9/na\u00efve \u00fc")
+    assert (f["perm"], f["uid"], f["mtime"], f["ctime"], f["atime"], f["crtime"]) == (
+        0o640, 5, EPOCH - 7, EPOCH - 7, EPOCH - 7, EPOCH - 7)
+    s = stat_of(img, "/run/s")
+    assert (s["type"], s["perm"], s["uid"], s["gid"], s["mtime"]) == ("socket", 0o755, 3, 4,
+                                                                      EPOCH - 6)
+    assert debugfs(img, "cat /run/zz") == "after the socket"
+    xa = debugfs(img, "ea_list /big-xattrs")
+    assert "user.z (300)" in xa and "user.a (300)" in xa   # in a block of their own
+    assert "1" * 300 in debugfs(img, "ea_get /big-xattrs user.z")
+    assert "security.capability (20)" in xa
+    assert "Fast link dest" not in stat_of(img, "/long-link")["raw"]
+    assert debugfs(img, "cat /long-link") == "t/" * 100
+    assert stat_of(img, "/future")["mtime"] == (1 << 32) + 5
+    assert stat_of(img, "/past")["mtime"] & 0xFFFFFFFF == (-100) & 0xFFFFFFFF
+    lf = stat_of(img, "/lost+found")
+    assert (lf["perm"], lf["uid"], lf["mtime"], lf["crtime"]) == (0o755, 2, EPOCH - 3,
+                                                                    EPOCH - 3)
+    # the same tree again: the same bytes
+    write_ext4(t, tmp_path / "u.img", seed="t")
+    assert img.read_bytes() == (tmp_path / "u.img").read_bytes()
+
+
+def test_device_directories_through_a_tar(tmp_path, bpo_e2fsprogs, monkeypatch):
+    """A directory of many device nodes (several blocks) keeps its times and numbers."""
+    monkeypatch.setattr(ext4, "E2FSPROGS_DIR", bpo_e2fsprogs)
+    t = Tree(default_mtime=EPOCH)
+    t.add(Entry("dev", Kind.DIR, mtime=EPOCH - 20))
+    for i in range(300):
+        t.add(Entry(f"dev/tty{i}", Kind.CHAR, mode=0o620, gid=5, rdev=(4, i)))
+    t.add(Entry("dev/big", Kind.CHAR, rdev=(300, 70000)))
+    info = write_ext4(t, tmp_path / "d.img", seed="d")
+    assert info.populated_from == "tar"
+    fsck(tmp_path / "d.img")
+    st = stat_of(tmp_path / "d.img", "/dev/tty299")
+    assert (st["type"], st["perm"], st["gid"], st["rdev"]) == ("character special", 0o620, 5,
+                                                               (4, 299))
+    assert stat_of(tmp_path / "d.img", "/dev/big")["rdev"] == (300, 70000)
+    assert stat_of(tmp_path / "d.img", "/dev")["mtime"] == EPOCH - 20
+
+
+def test_backports_takes_the_directory_path_for_what_tar_cannot_carry(tmp_path, bpo_e2fsprogs,
+                                                                       monkeypatch):
+    """A name that is not UTF-8 cannot go through the archive: the tree is staged instead."""
+    monkeypatch.setattr(ext4, "E2FSPROGS_DIR", bpo_e2fsprogs)
+    t = Tree(default_mtime=EPOCH)
+    name = os.fsdecode(b"latin1-\xe9")
+    t.add(Entry(name, Kind.FILE, mode=0o600, uid=9, data=BytesBlob(b"l1"), mtime=EPOCH - 1))
+    info = write_ext4(t, tmp_path / "l.img", seed="l")
+    assert info.populated_from == "staging"
+    fsck(tmp_path / "l.img")
+    st = stat_of(tmp_path / "l.img", "/" + name)
+    assert (st["perm"], st["uid"], st["mtime"], st["crtime"]) == (0o600, 9, EPOCH - 1, EPOCH - 1)
