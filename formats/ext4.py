@@ -49,6 +49,7 @@ libraries are put on ``LD_LIBRARY_PATH`` of those tools only.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import errno
 import functools
@@ -135,8 +136,14 @@ def write_ext4(
     reserved_percent: float = 0.0,
     extra_mke2fs_args: Sequence[str] = (),
     staging_dir: str | os.PathLike | None = None,
+    offset: int | None = None,
 ) -> Ext4Info:
     """Write ``tree`` as an ext4 image at ``out_path`` (atomically) and describe it.
+
+    With ``offset`` (bytes), the filesystem is written into the existing file ``out_path`` at
+    that offset instead, as into a partition of a disk image being built: no copy of the
+    filesystem is made. ``size`` is then required, the range must be empty (zero or a hole),
+    and the caller owns the file (it is not replaced atomically).
 
     ``size`` is the image size in bytes (a multiple of 4096); ``None`` picks the smallest size
     that fits with some slack, growing it if ``mke2fs`` still runs out of room. A tree that does
@@ -167,6 +174,9 @@ def write_ext4(
     fs_time = max(int(fs_time), 1)
     if len(label.encode()) > 16:
         raise InputError(f"ext4 label {label!r} is {len(label.encode())} bytes; at most 16 fit")
+    if offset is not None and (size is None or offset < 0 or offset % 512):
+        raise InputError("ext4 at an offset needs an explicit size and a sector-aligned offset, "
+                         f"got size={size}, offset={offset}")
     if size is not None and (size <= 0 or size % BLOCK):
         raise InputError(f"ext4 size must be a positive multiple of {BLOCK} bytes, got {size}")
     for e in tree:
@@ -191,7 +201,7 @@ def write_ext4(
     base = os.fspath(staging_dir) if staging_dir else os.path.dirname(os.path.abspath(out_path))
     use_tar = version >= (1, 47, 1) and _tar_can_carry(tree)
     with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work, \
-            atomic_path(out_path) as tmp, \
+            (atomic_path(out_path) if offset is None else contextlib.nullcontext(out_path)) as tmp, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         source: str | None = None
         host: dict[str, _Host] = {}
@@ -220,7 +230,7 @@ def write_ext4(
             extra=tuple(extra_mke2fs_args))
         try:
             if size is not None:
-                if mkfs(tmp, size) is not None:
+                if mkfs(tmp, size, offset=offset) is not None:
                     # Find what it does need, so the message can say so.
                     estimate = estimate_size(tree, inodes=n_inodes,
                                              reserved_percent=reserved_percent)
@@ -238,17 +248,18 @@ def write_ext4(
         # The staging copy is no longer needed: remove it while debugfs works (unlinking
         # thousands of hard links costs as much as making them).
         cleanup = pool.submit(shutil.rmtree, source) if populated_from == "staging" else None
-        inodes_now = _list_inodes(tmp, tree)
+        target = tmp if offset is None else f"{tmp}?offset={offset}"   # debugfs' offset syntax
+        inodes_now = _list_inodes(target, tree)
         cmds = os.path.join(work, "debugfs.cmds")
         _write_debugfs_commands(cmds, tree, host, inodes_now, work, fs_time,
                                 exact_times=use_tar or version <= (1, 47, 0),
                                 mtimes_set=use_tar)
-        _debugfs(tmp, cmds)
+        _debugfs(target, cmds)
         # The superblock counts the bytes each tool wrote, which differs with the work done
         # (placeholders linked anew); zero it in a pass of its own, which writes no more.
         with open(cmds, "w") as f:
             f.write(f"set_current_time @{fs_time}\nssv kbytes_written 0\n")
-        _debugfs(tmp, cmds)
+        _debugfs(target, cmds)
         if cleanup is not None:
             cleanup.result()
     return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes,
@@ -583,16 +594,21 @@ def _raise_unreadable(source: str) -> None:
 
 def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log: str,
             conf: str, label: str, fs_uuid: str, fs_hash: str, inodes: int, reserved: float,
-            fs_time: int, extra: tuple[str, ...]) -> str | None:
+            fs_time: int, extra: tuple[str, ...], offset: int | None = None) -> str | None:
     """Make the filesystem from the directory ``source``, or from ``tar`` streamed as an
-    archive; ``None`` on success, mke2fs' complaint if the tree did not fit."""
-    with open(image, "wb") as f:   # a fresh sparse file: no bytes of an earlier try remain
-        f.truncate(size)
+    archive; ``None`` on success, mke2fs' complaint if the tree did not fit.
+
+    With ``offset``, the filesystem goes into the existing file ``image`` at that byte offset
+    (mke2fs' ``-E offset=``), whose range the caller has left empty.
+    """
+    if offset is None:
+        with open(image, "wb") as f:   # a fresh sparse file: no bytes of an earlier try remain
+            f.truncate(size)
     prog, env = e2fsprogs_command("mke2fs")
     argv = [prog, "-q", "-F", "-t", "ext4", "-d", "-" if tar is not None else source,
             "-L", label, "-U", fs_uuid,
             "-E", f"hash_seed={fs_hash},root_owner=0:0,nodiscard,lazy_itable_init=0,"
-                  "lazy_journal_init=0",
+                  "lazy_journal_init=0" + (f",offset={offset}" if offset is not None else ""),
             "-b", str(BLOCK), "-I", str(INODE_SIZE), "-N", str(inodes), "-m", f"{reserved:g}",
             *extra, image, str(size // BLOCK)]
     # Both clocks pinned: from 1.47.1 mke2fs reads SOURCE_DATE_EPOCH too, which must not

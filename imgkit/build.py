@@ -26,6 +26,8 @@ from .idmap import idmap_from_options
 from .sizes import parse_size
 from .sources import load_source
 from .sources.initramfs_list import read_initramfs_list
+from .atomic import atomic_path
+from .disk import write_disk_into
 from .tree import Entry, FileBlob, Kind, Tree
 
 Progress = Callable[[str], None]
@@ -103,7 +105,6 @@ class Builder:
         """Copy an intermediate artifact to a declared output (atomically)."""
         if not output:
             return
-        from .atomic import atomic_path
         dest = self._out_path(output)
         with atomic_path(dest) as tmp:
             shutil.copyfile(built, tmp)
@@ -306,7 +307,6 @@ class Builder:
 
     # -- disk -------------------------------------------------------------------------------
     def disk(self) -> str:
-        from .disk import write_disk
         dc = self.cfg.disk
         assert dc is not None
         syslinux_part = None
@@ -334,50 +334,51 @@ class Builder:
                                            size=None if dc.size == "auto" else dc.size,
                                            alignment=dc.alignment, seed=self._seed("disk"),
                                            disk_guid=dc.guid, disk_signature=dc.signature))
-        contents: dict[str, str | None] = {}
-        for p in dc.partitions:
-            if not p.filesystem:
-                continue
-            pp = plan.partition(p.name)
-            fc = self.cfg.filesystems[p.filesystem]
-            fs_size = pp.size if fc.size == "auto" else parse_size(fc.size)
-            if fs_size > pp.size:
-                raise LayoutError(f"filesystem {fc.name!r} is {fs_size:,} bytes but partition "
-                                  f"{p.name!r} holds {pp.size:,}",
-                                  hint="make the partition bigger or the filesystem size 'auto'")
-            contents[p.name] = self.filesystem(fc.name, size=fs_size,
-                                               hidden_sectors=pp.start_lba)[0]
         boot_code = None
         if syslinux_part:
             from .bootloaders.syslinux import mbr_boot_code
             boot_code = mbr_boot_code(dc.table)  # type: ignore[arg-type]
         out = self._out_path(dc.output)
-        if syslinux_part:
-            # syslinux installs into a raw image: do it on a private copy, then convert/publish
-            raw = os.path.join(self.work, "disk.raw")
-            write_disk(plan, contents, raw, boot_code=boot_code)
-            from .bootloaders.syslinux import install_syslinux
-            install_syslinux(raw, plan.partition(syslinux_part).start)
-            self._publish_disk(raw, out, dc.format)
-        else:
-            write_disk(plan, contents, out, boot_code=boot_code, format=dc.format)
+        with atomic_path(out) as tmp:
+            # A raw disk is assembled in its final file; qcow2 is converted from a raw one.
+            raw = tmp if dc.format == "raw" else os.path.join(self.work, "disk.raw")
+            with open(raw, "wb") as f:
+                f.truncate(plan.disk_size)
+            contents: dict[str, str | None] = {}
+            for p in dc.partitions:
+                if p.filesystem:
+                    contents[p.name] = self._partition_content(p.name, p.filesystem, plan, raw)
+            write_disk_into(plan, contents, raw, boot_code=boot_code)
+            if syslinux_part:
+                from .bootloaders.syslinux import install_syslinux
+                install_syslinux(raw, plan.partition(syslinux_part).start)
+            if dc.format == "qcow2":
+                from . import tools
+                tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,
                                   "number": p.number} for p in plan.partitions])
         return out
 
-    def _publish_disk(self, raw: str, out: str, fmt: str) -> None:
-        from . import tools
-        from .atomic import atomic_path
-        from .disk import copy_sparse
-        with atomic_path(out) as tmp:
-            if fmt == "qcow2":
-                tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
-            else:
-                size = os.path.getsize(raw)
-                with open(tmp, "r+b") as f:
-                    f.truncate(size)
-                    copy_sparse(raw, f.fileno(), 0)
+    def _partition_content(self, part: str, fs_name: str, plan, disk: str) -> str | None:
+        """Put filesystem ``fs_name`` into partition ``part``: ext4 is made in place in the
+        disk file (no copy of hundreds of MB); others are built apart and copied in (returns
+        the image to copy, or ``None`` when already in place)."""
+        pp = plan.partition(part)
+        fc = self.cfg.filesystems[fs_name]
+        fs_size = pp.size if fc.size == "auto" else parse_size(fc.size)
+        if fs_size > pp.size:
+            raise LayoutError(f"filesystem {fc.name!r} is {fs_size:,} bytes but partition "
+                              f"{part!r} holds {pp.size:,}",
+                              hint="make the partition bigger or the filesystem size 'auto'")
+        if fc.type == "ext4" and not fc.output:
+            from .formats.ext4 import write_ext4
+            info = write_ext4(self.fs_tree(fc), disk, size=fs_size - fs_size % 4096,
+                              offset=pp.start, label=fc.label, seed=self._seed("ext4", fc.name),
+                              uuid=fc.uuid, mtime_epoch=self.mtime)
+            self.progress(f"filesystem {fc.name}: ext4, {info.size:,} bytes, in partition {part}")
+            return None
+        return self.filesystem(fc.name, size=fs_size, hidden_sectors=pp.start_lba)[0]
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:

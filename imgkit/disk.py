@@ -135,12 +135,32 @@ def _check_regions(plan: Plan, regions: Sequence[tuple[int, bytes]],
                                   hint="reserve a range for it in the layout and place it there")
 
 
+def write_disk_into(plan: Plan, contents: Mapping[str, str | os.PathLike | None], path: str,
+                    *, boot_code: bytes | None = None,
+                    extra_regions: Sequence[tuple[int, bytes]] = ()) -> None:
+    """Like :func:`write_disk`, into the existing raw file ``path`` (made ``plan.disk_size``
+    bytes), keeping what is already in it.
+
+    For builds that write a filesystem straight into its partition (``mke2fs -E offset=``)
+    rather than copying a separate image in; ``path`` is not replaced atomically, so it
+    should itself be a temporary file.
+    """
+    sources = _check_contents(plan, contents)
+    if boot_code is not None and len(boot_code) > _mbr.BOOT_CODE_SIZE:
+        raise InputError(f"MBR boot code is {len(boot_code)} bytes; at most "
+                         f"{_mbr.BOOT_CODE_SIZE} fit")
+    _check_regions(plan, extra_regions, boot_code)
+    _write_raw(plan, sources, table_regions(plan, boot_code=boot_code), extra_regions,
+               os.fspath(path), fresh=False)
+
+
 def _write_raw(plan: Plan, sources: list[tuple[int, str, int]],
                tables: list[tuple[int, bytes]], extra: Sequence[tuple[int, bytes]],
-               path: str) -> None:
+               path: str, *, fresh: bool = True) -> None:
     with open(path, "r+b") as out:
         fd = out.fileno()
-        os.ftruncate(fd, 0)
+        if fresh:
+            os.ftruncate(fd, 0)
         os.ftruncate(fd, plan.disk_size)
         for start, src, size in sources:
             copy_sparse(src, fd, start, size)

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import tempfile
 
 import pytest
@@ -547,3 +548,21 @@ def test_backports_takes_the_directory_path_for_what_tar_cannot_carry(tmp_path, 
     fsck(tmp_path / "l.img")
     st = stat_of(tmp_path / "l.img", "/" + name)
     assert (st["perm"], st["uid"], st["mtime"], st["crtime"]) == (0o600, 9, EPOCH - 1, EPOCH - 1)
+
+
+def test_ext4_at_an_offset_equals_the_standalone_image(tmp_path):
+    """Built straight into a partition of a bigger file: same bytes, nothing outside touched."""
+    from imgkit.tree import BytesBlob, Entry, Kind, Tree
+    tree = Tree()
+    tree.add(Entry("etc/hostname", Kind.FILE, data=BytesBlob(b"imgkit\n")))
+    tree.add(Entry("dev/console", Kind.CHAR, mode=0o600, rdev=(5, 1)))
+    alone, disk = tmp_path / "alone.img", tmp_path / "disk.img"
+    write_ext4(tree, alone, size=8 << 20, seed="offset", mtime_epoch=1700000000)
+    with open(disk, "wb") as f:
+        f.write(b"\xaa" * 4096)
+        f.truncate(20 << 20)
+    write_ext4(tree, disk, size=8 << 20, seed="offset", mtime_epoch=1700000000, offset=3 << 20)
+    data = disk.read_bytes()
+    assert data[3 << 20:11 << 20] == alone.read_bytes()
+    assert data[:4096] == b"\xaa" * 4096 and not any(data[4096:3 << 20]) and not any(data[11 << 20:])
+    subprocess.run(["e2fsck", "-fn", f"{disk}?offset={3 << 20}"], check=True, capture_output=True)
