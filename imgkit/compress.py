@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import lzma
-import os
 import struct
 from typing import BinaryIO, Iterator
 

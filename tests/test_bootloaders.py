@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from imgkit.bootloaders import syslinux, systemd_boot, uki
+from imgkit.bootloaders import syslinux, systemd_boot
 from imgkit.errors import InputError
 from imgkit.tree import Kind, Tree
 

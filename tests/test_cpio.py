@@ -1,7 +1,6 @@
 """cpio newc/crc archives, checked by GNU cpio and bsdtar."""
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 
