@@ -7,13 +7,12 @@ clamp times. Every writer then takes the result as it is.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 from .errors import InputError
 from .idmap import IdMap, KEEP
 from .sources import load_source
-from .sources.initramfs_list import read_initramfs_list
+from .sources.initramfs_list import parse_list_lines
 from .tree import Entry, FileBlob, Kind, Tree
 
 
@@ -62,27 +61,35 @@ def assemble(spec: TreeSpec) -> Tree:
                     moved.add(e.replace(path=f"{prefix}/{e.path}", target=target))
             sub = moved
         tree.overlay(sub)
-    if spec.entries:
-        with tempfile.NamedTemporaryFile("w", suffix=".list") as f:
-            f.write("\n".join(spec.entries) + "\n")
-            f.flush()
-            try:
-                extra = read_initramfs_list(f.name, default_mtime=default_mtime)
-            except InputError as exc:
-                raise InputError(str(exc).replace(f.name, f"{spec.origin} entry"),
-                                 hint=exc.hint) from None
-        for e in extra:
-            if e.path:
-                tree.add(e)
+    add_list_entries(tree, spec.entries, origin=f"{spec.origin} entry",
+                     default_mtime=default_mtime)
     for host, dest, mode in spec.files:
-        try:
-            st = os.stat(host)
-        except OSError as exc:
-            raise InputError(f"{spec.origin}: file {host!r} cannot be read: {exc.strerror}") from None
-        tree.add(Entry(dest, Kind.FILE, mode=mode if mode is not None else (st.st_mode & 0o7777),
-                       mtime=int(st.st_mtime), data=FileBlob(host, st.st_size), origin=host))
+        tree.add(host_file_entry(dest, host, mode=mode, where=spec.origin))
     tree.validate()
     return finish(tree, idmap=spec.idmap, mtime=spec.mtime)
+
+
+def add_list_entries(tree: Tree, lines: tuple[str, ...] | list[str], *, origin: str,
+                     default_mtime: int = 0) -> None:
+    """Add entries written in gen_init_cpio syntax (errors name ``origin:N``)."""
+    if lines:
+        for e in parse_list_lines(lines, origin=origin, base=os.getcwd(),
+                                  default_mtime=default_mtime):
+            if e.path:
+                tree.add(e)
+
+
+def host_file_entry(dest: str, host: str, *, mode: int | None = None,
+                    mtime: int | None = None, where: str = "", mask: int = 0o7777) -> Entry:
+    """The host file ``host`` placed at ``dest``: its mode (``& mask``) unless ``mode`` is
+    given, its time clamped to ``mtime`` when given."""
+    try:
+        st = os.stat(host)
+    except OSError as exc:
+        raise InputError(f"{where}: file {host!r} cannot be read: {exc.strerror}") from None
+    when = int(st.st_mtime) if mtime is None else min(int(st.st_mtime), mtime)
+    return Entry(dest, Kind.FILE, mode=mode if mode is not None else (st.st_mode & mask),
+                 mtime=when, data=FileBlob(host, st.st_size), origin=host)
 
 
 def finish(tree: Tree, *, idmap: IdMap = KEEP, mtime: int | None = None) -> Tree:

@@ -19,16 +19,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import layout
-from .assemble import finish
+from .assemble import add_list_entries, finish, host_file_entry
 from .config import Config, FilesystemConfig, SyslinuxConfig, TreeConfig
 from .errors import InputError, LayoutError
 from .idmap import idmap_from_options
 from .sizes import parse_size
 from .sources import load_source
-from .sources.initramfs_list import read_initramfs_list
 from .atomic import atomic_path
 from .disk import write_disk_into
-from .tree import Entry, FileBlob, Kind, Tree
+from .tree import Entry, Kind, Tree
 
 Progress = Callable[[str], None]
 
@@ -47,15 +46,6 @@ class BuildResult:
     outputs: list[Output]
 
 
-def _file_entry(dest: str, host: str, *, mode: int | None = None,
-                mtime: int | None = None) -> Entry:
-    """A host file placed at ``dest``; its time is the host file's, clamped to ``mtime``."""
-    st = os.stat(host)
-    when = int(st.st_mtime) if mtime is None else min(int(st.st_mtime), mtime)
-    return Entry(dest, Kind.FILE, mode=mode if mode is not None else (st.st_mode & 0o755),
-                 mtime=when, data=FileBlob(host, st.st_size), origin=host)
-
-
 def _fat_serial(text: str | None, seed: str) -> int:
     """A FAT volume serial: ``"ABCD-1234"`` as given, else derived from the build seed."""
     if text is None:
@@ -64,6 +54,12 @@ def _fat_serial(text: str | None, seed: str) -> int:
     if len(digits) != 8 or any(c not in "0123456789abcdefABCDEF" for c in digits):
         raise InputError(f"vfat uuid {text!r}: expected a serial like 'ABCD-1234' (8 hex digits)")
     return int(digits, 16)
+
+
+def _file_entry(dest: str, host: str, *, mode: int | None = None,
+                mtime: int | None = None) -> Entry:
+    """A file a config names: group/other write bits never come from the host's umask."""
+    return host_file_entry(dest, host, mode=mode, mtime=mtime, mask=0o755)
 
 
 class Builder:
@@ -176,18 +172,8 @@ class Builder:
             raise InputError(f"{self.cfg.path}: [trees.{tc.name}] rc needs init = 'busybox'")
         for src in tc.sources:
             tree.overlay(load_source(src, host_owners=tc.host_owners, default_mtime=mtime))
-        if tc.entries:
-            lst = os.path.join(self.work, f"tree-{tc.name}.list")
-            with open(lst, "w") as f:
-                f.write("\n".join(tc.entries) + "\n")
-            try:
-                extra = read_initramfs_list(lst, default_mtime=mtime)
-            except InputError as exc:
-                raise InputError(str(exc).replace(lst, f"{self.cfg.path}: [trees.{tc.name}] entries line"),
-                                 hint=exc.hint) from None
-            for e in extra:
-                if e.path:
-                    tree.add(e)
+        add_list_entries(tree, tc.entries, default_mtime=mtime,
+                         origin=f"{self.cfg.path}: [trees.{tc.name}] entries line")
         for dest, src in tc.files:
             host = self.resolve(src, f"[trees.{tc.name}] files.{dest!r}")
             tree.add(_file_entry(dest, host, mtime=self.mtime))

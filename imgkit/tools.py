@@ -64,6 +64,17 @@ class Runner:
 
     env: Mapping[str, str] | None = None
 
+    def _prepare(self, argv: Sequence[str], env: Mapping[str, str] | None,
+                 how: str) -> tuple[list[str], dict[str, str]]:
+        """The resolved argv and the clean environment every command gets, logged."""
+        argv = [str(a) for a in argv]
+        argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
+        full_env = _clean_env()
+        full_env.update(self.env or {})
+        full_env.update(env or {})
+        log.debug("%s: %s", how, shlex.join(argv))
+        return argv, full_env
+
     def run(
         self,
         argv: Sequence[str],
@@ -77,12 +88,7 @@ class Runner:
         check: bool = True,
         timeout: float | None = None,
     ) -> subprocess.CompletedProcess:
-        argv = [str(a) for a in argv]
-        argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
-        full_env = _clean_env()
-        full_env.update(self.env or {})
-        full_env.update(env or {})
-        log.debug("run: %s", shlex.join(argv))
+        argv, full_env = self._prepare(argv, env, "run")
         capture_out = stdout is None
         capture_err = stderr is None
         try:
@@ -122,12 +128,7 @@ class Runner:
         it gets its own session so the caller can kill its whole process group.
         ``kill_with_parent`` has the kernel SIGKILL the child if this process dies first
         (Linux ``PR_SET_PDEATHSIG``), so not even a SIGKILLed caller leaves it behind."""
-        argv = [str(a) for a in argv]
-        argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
-        full_env = _clean_env()
-        full_env.update(self.env or {})
-        full_env.update(env or {})
-        log.debug("spawn: %s", shlex.join(argv))
+        argv, full_env = self._prepare(argv, env, "spawn")
         try:
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
                                     env=full_env, start_new_session=new_session,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from typing import Iterable
 
 from imgkit.errors import InputError
 from imgkit.tree import Entry, FileBlob, Kind, Tree
@@ -57,16 +58,26 @@ def looks_like_list(path: str) -> bool:
 def read_initramfs_list(path: str, *, default_mtime: int = 0,
                         env: dict[str, str] | None = None) -> Tree:
     """Parse the list at ``path`` into a new :class:`Tree`."""
-    env = dict(os.environ) if env is None else env
-    tree = Tree(default_mtime=default_mtime)
-    base = os.path.dirname(os.path.abspath(path))
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except OSError as exc:
         raise InputError(f"cannot read list file {path!r}: {exc.strerror}") from exc
+    return parse_list_lines(lines, origin=path, base=os.path.dirname(os.path.abspath(path)),
+                            default_mtime=default_mtime, env=env)
+
+
+def parse_list_lines(lines: Iterable[str], *, origin: str, base: str, default_mtime: int = 0,
+                     env: dict[str, str] | None = None) -> Tree:
+    """Parse list lines held in memory (``--entry`` options, a config's ``entries``).
+
+    Errors name ``origin:N``; relative locations are looked up in the current directory,
+    then in ``base``.
+    """
+    env = dict(os.environ) if env is None else env
+    tree = Tree(default_mtime=default_mtime)
     for lineno, raw in enumerate(lines, 1):
-        where = f"{path}:{lineno}"
+        where = f"{origin}:{lineno}"
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
