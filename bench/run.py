@@ -342,7 +342,7 @@ def _virt_available() -> bool:
 def _floor_kernel(s: Section) -> str | None:
     """The kernel virt boots (the uncompressed vmlinux, through PVH): a like-for-like floor."""
     try:
-        from imgkit.kernel import extract_vmlinux, fetch_debian_kernel
+        from imgkit.vm.kernel import extract_vmlinux, fetch_debian_kernel
         return extract_vmlinux(fetch_debian_kernel().vmlinuz)
     except Exception as exc:  # noqa: BLE001 - any failure only drops the floor row
         s.notes.append(f"no kernel for the bare QEMU floor: {exc}")

@@ -23,7 +23,7 @@ from construct import (Adapter, Array, Bytes, Checksum, ChecksumError, Const, Co
 
 from imgkit.errors import ImageError, InputError
 
-from . import mbr as _mbr
+from imgkit.formats import mbr as _mbr
 
 HEADER_SIZE = 92
 ENTRY_SIZE = 128

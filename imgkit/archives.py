@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .atomic import atomic_open
-from .compress import check_method, compressed_writer
-from .formats.cpio import write_cpio
-from .formats.tar import write_tar
-from .tree import Tree
+from imgkit.atomic import atomic_open
+from imgkit.compress import check_method, compressed_writer
+from imgkit.formats.cpio import write_cpio
+from imgkit.formats.tar import write_tar
+from imgkit.tree import Tree
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import InputError
-from .idmap import IdMap, KEEP
-from .sources import load_source
-from .sources.initramfs_list import parse_list_lines
-from .tree import Entry, FileBlob, Kind, Tree
+from imgkit.errors import InputError
+from imgkit.idmap import IdMap, KEEP
+from imgkit.sources import load_source
+from imgkit.sources.initramfs_list import parse_list_lines
+from imgkit.tree import Entry, FileBlob, Kind, Tree
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ import weakref
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from . import inspect as _inspect
-from . import tools
-from .errors import ImageError, InputError
-from .sources.archive import read_archive
-from .tree import Entry, Kind, Tree, sort_key
+from imgkit import inspect as _inspect
+from imgkit import tools
+from imgkit.errors import ImageError, InputError
+from imgkit.sources.archive import read_archive
+from imgkit.tree import Entry, Kind, Tree, sort_key
 
 _TYPES = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.SYMLINK,
           stat.S_IFCHR: Kind.CHAR, stat.S_IFBLK: Kind.BLOCK, stat.S_IFIFO: Kind.FIFO,

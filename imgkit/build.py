@@ -18,16 +18,16 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import layout
-from .assemble import add_list_entries, finish, host_file_entry
-from .config import Config, FilesystemConfig, SyslinuxConfig, TreeConfig
-from .errors import InputError, LayoutError
-from .idmap import idmap_from_options
-from .sizes import parse_size
-from .sources import load_source
-from .atomic import atomic_path
-from .disk import write_disk_into
-from .tree import Entry, Kind, Tree
+from imgkit.disk import layout
+from imgkit.assemble import add_list_entries, finish, host_file_entry
+from imgkit.config import Config, FilesystemConfig, SyslinuxConfig, TreeConfig
+from imgkit.errors import InputError, LayoutError
+from imgkit.idmap import idmap_from_options
+from imgkit.sizes import parse_size
+from imgkit.sources import load_source
+from imgkit.atomic import atomic_path
+from imgkit.disk.image import write_disk_into
+from imgkit.tree import Entry, Kind, Tree
 
 Progress = Callable[[str], None]
 
@@ -109,7 +109,7 @@ class Builder:
     # -- kernel -----------------------------------------------------------------------------
     def kernel(self):
         def make():
-            from . import kernel as k
+            from imgkit.vm import kernel as k
             kc = self.cfg.kernel
             if kc.source == "path":
                 return k.find_kernel(kc.path, kc.moddir)  # type: ignore[arg-type]
@@ -129,7 +129,7 @@ class Builder:
         if ref in ("kernel", "kernel:vmlinuz"):
             return self.kernel().vmlinuz
         if ref == "kernel:vmlinux":
-            from .kernel import extract_vmlinux
+            from imgkit.vm.kernel import extract_vmlinux
             return extract_vmlinux(self.kernel().vmlinuz)
         kind, _, name = ref.partition(":")
         if name and kind == "initramfs":
@@ -154,8 +154,8 @@ class Builder:
         mtime = self.mtime or 0
         tree = Tree(default_mtime=mtime)
         if tc.init == "busybox" or tc.modules:
-            from .initrd_init import busybox_init_tree
-            from .kmod import resolve_modules
+            from imgkit.vm.guest_init import busybox_init_tree
+            from imgkit.vm.kmod import resolve_modules
             modules, moddir = [], None
             if tc.modules:
                 info = self.kernel()
@@ -185,7 +185,7 @@ class Builder:
     # -- archives and UKIs ------------------------------------------------------------------
     def initramfs(self, name: str) -> str:
         def make() -> str:
-            from .archives import write_initramfs
+            from imgkit.archives import write_initramfs
             ic = self.cfg.initramfs[name]
             path = os.path.join(self.work, f"initramfs-{name}.cpio")
             write_initramfs(self.tree(ic.tree), path, compress=ic.compress)
@@ -196,7 +196,7 @@ class Builder:
 
     def uki(self, name: str) -> str:
         def make() -> str:
-            from .bootloaders.uki import build_uki
+            from imgkit.bootloaders.uki import build_uki
             uc = self.cfg.uki[name]
             where = f"[uki.{name}]"
             path = os.path.join(self.work, f"uki-{name}.efi")
@@ -221,7 +221,7 @@ class Builder:
             if fc.syslinux is not None:
                 tree.overlay(self._syslinux_tree(fc.syslinux, f"[filesystems.{fc.name}.syslinux]"))
             if fc.systemd_boot is not None:
-                from .bootloaders.systemd_boot import BootEntry, systemd_boot_tree
+                from imgkit.bootloaders.systemd_boot import BootEntry, systemd_boot_tree
                 sb = fc.systemd_boot
                 where = f"[filesystems.{fc.name}.systemd_boot]"
                 entries = [BootEntry(id=e.id, title=e.title, linux=self.resolve(e.kernel, where),
@@ -235,7 +235,7 @@ class Builder:
         return self._once(f"fstree:{fc.name}", make)  # type: ignore[return-value]
 
     def _syslinux_tree(self, sc: SyslinuxConfig, where: str) -> Tree:
-        from .bootloaders.syslinux import syslinux_tree
+        from imgkit.bootloaders.syslinux import syslinux_tree
         return syslinux_tree(self.resolve(sc.kernel, where),
                              self.resolve(sc.initrd, where) if sc.initrd else None, sc.append,
                              mtime=self.mtime or 0)
@@ -246,16 +246,16 @@ class Builder:
             return parse_size(fc.size, what=f"[filesystems.{fc.name}] size")
         tree = self.fs_tree(fc)
         if fc.type == "vfat":
-            from .formats.fat import plan_fat
+            from imgkit.formats.fat import plan_fat
             slack = 0
             if fc.syslinux is not None:
-                from .bootloaders.syslinux import INSTALL_ROOM
+                from imgkit.bootloaders.syslinux import INSTALL_ROOM
                 slack = INSTALL_ROOM
             return plan_fat(tree, size=None, fat_type=fc.fat_type, label=fc.label,
                             cluster_size=parse_size(fc.cluster_size) if fc.cluster_size else None,
                             skip_special=True, slack=slack).size
         if fc.type == "ext4":
-            from .formats.ext4 import estimate_size
+            from imgkit.formats.ext4 import estimate_size
             return estimate_size(tree)
         raise InputError(f"[filesystems.{fc.name}]: type {fc.type!r} cannot go in a partition",
                          hint="iso9660 images are built with an [iso] table")
@@ -270,7 +270,7 @@ class Builder:
             want = size if size is not None else (
                 None if fc.size == "auto" else parse_size(fc.size, what=f"[filesystems.{name}] size"))
             if fc.type == "vfat":
-                from .formats.fat import write_fat
+                from imgkit.formats.fat import write_fat
                 plan = write_fat(tree, path, size=want, fat_type=fc.fat_type, label=fc.label,
                                  serial=_fat_serial(fc.uuid, self._seed("fat", name)),
                                  cluster_size=parse_size(fc.cluster_size, what=f"[filesystems.{name}] cluster_size")
@@ -278,12 +278,12 @@ class Builder:
                                  hidden_sectors=hidden_sectors, skip_special=True)
                 self.progress(f"filesystem {name}: FAT{plan.fat_type}, {plan.size:,} bytes")
             elif fc.type == "ext4":
-                from .formats.ext4 import write_ext4
+                from imgkit.formats.ext4 import write_ext4
                 info = write_ext4(tree, path, size=want, label=fc.label, seed=self._seed("ext4", name),
                                   uuid=fc.uuid, mtime_epoch=self.mtime)
                 self.progress(f"filesystem {name}: ext4, {info.size:,} bytes")
             else:
-                from .formats.iso import write_iso
+                from imgkit.formats.iso import write_iso
                 write_iso(tree, path, volume_id=fc.label or "IMGKIT", mtime_epoch=self.mtime,
                           seed=self._seed("iso", name))
             self._publish("filesystem", name, path, fc.output)
@@ -322,7 +322,7 @@ class Builder:
                                            disk_guid=dc.guid, disk_signature=dc.signature))
         boot_code = None
         if syslinux_part:
-            from .bootloaders.syslinux import mbr_boot_code
+            from imgkit.bootloaders.syslinux import mbr_boot_code
             boot_code = mbr_boot_code(dc.table)  # type: ignore[arg-type]
         out = self._out_path(dc.output)
         with atomic_path(out) as tmp:
@@ -336,10 +336,10 @@ class Builder:
                     contents[p.name] = self._partition_content(p.name, p.filesystem, plan, raw)
             write_disk_into(plan, contents, raw, boot_code=boot_code)
             if syslinux_part:
-                from .bootloaders.syslinux import install_syslinux
+                from imgkit.bootloaders.syslinux import install_syslinux
                 install_syslinux(raw, plan.partition(syslinux_part).start)
             if dc.format == "qcow2":
-                from . import tools
+                from imgkit import tools
                 tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,
@@ -358,7 +358,7 @@ class Builder:
                               f"{part!r} holds {pp.size:,}",
                               hint="make the partition bigger or the filesystem size 'auto'")
         if fc.type == "ext4" and not fc.output:
-            from .formats.ext4 import write_ext4
+            from imgkit.formats.ext4 import write_ext4
             info = write_ext4(self.fs_tree(fc), disk, size=fs_size - fs_size % 4096,
                               offset=pp.start, label=fc.label, seed=self._seed("ext4", fc.name),
                               uuid=fc.uuid, mtime_epoch=self.mtime)
@@ -368,7 +368,7 @@ class Builder:
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:
-        from .formats.iso import IsoBoot, write_iso
+        from imgkit.formats.iso import IsoBoot, write_iso
         ic = self.cfg.iso
         assert ic is not None
         mtime = self.mtime or 0
@@ -377,7 +377,7 @@ class Builder:
             tree.overlay(self.tree(ic.tree))
         bios_image = efi_image = None
         if ic.bios is not None:
-            from .bootloaders.syslinux import isolinux_files, syslinux_cfg
+            from imgkit.bootloaders.syslinux import isolinux_files, syslinux_cfg
             files = isolinux_files()
             tree.add(_file_entry("isolinux/isolinux.bin", files["isolinux.bin"], mode=0o644, mtime=self.mtime))
             tree.add(_file_entry("isolinux/ldlinux.c32", files["ldlinux.c32"], mode=0o644, mtime=self.mtime))
@@ -388,12 +388,12 @@ class Builder:
                 tree.add(_file_entry("boot/initrd", self.resolve(ic.bios.initrd, where), mode=0o644, mtime=self.mtime))
                 initrd = "/boot/initrd"
             cfg_text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, ic.bios.append)
-            from .tree import BytesBlob
+            from imgkit.tree import BytesBlob
             tree.add(Entry("isolinux/isolinux.cfg", Kind.FILE, mode=0o644, mtime=mtime,
                            data=BytesBlob(cfg_text.encode())))
             bios_image = "isolinux/isolinux.bin"
         if ic.efi is not None:
-            from .formats.fat import write_fat
+            from imgkit.formats.fat import write_fat
             efi = self.resolve(ic.efi, "[iso] efi")
             esp = Tree(default_mtime=mtime)
             esp.add(_file_entry("EFI/BOOT/BOOTX64.EFI", efi, mode=0o644, mtime=self.mtime))

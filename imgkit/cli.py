@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from . import __version__
-from .errors import ImgkitError, InputError
+from imgkit import __version__
+from imgkit.errors import ImgkitError, InputError
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Handler] = {}
@@ -63,8 +63,8 @@ def _add_tree_options(p: argparse.ArgumentParser) -> None:
 
 
 def _tree_spec(args: argparse.Namespace):
-    from .assemble import TreeSpec
-    from .idmap import idmap_from_options
+    from imgkit.assemble import TreeSpec
+    from imgkit.idmap import idmap_from_options
 
     idmap = idmap_from_options(squash=args.squash, root_uid=args.root_uid,
                                root_gid=args.root_gid, uid_map=args.uid_map, gid_map=args.gid_map)
@@ -96,9 +96,9 @@ def _report(args: argparse.Namespace, result, started: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 def cmd_initramfs(args: argparse.Namespace) -> int:
-    from .archives import write_initramfs
-    from .assemble import assemble
-    from .compress import method_for_path
+    from imgkit.archives import write_initramfs
+    from imgkit.assemble import assemble
+    from imgkit.compress import method_for_path
 
     started = time.monotonic()
     spec = _tree_spec(args)
@@ -117,8 +117,8 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
 
 def _with_builtin_init(args: argparse.Namespace, tree, mtime: int):
     """The built-in init's tree with the user's sources laid over it."""
-    from .initrd_init import busybox_init_tree
-    from .kmod import resolve_modules
+    from imgkit.vm.guest_init import busybox_init_tree
+    from imgkit.vm.kmod import resolve_modules
 
     if not args.init:
         raise InputError("--modules and --rc need --init busybox",
@@ -143,9 +143,9 @@ def _with_builtin_init(args: argparse.Namespace, tree, mtime: int):
 
 
 def cmd_tar(args: argparse.Namespace) -> int:
-    from .archives import write_tarball
-    from .assemble import assemble
-    from .compress import method_for_path
+    from imgkit.archives import write_tarball
+    from imgkit.assemble import assemble
+    from imgkit.compress import method_for_path
 
     started = time.monotonic()
     spec = _tree_spec(args)
@@ -159,8 +159,8 @@ def cmd_tar(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .listing import entry_json, long_row
-    from .browse import open_tree
+    from imgkit.listing import entry_json, long_row
+    from imgkit.browse import open_tree
 
     tree = open_tree(args.image)
     prefix = (args.path or "").strip("/")
@@ -237,7 +237,7 @@ _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import cli_more  # noqa: F401  (registers the remaining subcommands)
+    from imgkit import cli_more  # noqa: F401  (registers the remaining subcommands)
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ import json
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import describe, format_description
+    from imgkit.inspect import describe, format_description
 
     info = describe(args.image)
     if args.json:

@@ -6,13 +6,13 @@ import json
 import sys
 import time
 
-from . import cli
-from .cli import _epoch, progress
+from imgkit import cli
+from imgkit.cli import _epoch, progress
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
-    from .config import load_config
+    from imgkit.build import build
+    from imgkit.config import load_config
 
     started = time.monotonic()
     cfg = load_config(args.config)
@@ -52,9 +52,9 @@ cli._EXTRA_PARSERS.append(_register_build)
 def cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .qemu import Drive, QemuSpec, boot, build_argv, choose_accel
-    from .runimage import spec_for
-    from .errors import BootError, InputError
+    from imgkit.vm.qemu import Drive, QemuSpec, boot, build_argv, choose_accel
+    from imgkit.vm.runimage import spec_for
+    from imgkit.errors import BootError, InputError
 
     extra_drives = tuple(Drive(d) for d in args.drive)
     extra = tuple(a for item in args.qemu_arg for a in item.split())
@@ -77,14 +77,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                              hint="imgkit run disk.img, or imgkit run --kernel vmlinuz --initrd initrd.zst")
         accel = choose_accel()
         if args.print_cmdline:
-            from .firmware import find_uefi
+            from imgkit.vm.firmware import find_uefi
             uefi = find_uefi() if spec.firmware == "uefi" else None
             import shlex
             print(shlex.join(build_argv(spec, accel=accel, uefi=uefi,
                                         vars_path=uefi.vars_template if uefi else None)))
             return 0
         if args.expect is None and not (args.quiet or args.json) and sys.stdin.isatty():
-            from .qemu import run_interactive
+            from imgkit.vm.qemu import run_interactive
             progress(f"QEMU ({accel}); serial console here: Ctrl-A X quits, Ctrl-A C is the "
                      "QEMU monitor")
             return run_interactive(spec, timeout=args.timeout, accel=accel)
@@ -146,7 +146,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
-    from .kernel import extract_vmlinux, fetch_debian_kernel
+    from imgkit.vm.kernel import extract_vmlinux, fetch_debian_kernel
 
     info = fetch_debian_kernel(package=args.package)
     data = {"vmlinuz": info.vmlinuz, "moddir": info.moddir, "version": info.version}
@@ -174,10 +174,10 @@ def _register_kernel(sub: argparse._SubParsersAction) -> None:
 
 cli._EXTRA_PARSERS.extend([_register_run, _register_kernel])
 
-from . import cli_inspect  # noqa: E402  (registers `inspect`)
+from imgkit import cli_inspect  # noqa: E402  (registers `inspect`)
 
 cli._EXTRA_PARSERS.append(cli_inspect.register)
 
-from . import cli_virt  # noqa: E402  (registers `virt`)
+from imgkit import cli_virt  # noqa: E402  (registers `virt`)
 
 cli._EXTRA_PARSERS.append(cli_virt.register)

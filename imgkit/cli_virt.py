@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Sequence
 
-from .errors import InputError
+from imgkit.errors import InputError
 
 _MEM = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.I)
 
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_virt(args: argparse.Namespace) -> int:
     """Run the VM; returns the exit status (handles Ctrl-C and timeouts itself)."""
-    from . import virt
+    from imgkit.vm import virt
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="tracebacks for errors")
     add_arguments(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from .cli import run_handler
+    from imgkit.cli import run_handler
     return run_handler(cmd_virt, args)
 
 

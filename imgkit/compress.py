@@ -13,7 +13,7 @@ import lzma
 import struct
 from typing import BinaryIO, Iterator
 
-from .errors import InputError
+from imgkit.errors import InputError
 
 METHODS = ("none", "gzip", "xz", "zstd", "lz4")
 SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd",
@@ -108,7 +108,7 @@ def _require(module: str, method: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as exc:
-        from .errors import ToolError
+        from imgkit.errors import ToolError
         raise ToolError(f"{method} compression needs the Python package {module!r}",
                         hint="pip install 'imgkit[fast]'") from exc
 

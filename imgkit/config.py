@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InputError
+from imgkit.errors import InputError
 
 REF_KINDS = ("initramfs", "uki", "fs", "kernel", "file")
 

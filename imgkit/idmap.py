@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
-from .tree import Entry, Tree
+from imgkit.errors import InputError
+from imgkit.tree import Entry, Tree
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ import weakref
 import zlib
 from typing import BinaryIO, Iterator
 
-from . import tools
-from .errors import ImageError, InputError
-from .formats import gpt as _gpt
-from .formats import mbr as _mbr
-from .parttypes import describe_gpt, describe_mbr, lookup
+from imgkit import tools
+from imgkit.errors import ImageError, InputError
+from imgkit.formats import gpt as _gpt
+from imgkit.formats import mbr as _mbr
+from imgkit.disk.parttypes import describe_gpt, describe_mbr, lookup
 
 #: What :func:`detect` can answer (besides ``"unknown"``).
 FORMATS = ("gpt", "mbr", "fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660",
@@ -610,7 +610,7 @@ def _archive_info(path: str) -> dict:
 
 
 def _pe_info(path: str) -> dict:
-    from .formats.pe import PEImage
+    from imgkit.formats.pe import PEImage
     img = PEImage.read(path)
     sections = [{"name": s.name, "virtual_size": s.virtual_size,
                  "virtual_address": f"0x{s.virtual_address:x}", "raw_size": s.raw_size,

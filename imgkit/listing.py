@@ -7,7 +7,7 @@ import stat
 import time
 from functools import lru_cache
 
-from .tree import Entry, Kind, Tree
+from imgkit.tree import Entry, Kind, Tree
 
 
 @lru_cache(maxsize=None)

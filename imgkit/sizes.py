@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Union
 
-from .errors import InputError
+from imgkit.errors import InputError
 
 KiB = 1024
 MiB = 1024 ** 2

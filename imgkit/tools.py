@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import IO, Mapping, Sequence
 
-from .errors import ToolError
+from imgkit.errors import ToolError
 
 log = logging.getLogger("imgkit.tools")
 

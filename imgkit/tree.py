@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator, Protocol
 
-from .errors import InputError
+from imgkit.errors import InputError
 
 
 class Kind(enum.Enum):

@@ -1,7 +1,7 @@
 """Direct kernel boots in QEMU (TCG): Debian's kernel, our cpio writer in every compression,
 the built-in busybox init, and an ext4 root on virtio-blk reached through kmod-resolved modules.
 
-The kernel comes from :func:`imgkit.kernel.fetch_debian_kernel`; CI sets ``IMGKIT_CACHE`` to
+The kernel comes from :func:`imgkit.vm.kernel.fetch_debian_kernel`; CI sets ``IMGKIT_CACHE`` to
 one shared, world-writable (mode 1777) directory so the root and unprivileged runs share the
 download.
 """
@@ -13,7 +13,8 @@ import shutil
 
 import pytest
 
-from imgkit import initrd_init, kernel, kmod, qemu, tools
+from imgkit.vm import guest_init as initrd_init, kernel, kmod, qemu
+from imgkit import tools
 from imgkit.compress import compressed_writer
 from imgkit.errors import BootError
 from imgkit.formats.cpio import write_cpio

@@ -8,11 +8,11 @@ import re
 import pytest
 
 from imgkit import tools
-from imgkit.disk import write_disk
+from imgkit.disk.image import write_disk
 from imgkit.errors import LayoutError
 from imgkit.formats import gpt as gptfmt
 from imgkit.formats import mbr as mbrfmt
-from imgkit.layout import DiskSpec, PartitionSpec as P, plan
+from imgkit.disk.layout import DiskSpec, PartitionSpec as P, plan
 from imgkit.sizes import MiB
 
 SFDISK_ATTR_NAMES = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIOSBootable"}

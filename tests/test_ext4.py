@@ -16,7 +16,8 @@ import tempfile
 
 import pytest
 
-from imgkit import kernel, tools
+from imgkit.vm import kernel
+from imgkit import tools
 from imgkit.errors import InputError, LayoutError, ToolError
 from imgkit.formats import ext4
 from imgkit.formats.ext4 import estimate_size, write_ext4

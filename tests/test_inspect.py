@@ -373,10 +373,10 @@ def imgkit(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def own_disk(tmp_path_factory):
-    from imgkit.disk import write_disk
+    from imgkit.disk.image import write_disk
     from imgkit.formats.ext4 import write_ext4
     from imgkit.formats.fat import write_fat
-    from imgkit.layout import DiskSpec, PartitionSpec as P, plan
+    from imgkit.disk.layout import DiskSpec, PartitionSpec as P, plan
 
     tmp = tmp_path_factory.mktemp("own")
     esp = Tree()

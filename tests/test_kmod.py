@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from imgkit import kernel, kmod, tools
+from imgkit.vm import kernel, kmod
+from imgkit import tools
 from imgkit.errors import InputError
 from imgkit.tree import Kind
 

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from imgkit import firmware, qemu, tools
+from imgkit.vm import firmware, qemu
+from imgkit import tools
 from imgkit.errors import BootError, InputError, ToolError
-from imgkit.qemu import Drive, QemuSpec, Share
+from imgkit.vm.qemu import Drive, QemuSpec, Share
 
 
 def _pairs(argv, flag):

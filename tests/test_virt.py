@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from imgkit import kernel, virt
+from imgkit.vm import kernel, virt
 from imgkit.errors import BootError, InputError, ToolError
 
 ARGS = ["a b", "", "it's", 'say "hi"', "ünïcödé ✓", "new\nline", "$HOME", "*", "-n", "\\", " "]

@@ -10,8 +10,8 @@ import os
 from imgkit.errors import InputError
 from imgkit.tree import Tree
 
-from .directory import read_directory
-from .initramfs_list import looks_like_list, read_initramfs_list
+from imgkit.sources.directory import read_directory
+from imgkit.sources.initramfs_list import looks_like_list, read_initramfs_list
 
 __all__ = ["load_source", "load_sources", "source_kind", "read_archive", "read_directory",
            "read_initramfs_list"]
@@ -41,7 +41,7 @@ def load_source(path: str, *, host_owners: bool = False, default_mtime: int = 0)
 
 def read_archive(path: str, **kwargs) -> Tree:
     """See :func:`imgkit.sources.archive.read_archive` (imported on use: libarchive loads slowly)."""
-    from .archive import read_archive as _read_archive
+    from imgkit.sources.archive import read_archive as _read_archive
     return _read_archive(path, **kwargs)
 
 

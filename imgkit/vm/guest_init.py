@@ -12,9 +12,9 @@ import os
 from importlib import resources
 from typing import Iterable
 
-from .errors import InputError
-from .kmod import Module, modules_tree
-from .tree import BytesBlob, Entry, FileBlob, Kind, Tree
+from imgkit.errors import InputError
+from imgkit.vm.kmod import Module, modules_tree
+from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
 RC_PATH = "etc/imgkit/rc"
 _DIRS = ("bin", "sbin", "etc", "proc", "sys", "dev", "mnt", "root", "tmp", "run", "newroot")
@@ -31,7 +31,7 @@ def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
     """An initramfs tree: built-in ``/init``, static busybox, device nodes, modules, rc hook.
 
     ``busybox_path`` must be a *static* busybox (Debian: busybox-static), since the
-    initramfs has no libc. ``modules`` (from :func:`imgkit.kmod.resolve_modules`) are taken
+    initramfs has no libc. ``modules`` (from :func:`imgkit.vm.kmod.resolve_modules`) are taken
     from ``moddir``. ``rc_script`` becomes ``/etc/imgkit/rc``.
     """
     busybox_path = os.fspath(busybox_path)

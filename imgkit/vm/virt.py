@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO
 
-from . import kernel as kernels
-from . import qemu, tools
-from .atomic import atomic_open
-from .errors import BootError, ImgkitError, InputError, ToolError
-from .tree import BytesBlob, Entry, Kind, Tree
+from imgkit.vm import kernel as kernels
+from imgkit.vm import qemu
+from imgkit import tools
+from imgkit.atomic import atomic_open
+from imgkit.errors import BootError, ImgkitError, InputError, ToolError
+from imgkit.tree import BytesBlob, Entry, Kind, Tree
 
 #: Modules for the 9p share over virtio-pci (dependencies are resolved from the kernel).
 BASE_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
@@ -185,7 +186,7 @@ def cache_key(kinfo: kernels.KernelInfo, busybox: str, compress: str) -> str:
 def initramfs_tree(kinfo: kernels.KernelInfo, busybox: str = "/bin/busybox") -> Tree:
     """The VM's initramfs: busybox, the virt ``/init``, and the modules for 9p (loaded at
     every boot) and for a virtio-blk ext4 root (loaded only with an image)."""
-    from . import initrd_init, kmod
+    from imgkit.vm import guest_init as initrd_init, kmod
 
     base: list = []
     extra: list = []
@@ -204,9 +205,9 @@ def initramfs_tree(kinfo: kernels.KernelInfo, busybox: str = "/bin/busybox") -> 
         def listing(mods: list) -> bytes:
             return "".join(f"/lib/modules/{version}/{m.plain_path}\n" for m in mods).encode()
         tree.add(Entry("etc/imgkit/modules", Kind.FILE, mode=0o644, data=BytesBlob(listing(base)),
-                       origin="imgkit.virt"))
+                       origin="imgkit.vm.virt"))
         tree.add(Entry("etc/imgkit/modules-image", Kind.FILE, mode=0o644,
-                       data=BytesBlob(listing(extra)), origin="imgkit.virt"))
+                       data=BytesBlob(listing(extra)), origin="imgkit.vm.virt"))
     return tree
 
 
@@ -217,7 +218,7 @@ def prepare(kernel: str | os.PathLike | None = None, *, cache_dir: str | os.Path
     ``compress="none"`` is the default because the guest then only copies the archive:
     under TCG, decompressing even a few MiB costs more than QEMU loading a bigger file.
     """
-    from .archives import write_initramfs
+    from imgkit.archives import write_initramfs
 
     kinfo = select_kernel(kernel, cache_dir=cache_dir)
     if not os.path.exists(busybox):
@@ -292,7 +293,7 @@ def write_run_initrd(spec: VirtSpec, cached: str, dest: str) -> None:
     """``dest`` = a small uncompressed cpio with the run's settings, then the cached
     initramfs. The uncompressed part goes first (as early microcode does): the kernel's
     unpacker reads it, skips the zero padding and goes on with the compressed part."""
-    from .formats.cpio import write_cpio
+    from imgkit.formats.cpio import write_cpio
 
     conf, env = run_config(spec)
     tree = Tree()

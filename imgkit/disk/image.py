@@ -1,4 +1,4 @@
-"""Execute a layout :class:`~imgkit.layout.Plan`: a sparse disk image with tables and contents.
+"""Execute a layout :class:`~imgkit.disk.layout.Plan`: a sparse disk image with tables and contents.
 
 The image starts as a hole of the planned size (``ftruncate``; zeros are never written), each
 partition image is copied in with ``os.copy_file_range`` one data extent at a time
@@ -16,13 +16,13 @@ import os
 import tempfile
 from typing import Mapping, Sequence
 
-from . import tools
-from .atomic import atomic_path
-from .errors import ImageError, InputError, LayoutError
-from .formats import gpt as _gpt
-from .formats import mbr as _mbr
-from .layout import Plan
-from .sizes import format_size
+from imgkit import tools
+from imgkit.atomic import atomic_path
+from imgkit.errors import ImageError, InputError, LayoutError
+from imgkit.formats import gpt as _gpt
+from imgkit.formats import mbr as _mbr
+from imgkit.disk.layout import Plan
+from imgkit.sizes import format_size
 
 FORMATS = ("raw", "qcow2")
 _CHUNK = 1 << 20

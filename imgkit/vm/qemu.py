@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Iterable, Pattern
 
-from . import tools
-from .errors import BootError, InputError
-from .firmware import UefiFirmware, find_uefi
+from imgkit import tools
+from imgkit.errors import BootError, InputError
+from imgkit.vm.firmware import UefiFirmware, find_uefi
 
 QEMU = "qemu-system-x86_64"
 INTERFACES = ("virtio", "ide", "cdrom", "scsi")
@@ -145,7 +145,7 @@ def build_argv(spec: QemuSpec, *, accel: str = "tcg", qemu: str = QEMU,
                interactive: bool = False) -> list[str]:
     """The QEMU command line for ``spec``; pure (no files are touched).
 
-    For ``firmware="uefi"`` pass ``uefi`` (from :func:`imgkit.firmware.find_uefi`) and the
+    For ``firmware="uefi"`` pass ``uefi`` (from :func:`imgkit.vm.firmware.find_uefi`) and the
     variable store ``vars_path`` (a private copy; defaults to ``spec.uefi_vars``).
     ``interactive`` multiplexes the QEMU monitor onto the console (Ctrl-A C).
     """

@@ -22,11 +22,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
-from .errors import InputError, LayoutError
-from .formats import gpt as _gpt
-from .formats import mbr as _mbr
-from . import parttypes
-from .sizes import AUTO, GROW, MiB, Percent, format_size, parse_size, parse_size_spec
+from imgkit.errors import InputError, LayoutError
+from imgkit.formats import gpt as _gpt
+from imgkit.formats import mbr as _mbr
+from imgkit.disk import parttypes
+from imgkit.sizes import AUTO, GROW, MiB, Percent, format_size, parse_size, parse_size_spec
 
 Table = Literal["gpt", "mbr"]
 
@@ -144,7 +144,7 @@ class ExtendedPartition:
 
 @dataclass(frozen=True)
 class Plan:
-    """A complete, validated layout; :func:`imgkit.disk.write_disk` executes it."""
+    """A complete, validated layout; :func:`imgkit.disk.image.write_disk` executes it."""
 
     table: Table
     sector_size: int

@@ -26,8 +26,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import tools
-from .errors import ImageError, InputError, ToolError
+from imgkit import tools
+from imgkit.errors import ImageError, InputError, ToolError
 
 
 @dataclass(frozen=True)

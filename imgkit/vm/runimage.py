@@ -10,8 +10,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from .errors import InputError
-from .qemu import Drive, QemuSpec
+from imgkit.errors import InputError
+from imgkit.vm.qemu import Drive, QemuSpec
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,10 @@ def spec_for(path: str, *, firmware: str | None = None, memory: int = 512, cpus:
 
 
 def _wrap_uki(uki: str, workdir: str) -> str:
-    from . import layout
-    from .bootloaders.systemd_boot import uki_esp_tree
-    from .disk import write_disk
-    from .formats.fat import write_fat
+    from imgkit.disk import layout
+    from imgkit.bootloaders.systemd_boot import uki_esp_tree
+    from imgkit.disk.image import write_disk
+    from imgkit.formats.fat import write_fat
 
     esp = os.path.join(workdir, "uki-esp.img")
     plan = write_fat(uki_esp_tree(uki), esp, size=None, label="ESP", serial=0x1D6B17)

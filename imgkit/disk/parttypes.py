@@ -14,7 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from .errors import InputError
+from imgkit.errors import InputError
 
 
 @dataclass(frozen=True)

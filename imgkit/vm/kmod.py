@@ -28,8 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import ImageError, InputError
-from .tree import BytesBlob, Entry, FileBlob, Kind, Tree
+from imgkit.errors import ImageError, InputError
+from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
 #: Module file suffixes and the compression each implies.
 _SUFFIXES = {".ko": None, ".ko.xz": "xz", ".ko.zst": "zstd", ".ko.gz": "gzip"}
@@ -375,7 +375,7 @@ def load_index(moddir: str | os.PathLike, *, use_cache: bool = True) -> ModuleIn
         return _memo[key]
     cache_file = None
     if use_cache:
-        from .kernel import cache_root
+        from imgkit.vm.kernel import cache_root
         cache_file = os.path.join(cache_root(), "kmod", f"{key}.json")
         try:
             with open(cache_file, encoding="utf-8") as f:
@@ -478,5 +478,5 @@ def modules_tree(moddir: str | os.PathLike, modules: Iterable[Module], *, mtime:
         lines.append("/" + dest)
     text = "".join(line + "\n" for line in lines)
     tree.add(Entry(LOAD_ORDER_FILE, Kind.FILE, mode=0o644, mtime=mtime,
-                   data=BytesBlob(text.encode()), origin="imgkit.kmod"))
+                   data=BytesBlob(text.encode()), origin="imgkit.vm.kmod"))
     return tree

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .errors import ToolError
+from imgkit.errors import ToolError
 
 DESCRIPTOR_DIRS = ("/etc/qemu/firmware", "/usr/share/qemu/firmware")
 

@@ -1,0 +1,1 @@
+"""The VM side: QEMU, firmware, kernels and modules, the guest init, run and virt."""
