@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from imgkit.errors import InputError
 from imgkit.idmap import IdMap, KEEP
@@ -32,6 +33,20 @@ class TreeSpec:
     host_owners: bool = False
     mtime: int | None = None
     origin: str = "command line"
+    #: ``"busybox"`` lays imgkit's built-in ``/init`` and a static busybox under the tree.
+    init: str | None = None
+    busybox: str = "/bin/busybox"
+    #: Kernel modules (names or aliases) to bundle, resolved with their dependencies in
+    #: ``moddir`` (a ``lib/modules/VERSION`` directory); they need ``init``.
+    modules: tuple[str, ...] = ()
+    moddir: str | None = None
+    #: The ``/etc/imgkit/rc`` script the built-in init runs when there is no ``root=``.
+    rc: str | None = None
+    #: Mode bits kept from a host file placed with ``files`` (a config keeps no group/other
+    #: write bits from the host's umask).
+    file_mask: int = 0o7777
+    #: How errors name the ``entries`` lines (default: "ORIGIN entry").
+    entries_origin: str | None = None
 
 
 def split_prefix(source: str) -> tuple[str, str]:
@@ -42,8 +57,40 @@ def split_prefix(source: str) -> tuple[str, str]:
     return source, ""
 
 
-def assemble(spec: TreeSpec) -> Tree:
-    """Build the tree ``spec`` describes."""
+def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -> Tree:
+    """Build the tree ``spec`` describes.
+
+    The CLI (``imgkit initramfs``) and the config build (``[trees.NAME]``) both come here, so
+    a tree means the same thing whichever way it is declared. The built-in init's own entries
+    (owned by 0:0 already) are laid under the finished user tree, outside the id map.
+    """
+    user = _assemble_user(spec)
+    if spec.init is None:
+        if spec.modules or spec.rc is not None:
+            raise InputError(f"{spec.origin}: modules and rc need init = 'busybox'",
+                             hint="or add the modules as files with a source of your own")
+        return user
+    if spec.init != "busybox":
+        raise InputError(f"{spec.origin}: init {spec.init!r}: expected 'busybox'")
+    from imgkit.vm.guest_init import busybox_init_tree
+    from imgkit.vm.kmod import resolve_modules
+
+    modules = []
+    if spec.modules:
+        if not spec.moddir:
+            raise InputError(f"{spec.origin}: modules need a kernel modules directory "
+                             "(lib/modules/VERSION)",
+                             hint="--moddir DIR on the command line; [kernel] in a config")
+        modules = resolve_modules(spec.moddir, spec.modules)
+        if progress:
+            progress(f"{len(modules)} modules: {', '.join(m.name for m in modules)}")
+    base = busybox_init_tree(spec.busybox, modules, spec.moddir, rc_script=spec.rc,
+                             mtime=spec.mtime or 0)
+    base.overlay(user)
+    return base
+
+
+def _assemble_user(spec: TreeSpec) -> Tree:
     default_mtime = spec.mtime or 0
     tree = Tree(default_mtime=default_mtime)
     for source in spec.sources:
@@ -61,10 +108,11 @@ def assemble(spec: TreeSpec) -> Tree:
                     moved.add(e.replace(path=f"{prefix}/{e.path}", target=target))
             sub = moved
         tree.overlay(sub)
-    add_list_entries(tree, spec.entries, origin=f"{spec.origin} entry",
+    add_list_entries(tree, spec.entries, origin=spec.entries_origin or f"{spec.origin} entry",
                      default_mtime=default_mtime)
     for host, dest, mode in spec.files:
-        tree.add(host_file_entry(dest, host, mode=mode, where=spec.origin))
+        tree.add(host_file_entry(dest, host, mode=mode, where=spec.origin,
+                                 mtime=spec.mtime, mask=spec.file_mask))
     tree.validate()
     return finish(tree, idmap=spec.idmap, mtime=spec.mtime)
 

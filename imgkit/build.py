@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from imgkit.disk import layout
-from imgkit.assemble import add_list_entries, finish, host_file_entry
+from imgkit.assemble import TreeSpec, assemble, host_file_entry
 from imgkit.config import Config, FilesystemConfig, SyslinuxConfig, TreeConfig
 from imgkit.errors import InputError, LayoutError
 from imgkit.idmap import idmap_from_options
 from imgkit.sizes import parse_size
-from imgkit.sources import load_source
 from imgkit.atomic import atomic_path
 from imgkit.disk.image import write_disk_into
 from imgkit.tree import Entry, Kind, Tree
@@ -151,36 +150,23 @@ class Builder:
         return self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))  # type: ignore[return-value]
 
     def _make_tree(self, tc: TreeConfig) -> Tree:
-        mtime = self.mtime or 0
-        tree = Tree(default_mtime=mtime)
-        if tc.init == "busybox" or tc.modules:
-            from imgkit.vm.guest_init import busybox_init_tree
-            from imgkit.vm.kmod import resolve_modules
-            modules, moddir = [], None
-            if tc.modules:
-                info = self.kernel()
-                moddir = info.moddir
-                if not moddir:
-                    raise InputError(f"[trees.{tc.name}] modules need a kernel modules directory",
-                                     hint="set [kernel] moddir, or use source = 'debian'")
-                modules = resolve_modules(moddir, tc.modules)
-                self.progress(f"tree {tc.name}: {len(modules)} modules "
-                              f"({', '.join(m.name for m in modules)})")
-            tree.overlay(busybox_init_tree(modules=modules, moddir=moddir, rc_script=tc.rc,
-                                           mtime=mtime))
-        elif tc.rc is not None:
-            raise InputError(f"{self.cfg.path}: [trees.{tc.name}] rc needs init = 'busybox'")
-        for src in tc.sources:
-            tree.overlay(load_source(src, host_owners=tc.host_owners, default_mtime=mtime))
-        add_list_entries(tree, tc.entries, default_mtime=mtime,
-                         origin=f"{self.cfg.path}: [trees.{tc.name}] entries line")
-        for dest, src in tc.files:
-            host = self.resolve(src, f"[trees.{tc.name}] files.{dest!r}")
-            tree.add(_file_entry(dest, host, mtime=self.mtime))
-        tree.validate()
+        moddir = None
+        if tc.modules:
+            moddir = self.kernel().moddir
+            if not moddir:
+                raise InputError(f"[trees.{tc.name}] modules need a kernel modules directory",
+                                 hint="set [kernel] moddir, or use source = 'debian'")
+        files = tuple((self.resolve(src, f"[trees.{tc.name}] files.{dest!r}"), dest, None)
+                      for dest, src in tc.files)
         idmap = idmap_from_options(squash=tc.owner == "squash", root_uid=tc.root_uid,
                                    root_gid=tc.root_gid, uid_map=tc.uid_map, gid_map=tc.gid_map)
-        return finish(tree, idmap=idmap, mtime=self.mtime)
+        spec = TreeSpec(sources=tc.sources, entries=tc.entries, files=files, idmap=idmap,
+                        host_owners=tc.host_owners, mtime=self.mtime,
+                        origin=f"{self.cfg.path}: [trees.{tc.name}]",
+                        entries_origin=f"{self.cfg.path}: [trees.{tc.name}] entries line",
+                        init=tc.init, modules=tc.modules, moddir=moddir, rc=tc.rc,
+                        file_mask=0o755)
+        return assemble(spec, progress=lambda msg: self.progress(f"tree {tc.name}: {msg}"))
 
     # -- archives and UKIs ------------------------------------------------------------------
     def initramfs(self, name: str) -> str:

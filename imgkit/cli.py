@@ -75,8 +75,29 @@ def _tree_spec(args: argparse.Namespace):
             raise InputError(f"--file {item!r}: expected HOST:DEST or HOST:DEST:MODE")
         mode = int(parts[2], 8) if len(parts) == 3 else None
         files.append((parts[0], parts[1], mode))
+    init = dict(init=None)
+    if getattr(args, "init", None) or getattr(args, "modules", None) or getattr(args, "rc", None):
+        init = _builtin_init_options(args)
     return TreeSpec(sources=tuple(args.sources), entries=tuple(args.entry), files=tuple(files),
-                    idmap=idmap, host_owners=args.host_owners, mtime=_epoch(args.mtime))
+                    idmap=idmap, host_owners=args.host_owners, mtime=_epoch(args.mtime), **init)
+
+
+def _builtin_init_options(args: argparse.Namespace) -> dict:
+    if not args.init:
+        raise InputError("--modules and --rc need --init busybox",
+                         hint="or add the modules as files with a SOURCE of your own")
+    names = tuple(m for item in args.modules for m in item.split(",") if m)
+    if names and not args.moddir:
+        raise InputError("--modules needs --moddir DIR (a lib/modules/VERSION directory)",
+                         hint="imgkit kernel fetch prints one for the Debian kernel")
+    rc = None
+    if args.rc:
+        try:
+            with open(args.rc, encoding="utf-8") as f:
+                rc = f.read()
+        except OSError as exc:
+            raise InputError(f"--rc {args.rc!r} cannot be read: {exc.strerror}") from None
+    return dict(init=args.init, busybox=args.busybox, modules=names, moddir=args.moddir, rc=rc)
 
 
 def _report(args: argparse.Namespace, result, started: float) -> None:
@@ -105,41 +126,12 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     if not spec.sources and not spec.entries and not spec.files and not args.init:
         raise InputError("nothing to archive: give at least one SOURCE, --entry or --file",
                          hint="e.g. imgkit initramfs rootfs/ -o initrd.zst")
-    tree = assemble(spec)
-    if args.init or args.modules or args.rc:
-        tree = _with_builtin_init(args, tree, spec.mtime or 0)
+    tree = assemble(spec, progress=progress)
     compress = args.compress or method_for_path(args.output)
     result = write_initramfs(tree, args.output, compress=compress, level=args.level,
                              crc=args.format == "crc")
     _report(args, result, started)
     return 0
-
-
-def _with_builtin_init(args: argparse.Namespace, tree, mtime: int):
-    """The built-in init's tree with the user's sources laid over it."""
-    from imgkit.vm.guest_init import busybox_init_tree
-    from imgkit.vm.kmod import resolve_modules
-
-    if not args.init:
-        raise InputError("--modules and --rc need --init busybox",
-                         hint="or add the modules as files with a SOURCE of your own")
-    names = [m for item in args.modules for m in item.split(",") if m]
-    if names and not args.moddir:
-        raise InputError("--modules needs --moddir DIR (a lib/modules/VERSION directory)",
-                         hint="imgkit kernel fetch prints one for the Debian kernel")
-    modules = resolve_modules(args.moddir, names) if names else []
-    rc = None
-    if args.rc:
-        try:
-            with open(args.rc, encoding="utf-8") as f:
-                rc = f.read()
-        except OSError as exc:
-            raise InputError(f"--rc {args.rc!r} cannot be read: {exc.strerror}") from None
-    base = busybox_init_tree(args.busybox, modules, args.moddir, rc_script=rc, mtime=mtime)
-    if modules:
-        progress(f"{len(modules)} modules: {', '.join(m.name for m in modules)}")
-    base.overlay(tree)
-    return base
 
 
 def cmd_tar(args: argparse.Namespace) -> int:
