@@ -98,6 +98,7 @@ def _assemble_user(spec: TreeSpec) -> Tree:
         sub = load_source(path, host_owners=spec.host_owners, default_mtime=default_mtime)
         if prefix:
             moved = Tree(default_mtime=default_mtime)
+            moved.warnings = sub.warnings
             root = sub.root
             moved.add(root.replace(path=prefix))
             for e in sub:

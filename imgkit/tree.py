@@ -226,6 +226,8 @@ class Tree:
         self._entries[""] = Entry("", Kind.DIR, mode=dir_mode, mtime=default_mtime)
         self._children_index: dict[str, list[str]] | None = None
         self._order: list[str] | None = None  # canonical order, computed once per version
+        #: What a source could not carry into the tree (one line each, for the user to see).
+        self.warnings: list[str] = []
 
     # -- building -----------------------------------------------------------------------
     def add(self, entry: Entry) -> Entry:
@@ -262,6 +264,7 @@ class Tree:
 
     def overlay(self, other: "Tree") -> None:
         """Lay ``other`` over this tree: its entries win, including its root's metadata."""
+        self.warnings.extend(other.warnings)
         if len(self._entries) == 1:  # only the root: nothing to merge, take the entries as they are
             self._entries = dict(other._entries)
             self._invalidate()
@@ -394,6 +397,7 @@ class Tree:
         out = Tree(dir_mode=self.dir_mode, default_mtime=self.default_mtime)
         out._entries = {p: fn(e) for p, e in self._entries.items()}
         out._order = self._order  # same paths, same order
+        out.warnings = list(self.warnings)
         return out
 
     def clamp_mtimes(self, epoch: int) -> "Tree":

@@ -1,42 +1,109 @@
 """Any archive libarchive reads (tar in every compression, cpio, zip, ``docker export``).
 
-Owners, modes, times and device numbers come from the archive's headers. File data is
-streamed once into a spool file beside the other temporary data, so the tree's blobs can be
-re-read lazily by writers without holding the archive in memory. Paths with ``..`` are
-refused: that is how archives escape their destination.
+Owners, modes, times, device numbers, xattrs and POSIX ACLs come from the archive's headers.
+File data is streamed once into a spool file beside the other temporary data, so the tree's
+blobs can be re-read lazily by writers without holding the archive in memory. Sparse members
+(GNU tar ``-S``, pax sparse 0.0/0.1/1.0, bsdtar) keep their size from the header and their
+holes as holes in the spool. Paths with ``..`` are refused: that is how archives escape their
+destination.
+
+libarchive-c exposes only part of libarchive's API; xattrs, ACLs, data blocks with their
+offsets and file flags are read through its ffi layer (as :mod:`imgkit.formats.tar` writes
+xattrs). What a Linux image cannot hold (NFSv4 ACLs, BSD file flags, Mac metadata, ACL
+entries naming a user the tree does not know) is listed in :attr:`Tree.warnings`, never
+dropped silently.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import libarchive
+from libarchive import ffi
 
 from imgkit.errors import ImageError, InputError
+from imgkit.sources import posix_acl
+from imgkit.sources.posix_acl import AclEntry, Tag
 from imgkit.tree import Entry, Kind, Tree, _Window, normalize_path
+
+_c_int_p = ctypes.POINTER(ctypes.c_int)
+ffi.ffi("entry_xattr_reset", [ffi.c_archive_entry_p], ctypes.c_int)
+ffi.ffi("entry_xattr_next", [ffi.c_archive_entry_p, ctypes.POINTER(ctypes.c_char_p),
+                             ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)],
+        ctypes.c_int)
+ffi.ffi("entry_acl_types", [ffi.c_archive_entry_p], ctypes.c_int)
+ffi.ffi("entry_acl_reset", [ffi.c_archive_entry_p, ctypes.c_int], ctypes.c_int)
+ffi.ffi("entry_acl_next", [ffi.c_archive_entry_p, ctypes.c_int, _c_int_p, _c_int_p, _c_int_p,
+                           _c_int_p, ctypes.POINTER(ctypes.c_char_p)], ctypes.c_int)
+ffi.ffi("entry_sparse_count", [ffi.c_archive_entry_p], ctypes.c_int)
+ffi.ffi("entry_fflags", [ffi.c_archive_entry_p, ctypes.POINTER(ctypes.c_ulong),
+                         ctypes.POINTER(ctypes.c_ulong)], None)
+ffi.ffi("entry_fflags_text", [ffi.c_archive_entry_p], ctypes.c_char_p)
+ffi.ffi("entry_mac_metadata", [ffi.c_archive_entry_p, ctypes.POINTER(ctypes.c_size_t)],
+        ctypes.c_void_p)
+
+# archive_entry.h
+_ACL_TYPE_ACCESS = 0x100
+_ACL_TYPE_DEFAULT = 0x200
+_ACL_TYPE_NFS4 = 0x400 | 0x800 | 0x1000 | 0x2000
+_ACL_TAGS = {10001: Tag.USER, 10002: Tag.USER_OBJ, 10003: Tag.GROUP, 10004: Tag.GROUP_OBJ,
+             10005: Tag.MASK, 10006: Tag.OTHER}
+_ACL_XATTRS = {_ACL_TYPE_ACCESS: posix_acl.ACCESS_XATTR,
+               _ACL_TYPE_DEFAULT: posix_acl.DEFAULT_XATTR}
 
 
 class Spool:
-    """One temporary file holding the data of every file of an archive, back to back."""
+    """One temporary file holding the data of every file of an archive, back to back.
+
+    A sparse member starts on a block boundary of the spool's filesystem and its holes are
+    skipped (seek, not zeros), so they stay holes that ``SEEK_DATA``/``SEEK_HOLE`` see.
+    """
 
     def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(prefix="imgkit-spool-")
         self._f = os.fdopen(fd, "wb")
+        self._block = max(os.fstat(fd).st_blksize, 512)
         self.size = 0
+        self._pos = 0   # where the file object writes next
         weakref.finalize(self, _unlink, self.path)
 
-    def append(self, chunks) -> tuple[int, int]:
+    def append_member(self, archive_p, size: int | None,
+                      sparse: bool) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+        """Copy the current member's data blocks in; returns ``(offset, size, data ranges)``.
+
+        ``size`` is the header's (``None`` if the format has none): a trailing hole yields
+        no block, so only the header tells the real size.
+        """
+        if sparse:
+            self.size = -(-self.size // self._block) * self._block
         start = self.size
-        for chunk in chunks:
-            self._f.write(chunk)
-            self.size += len(chunk)
-        return start, self.size - start
+        ranges: list[list[int]] = []
+        buf, n, off = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_longlong()
+        while ffi.read_data_block(archive_p, ctypes.byref(buf), ctypes.byref(n),
+                                  ctypes.byref(off)) != ffi.ARCHIVE_EOF:
+            if not n.value:
+                continue
+            if start + off.value != self._pos:
+                self._f.seek(start + off.value)
+            self._f.write(ctypes.string_at(buf, n.value))
+            self._pos = start + off.value + n.value
+            if ranges and ranges[-1][0] + ranges[-1][1] == off.value:
+                ranges[-1][1] += n.value
+            else:
+                ranges.append([off.value, n.value])
+        data_end = max((o + length for o, length in ranges), default=0)
+        length = max(size or 0, data_end)
+        self.size = start + length
+        return start, length, tuple((o, length) for o, length in ranges)
 
     def seal(self) -> None:
+        """Close the spool; a trailing hole of the last member still counts in its size."""
+        self._f.truncate(self.size)
         self._f.close()
 
 
@@ -49,9 +116,13 @@ def _unlink(path: str) -> None:
 
 @dataclass(frozen=True)
 class SpoolBlob:
+    """A member's bytes in the spool. ``ranges`` are its data ``(offset, length)`` pairs in
+    the file's own offsets; the rest reads as zeros and is a hole in the spool."""
+
     spool: Spool
     offset: int
     size: int
+    ranges: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     def open(self) -> BinaryIO:
         f = open(self.spool.path, "rb")
@@ -61,6 +132,14 @@ class SpoolBlob:
     def host_range(self) -> tuple[str, int] | None:
         return (self.spool.path, self.offset)
 
+    def data_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Where the data is, for writers that keep holes (everything else is a hole)."""
+        return self.ranges
+
+    @property
+    def sparse(self) -> bool:
+        return sum(length for _, length in self.ranges) < self.size
+
 
 _TYPES = {
     stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.SYMLINK,
@@ -69,21 +148,59 @@ _TYPES = {
 }
 
 
+@dataclass
+class _Losses:
+    """What the archive holds and the tree cannot: reason -> paths, reported once each."""
+
+    archive: str
+    found: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, path: str) -> None:
+        self.found.setdefault(reason, []).append(path)
+
+    def messages(self) -> list[str]:
+        out = []
+        for reason, paths in self.found.items():
+            shown = ", ".join("/" + p for p in paths[:5])
+            more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+            out.append(f"{self.archive}: {reason}: {shown}{more}")
+        return out
+
+
+@dataclass
+class _NamedAcl:
+    """An ACL whose entries name users or groups without ids (GNU tar writes names only):
+    resolved against the tree's own ``etc/passwd`` and ``etc/group`` once all is read."""
+
+    path: str
+    origin: str
+    xattr: str
+    entries: list[tuple[Tag, int, int, str]]   # tag, perm, id or -1, name
+
+
 def read_archive(path: str, *, prefix: str = "") -> Tree:
     """Read every entry of the archive at ``path`` into a new :class:`Tree`."""
     if not os.path.isfile(path):
         raise InputError(f"source archive {path!r} does not exist")
     tree = Tree()
     spool = Spool()
+    losses = _Losses(path)
+    named: list[_NamedAcl] = []
     try:
         with libarchive.file_reader(path) as archive:
             for n, ae in enumerate(archive, 1):
                 name = ae.pathname
                 origin = f"{path}: entry {n} {name!r}"
                 rel = normalize_path(f"{prefix}/{name}", origin=origin)
+                p = ae._entry_p
                 mode = ae.mode
-                fields = dict(path=rel, mode=stat.S_IMODE(mode), uid=ae.uid, gid=ae.gid,
-                              mtime=int(ae.mtime or 0), origin=origin)
+                xattrs, group_bits = _xattrs_and_acls(p, rel, origin, losses, named)
+                _check_unrepresentable(p, rel, losses)
+                perm = stat.S_IMODE(mode)
+                if group_bits is not None:
+                    perm = (perm & ~0o070) | (group_bits << 3)
+                fields = dict(path=rel, mode=perm, uid=ae.uid, gid=ae.gid,
+                              mtime=int(ae.mtime or 0), xattrs=xattrs, origin=origin)
                 if ae.islnk:
                     target = normalize_path(f"{prefix}/{ae.linkpath}", origin=origin)
                     tree.add(Entry(kind=Kind.HARDLINK, target=target, **fields))
@@ -92,8 +209,10 @@ def read_archive(path: str, *, prefix: str = "") -> Tree:
                 if kind is None:
                     raise ImageError(f"{origin}: unsupported file type (mode {mode:o})")
                 if kind is Kind.FILE:
-                    offset, size = spool.append(ae.get_blocks())
-                    fields["data"] = SpoolBlob(spool, offset, size)
+                    size = ffi.entry_size(p) if ffi.entry_size_is_set(p) else None
+                    offset, length, ranges = spool.append_member(
+                        archive._pointer, size, sparse=ffi.entry_sparse_count(p) > 0)
+                    fields["data"] = SpoolBlob(spool, offset, length, ranges)
                 elif kind is Kind.SYMLINK:
                     fields["target"] = ae.linkpath
                 elif kind in (Kind.CHAR, Kind.BLOCK):
@@ -101,7 +220,7 @@ def read_archive(path: str, *, prefix: str = "") -> Tree:
                 if rel == "":
                     if kind is Kind.DIR:
                         tree.with_root(mode=fields["mode"], uid=ae.uid, gid=ae.gid,
-                                       mtime=fields["mtime"])
+                                       mtime=fields["mtime"], xattrs=xattrs)
                     continue
                 tree.add(Entry(kind=kind, **fields))
     except libarchive.ArchiveError as exc:
@@ -109,5 +228,124 @@ def read_archive(path: str, *, prefix: str = "") -> Tree:
                          hint="is it a tar, cpio, zip or another format libarchive reads?") from exc
     finally:
         spool.seal()
+    if named:
+        _resolve_named_acls(tree, named, losses)
     tree.validate()
+    tree.warnings.extend(losses.messages())
     return tree
+
+
+def _xattrs_and_acls(p, path: str, origin: str, losses: _Losses,
+                     named: list[_NamedAcl]) -> tuple[tuple[tuple[str, bytes], ...], int | None]:
+    """The entry's xattrs with its POSIX ACLs among them, and the group bits of its mode
+    when an access ACL has a mask (libarchive puts the owning group's bits there instead;
+    with an ACL, ``stat`` shows the mask)."""
+    xattrs: dict[str, bytes] = {}
+    if ffi.entry_xattr_reset(p):
+        name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
+        while ffi.entry_xattr_next(p, ctypes.byref(name), ctypes.byref(value),
+                                   ctypes.byref(size)) == ffi.ARCHIVE_OK:
+            key = os.fsdecode(name.value or b"")
+            xattrs[key] = ctypes.string_at(value, size.value) if size.value else b""
+    types = ffi.entry_acl_types(p)
+    if types & _ACL_TYPE_NFS4:
+        losses.add("NFSv4 ACLs cannot be kept in a Linux image, left out", path)
+    mask: int | None = None
+    for want, xattr in _ACL_XATTRS.items():
+        if not types & want:
+            continue
+        entries = _acl_entries(p, want)
+        if want == _ACL_TYPE_ACCESS:
+            mask = next((perm for tag, perm, _, _ in entries if tag is Tag.MASK), None)
+            if not any(tag in posix_acl.QUALIFIED or tag is Tag.MASK for tag, *_ in entries):
+                continue   # user::, group::, other:: only: the mode says it all
+        if xattr in xattrs:
+            continue       # GNU tar --xattrs stored the kernel's value too: it is exact
+        if any(qual < 0 for tag, _, qual, _ in entries if tag in posix_acl.QUALIFIED):
+            named.append(_NamedAcl(path, origin, xattr, entries))
+            continue
+        try:
+            xattrs[xattr] = posix_acl.encode([AclEntry(t, perm, q) for t, perm, q, _ in entries])
+        except ValueError as exc:
+            losses.add(f"malformed POSIX ACL ({exc}), left out", path)
+    if mask is None and posix_acl.ACCESS_XATTR in xattrs:
+        try:
+            acl = posix_acl.decode(xattrs[posix_acl.ACCESS_XATTR])
+            mask = next((e.perm for e in acl if e.tag is Tag.MASK), None)
+        except ValueError:
+            pass
+    return tuple(sorted(xattrs.items())), mask
+
+
+def _acl_entries(p, want: int) -> list[tuple[Tag, int, int, str]]:
+    """``(tag, perm, id or -1, name)`` of the entry's ACL of type ``want``."""
+    out = []
+    if ffi.entry_acl_reset(p, want):
+        kind, perm, tag, qual = (ctypes.c_int() for _ in range(4))
+        name = ctypes.c_char_p()
+        while ffi.entry_acl_next(p, want, ctypes.byref(kind), ctypes.byref(perm),
+                                 ctypes.byref(tag), ctypes.byref(qual),
+                                 ctypes.byref(name)) == ffi.ARCHIVE_OK:
+            t = _ACL_TAGS.get(tag.value)
+            if t is not None:
+                out.append((t, perm.value & 0o7, qual.value, os.fsdecode(name.value or b"")))
+    return out
+
+
+def _check_unrepresentable(p, path: str, losses: _Losses) -> None:
+    """Note header fields no Linux image format holds (BSD/ext2 file flags, Mac metadata)."""
+    set_, clear = ctypes.c_ulong(), ctypes.c_ulong()
+    ffi.entry_fflags(p, ctypes.byref(set_), ctypes.byref(clear))
+    if set_.value:
+        text = (ffi.entry_fflags_text(p) or b"").decode(errors="replace")
+        losses.add(f"file flags ({text}) are not kept", path)
+    size = ctypes.c_size_t()
+    if ffi.entry_mac_metadata(p, ctypes.byref(size)) and size.value:
+        losses.add("Mac metadata (resource forks, extended attributes as AppleDouble) "
+                   "is not kept", path)
+
+
+def _resolve_named_acls(tree: Tree, named: list[_NamedAcl], losses: _Losses) -> None:
+    ids = {Tag.USER: _id_table(tree, "etc/passwd"), Tag.GROUP: _id_table(tree, "etc/group")}
+    for acl in named:
+        entries, unknown = [], []
+        for tag, perm, qual, name in acl.entries:
+            if tag in posix_acl.QUALIFIED and qual < 0:
+                qual = ids[tag].get(name, -1)
+                if qual < 0:
+                    unknown.append(f"{tag.name.lower()} {name!r}")
+            entries.append(AclEntry(tag, perm, qual))
+        if unknown:
+            losses.add(f"ACL {acl.xattr} left out: it names {', '.join(unknown)}, not in "
+                       "the tree's etc/passwd or etc/group and without a numeric id", acl.path)
+            continue
+        e = tree.get(acl.path)
+        if e is None or (acl.path and e.origin != acl.origin):
+            continue   # a later member of the same name replaced it
+        try:
+            value = posix_acl.encode(entries)
+        except ValueError as exc:
+            losses.add(f"malformed POSIX ACL ({exc}), left out", acl.path)
+            continue
+        xattrs = dict(e.xattrs)
+        xattrs[acl.xattr] = value
+        changed = e.replace(xattrs=tuple(sorted(xattrs.items())))
+        if acl.path:
+            tree.add(changed)
+        else:
+            tree.with_root(xattrs=changed.xattrs)
+
+
+def _id_table(tree: Tree, path: str) -> dict[str, int]:
+    """``name -> id`` from a passwd or group file of the tree (empty if it has none)."""
+    e = tree.get(path)
+    if e is None or e.kind is not Kind.FILE or e.data is None:
+        return {}
+    with e.data.open() as f:
+        text = f.read().decode(errors="replace")
+    table: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            table.setdefault(fields[0], int(fields[2]))
+    return table

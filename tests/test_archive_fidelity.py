@@ -1,0 +1,249 @@
+"""Archive sources keep what the headers carry: xattrs, POSIX ACLs and sparse members.
+
+The archives are made by GNU tar, bsdtar and Python's tarfile (pax records written directly,
+so a ``security.capability`` needs no privilege); what comes out of imgkit is checked by GNU
+tar, bsdtar, getfacl, Python's tarfile and debugfs, never by reading it back through imgkit.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import struct
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import bsdtar_listing, sh
+from imgkit.formats.ext4 import write_ext4
+from imgkit.sources import read_archive
+
+MIB = 1 << 20
+#: ``cap_net_raw=ep`` as ``setcap`` stores it (struct vfs_cap_data, revision 2).
+CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+
+
+def imgkit(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "imgkit", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def sha256_file(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_blob(blob) -> str:
+    with blob.open() as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def pax_value(data: bytes) -> str:
+    """A binary pax value as tarfile wants it (it writes hdrcharset=BINARY)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def add_file(t: tarfile.TarFile, name: str, data: bytes = b"", mode: int = 0o644,
+             pax: dict[str, str] | None = None, kind=tarfile.REGTYPE) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    info.mode = mode
+    info.type = kind
+    info.mtime = 1_700_000_000
+    info.pax_headers = pax or {}
+    t.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+@pytest.fixture
+def root_tar(tmp_path):
+    """A small root as ``tar --xattrs --acls`` of a real system gives it, made unprivileged."""
+    path = tmp_path / "root.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        add_file(t, "etc", mode=0o755, kind=tarfile.DIRTYPE)
+        add_file(t, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/:/bin/sh\n")
+        add_file(t, "etc/group", b"root:x:0:\nadm:x:4:\nalice:x:1000:\n")
+        add_file(t, "usr/bin/ping", b"\x7fELF ping", mode=0o755,
+                 pax={"SCHILY.xattr.security.capability": pax_value(CAP_NET_RAW)})
+        add_file(t, "usr/bin/note", b"x", pax={"SCHILY.xattr.user.comment": "kept",
+                                                "SCHILY.xattr.trusted.overlay": "y"})
+        # GNU tar --acls writes names only; the ids come from the tree's own passwd/group.
+        acl = "user::rwx\nuser:alice:rw-\ngroup::r--\ngroup:adm:r-x\nmask::rwx\nother::---\n"
+        add_file(t, "var/log/journal", mode=0o2770, kind=tarfile.DIRTYPE,
+                 pax={"SCHILY.acl.access": acl, "SCHILY.acl.default": acl})
+        # bsdtar writes the numeric id after the name.
+        add_file(t, "srv/shared", b"s", mode=0o660,
+                 pax={"SCHILY.acl.access": "user::rw-,group::r--,other::---,"
+                                           "user:nobody:rw-:4242,mask::rw-"})
+    return path
+
+
+def gnu_tar_extract(archive, dest, *members: str) -> None:
+    """Extract with GNU tar, which restores ``system.posix_acl_*`` xattrs (bsdtar skips them
+    and restores only ``SCHILY.acl`` records)."""
+    sh("tar", "--xattrs", "--xattrs-include=*", "--no-same-owner", "-xf", str(archive),
+       "-C", str(dest), *members)
+
+
+def gnu_acl_text(path) -> str:
+    return sh("getfacl", "-n", "-p", "-c", str(path))
+
+
+def test_security_capability_survives_imgkit_tar(root_tar, tmp_path):
+    tree = read_archive(str(root_tar))
+    assert dict(tree["usr/bin/ping"].xattrs)["security.capability"] == CAP_NET_RAW
+    assert tree.warnings == []
+    out = tmp_path / "out.tar"
+    imgkit("tar", str(root_tar), "-o", str(out))
+    listing = sh("tar", "--xattrs", "--xattrs-include=*", "-tvvf", str(out))
+    assert re.search(r"usr/bin/ping\n\s+x: 20 security\.capability", listing), listing
+    assert re.search(r"x: 4 user\.comment", listing) and "trusted.overlay" in listing
+    with tarfile.open(out) as t:
+        pax = t.getmember("usr/bin/ping").pax_headers
+    assert pax["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape") \
+        == CAP_NET_RAW
+
+
+def test_acls_become_kernel_xattrs_with_ids_from_the_tree(root_tar, tmp_path):
+    out = tmp_path / "out.tar"
+    imgkit("tar", str(root_tar), "-o", str(out))
+    # with an ACL, the group bits of the mode are the mask (as stat shows them)
+    assert bsdtar_listing(str(out))["var/log/journal"]["mode"] == "drwxrws---"
+    dest = tmp_path / "x"
+    dest.mkdir()
+    gnu_tar_extract(out, dest, "var", "srv")
+    text = gnu_acl_text(dest / "var/log/journal")
+    for line in ("user:1000:rw-", "group:4:r-x", "group::r--", "mask::rwx", "other::---",
+                 "default:user:1000:rw-", "default:group:4:r-x"):
+        assert line in text.splitlines(), text
+    assert "user:4242:rw-" in gnu_acl_text(dest / "srv/shared").splitlines()
+
+
+def test_acl_naming_an_unknown_user_is_reported(tmp_path):
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        add_file(t, "d", mode=0o750, kind=tarfile.DIRTYPE,
+                 pax={"SCHILY.acl.access": "user::rwx\nuser:ghost:r-x\ngroup::r-x\nmask::r-x\n"
+                                           "other::---\n"})
+        add_file(t, "f", b"x", pax={"SCHILY.fflags": "nodump"})
+        add_file(t, "n", b"x", pax={"SCHILY.acl.ace": "owner@:rwxp--aARWcCos::allow"})
+    tree = read_archive(str(path))
+    assert not tree["d"].xattrs
+    text = "\n".join(tree.warnings)
+    assert "user 'ghost'" in text and "/d" in text
+    assert "nodump" in text and "/f" in text
+    assert "NFSv4" in text and "/n" in text
+
+
+def test_gnu_tar_and_bsdtar_xattrs_and_acls_of_a_real_directory(tmp_path):
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir/file").write_bytes(b"content")
+    os.setxattr(src / "dir/file", "user.mime_type", b"text/plain\0\xff")
+    sh("setfacl", "-m", "u:1000:rwx,g:4:r-x", str(src / "dir"))
+    sh("setfacl", "-d", "-m", "u:1000:rwx", str(src / "dir"))
+    want_acl = gnu_acl_text(src / "dir")
+    for name, argv in [("gnu", ["tar", "--xattrs", "--xattrs-include=*", "--acls", "-H", "pax"]),
+                       ("gnu-acls-only", ["tar", "--xattrs", "--acls", "--numeric-owner"]),
+                       ("bsd", ["bsdtar", "--xattrs", "--acls"])]:
+        archive, out, dest = (tmp_path / f"{name}{x}" for x in (".tar", "-out.tar", "-x"))
+        sh(*argv, "-cf", str(archive), "-C", str(src), "dir")
+        imgkit("tar", str(archive), "-o", str(out))
+        dest.mkdir()
+        gnu_tar_extract(out, dest)
+        assert os.getxattr(dest / "dir/file", "user.mime_type") == b"text/plain\0\xff", name
+        warnings = read_archive(str(archive)).warnings
+        if warnings:   # GNU tar --acls wrote host user names, and the tree has no etc/passwd
+            assert name == "gnu-acls-only" and "left out" in warnings[0], warnings
+        else:
+            assert gnu_acl_text(dest / "dir") == want_acl, name
+
+
+def test_ext4_from_the_archive_has_the_capability_and_the_acl(root_tar, tmp_path):
+    img = tmp_path / "root.ext4"
+    write_ext4(read_archive(str(root_tar)), img)
+    sh("e2fsck", "-fn", str(img))
+    ping = sh("debugfs", "-R", "ea_list /usr/bin/ping", str(img))
+    hex_cap = " ".join(f"{b:02x}" for b in CAP_NET_RAW)
+    assert f"security.capability (20) = {hex_cap}" in ping, ping
+    journal = sh("debugfs", "-R", "ea_list /var/log/journal", str(img))
+    # ext4's own ACL format (version 1): the named user entry is tag 2, rw-, id 1000
+    assert re.search(r"system\.posix_acl_access \(\d+\) = 01 00 00 00 .*02 00 06 00 e8 03 00 00",
+                     journal), journal
+    assert "system.posix_acl_default" in journal
+    assert "Size: 9" in sh("debugfs", "-R", "stat /usr/bin/ping", str(img))
+
+
+# -- sparse members ---------------------------------------------------------------------
+
+def make_sparse(root) -> dict[str, str]:
+    """Two files that are mostly holes: 64 MiB with data at 48 MiB, 10 MiB holding 4 bytes."""
+    root.mkdir()
+    with open(root / "big", "wb") as f:
+        f.truncate(64 * MIB)
+        f.seek(48 * MIB)
+        f.write(b"data at 48 MiB")
+    with open(root / "small", "wb") as f:
+        f.truncate(10 * MIB)
+        f.write(b"abcd")
+    return {name: sha256_file(root / name) for name in ("big", "small")}
+
+
+SPARSE_WAYS = {
+    "gnu": ["tar", "-S", "-H", "gnu"],
+    "pax-0.0": ["tar", "-S", "-H", "pax", "--sparse-version=0.0"],
+    "pax-0.1": ["tar", "-S", "-H", "pax", "--sparse-version=0.1"],
+    "pax-1.0": ["tar", "-S", "-H", "pax", "--sparse-version=1.0"],
+    "bsdtar": ["bsdtar"],
+}
+SIZES = {"big": 64 * MIB, "small": 10 * MIB}
+
+
+@pytest.mark.parametrize("way", SPARSE_WAYS)
+def test_sparse_members_keep_size_bytes_and_holes(way, tmp_path):
+    digests = make_sparse(tmp_path / "src")
+    archive = tmp_path / "sparse.tar"
+    sh(*SPARSE_WAYS[way], "-cf", str(archive), "-C", str(tmp_path / "src"), "big", "small")
+    assert os.path.getsize(archive) < MIB   # the tool did store it sparse
+    tree = read_archive(str(archive))
+    for name, size in SIZES.items():
+        blob = tree[name].data
+        assert tree[name].size == size, name
+        assert sha256_blob(blob) == digests[name], name
+        assert sum(length for _, length in blob.data_ranges()) <= 64 * 1024, blob.data_ranges()
+    spool = os.stat(tree["big"].data.host_range()[0])
+    assert spool.st_blocks * 512 < MIB, "the spool wrote the holes as zeros"
+
+    listed = imgkit("ls", str(archive)).stdout
+    for name, size in SIZES.items():
+        assert re.search(rf"\s{size}\s.*/{name}$", listed, re.M), listed
+
+    out = tmp_path / "out.tar"
+    imgkit("tar", str(archive), "-o", str(out))
+    listing = bsdtar_listing(str(out))
+    assert {n: int(listing[n]["size"]) for n in SIZES} == SIZES
+    dest = tmp_path / "x"
+    dest.mkdir()
+    sh("tar", "-xf", str(out), "-C", str(dest))
+    assert {n: sha256_file(dest / n) for n in SIZES} == digests
+
+
+def test_ext4_from_a_sparse_tar_has_the_size_and_the_holes(tmp_path):
+    digests = make_sparse(tmp_path / "src")
+    archive = tmp_path / "sparse.tar"
+    sh("tar", "-S", "--sparse-version=1.0", "-H", "pax", "-cf", str(archive),
+       "-C", str(tmp_path / "src"), "big", "small")
+    img = tmp_path / "sparse.ext4"
+    write_ext4(read_archive(str(archive)), img)
+    sh("e2fsck", "-fn", str(img))
+    for name, size in SIZES.items():
+        st = sh("debugfs", "-R", f"stat /{name}", str(img))
+        assert f"Size: {size}" in st, st
+        blocks = int(re.search(r"Blockcount: (\d+)", st)[1])
+        assert blocks * 512 <= 64 * 1024, f"{name}: {blocks} sectors, the holes were filled"
+        dumped = tmp_path / f"{name}.out"
+        sh("debugfs", "-R", f"dump /{name} {dumped}", str(img))
+        assert sha256_file(dumped) == digests[name]
