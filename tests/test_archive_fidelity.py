@@ -17,7 +17,7 @@ import tarfile
 
 import pytest
 
-from conftest import bsdtar_listing, sh
+from conftest import bsdtar_listing, cpio_listing, sh
 from imgkit.formats.ext4 import write_ext4
 from imgkit.sources import read_archive
 
@@ -247,3 +247,19 @@ def test_ext4_from_a_sparse_tar_has_the_size_and_the_holes(tmp_path):
         dumped = tmp_path / f"{name}.out"
         sh("debugfs", "-R", f"dump /{name} {dumped}", str(img))
         assert sha256_file(dumped) == digests[name]
+
+
+def test_cpio_from_a_sparse_tar_has_the_size_and_bytes(tmp_path):
+    digests = make_sparse(tmp_path / "src")
+    archive = tmp_path / "sparse.tar"
+    sh("tar", "-S", "-H", "gnu", "-cf", str(archive), "-C", str(tmp_path / "src"), "big", "small")
+    out = tmp_path / "out.cpio"
+    imgkit("initramfs", str(archive), "-o", str(out), "--compress", "none")
+    listing = cpio_listing(str(out))
+    assert {n: int(listing[n]["size"]) for n in SIZES} == SIZES
+    dest = tmp_path / "x"
+    dest.mkdir()
+    with open(out, "rb") as f:
+        subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames"], stdin=f,
+                       cwd=dest, check=True)
+    assert {n: sha256_file(dest / n) for n in SIZES} == digests
