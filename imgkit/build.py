@@ -7,7 +7,11 @@ outputs in the output directory (each written under a temporary name and renamed
 
 Disks are built in three steps so that a filesystem can fill its partition: measure the
 smallest size of every filesystem, plan the layout (pure), then write each filesystem at its
-partition's size (a FAT also learns its partition offset, as its boot sector records it).
+partition's size (learning where the partition starts, which a FAT's boot sector records).
+
+Everything type- or bootloader-specific goes through the two tables: filesystem types
+(:mod:`imgkit.filesystems`) and boot paths (:mod:`imgkit.bootloaders.table`), which get a
+small :class:`~imgkit.filesystems.BuildContext` rather than this driver.
 """
 from __future__ import annotations
 
@@ -18,15 +22,18 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
+from imgkit import filesystems
+from imgkit.assemble import TreeSpec, assemble
+from imgkit.atomic import atomic_path
+from imgkit.bootloaders import table as boot
+from imgkit.config import Config, FilesystemConfig, TreeConfig
 from imgkit.disk import layout
-from imgkit.assemble import TreeSpec, assemble, host_file_entry
-from imgkit.config import Config, FilesystemConfig, SyslinuxConfig, TreeConfig
+from imgkit.disk.image import write_disk_into
 from imgkit.errors import InputError, LayoutError
+from imgkit.filesystems import BuildContext
 from imgkit.idmap import idmap_from_options
 from imgkit.sizes import parse_size
-from imgkit.atomic import atomic_path
-from imgkit.disk.image import write_disk_into
-from imgkit.tree import Entry, Kind, Tree
+from imgkit.tree import Tree
 
 Progress = Callable[[str], None]
 
@@ -43,22 +50,6 @@ class Output:
 @dataclass
 class BuildResult:
     outputs: list[Output]
-
-
-def _fat_serial(text: str | None, seed: str) -> int:
-    """A FAT volume serial: ``"ABCD-1234"`` as given, else derived from the build seed."""
-    if text is None:
-        return int(seed[:8], 16)
-    digits = text.replace("-", "")
-    if len(digits) != 8 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-        raise InputError(f"vfat uuid {text!r}: expected a serial like 'ABCD-1234' (8 hex digits)")
-    return int(digits, 16)
-
-
-def _file_entry(dest: str, host: str, *, mode: int | None = None,
-                mtime: int | None = None) -> Entry:
-    """A file a config names: group/other write bits never come from the host's umask."""
-    return host_file_entry(dest, host, mode=mode, mtime=mtime, mask=0o755)
 
 
 class Builder:
@@ -197,133 +188,109 @@ class Builder:
         return self._once(f"uki:{name}", make)  # type: ignore[return-value]
 
     # -- filesystems ------------------------------------------------------------------------
+    def context(self) -> BuildContext:
+        """What filesystem and boot path handlers may use of this build."""
+        return self._once("context", lambda: BuildContext(  # type: ignore[return-value]
+            config_path=self.cfg.path, work=self.work, mtime=self.mtime, resolve=self.resolve,
+            seed=self._seed, progress=self.progress))
+
     def fs_tree(self, fc: FilesystemConfig) -> Tree:
-        """The filesystem's tree plus what its bootloaders contribute."""
+        """The filesystem's tree plus the files of the boot paths it holds."""
         def make() -> Tree:
             tree = Tree(default_mtime=self.mtime or 0)
             if fc.tree:
                 tree.overlay(self.tree(fc.tree))
-            mtime = self.mtime or 0
-            if fc.syslinux is not None:
-                tree.overlay(self._syslinux_tree(fc.syslinux, f"[filesystems.{fc.name}.syslinux]"))
-            if fc.systemd_boot is not None:
-                from imgkit.bootloaders.systemd_boot import BootEntry, systemd_boot_tree
-                sb = fc.systemd_boot
-                where = f"[filesystems.{fc.name}.systemd_boot]"
-                entries = [BootEntry(id=e.id, title=e.title, linux=self.resolve(e.kernel, where),
-                                     initrds=[self.resolve(r, where) for r in e.initrd],
-                                     options=e.options) for e in sb.entries]
-                ukis = [(r.partition(":")[2] or os.path.basename(r), self.resolve(r, where))
-                        for r in sb.ukis]
-                tree.overlay(systemd_boot_tree(entries, ukis, default=sb.default,
-                                               timeout=sb.timeout, mtime=mtime))
+            for name, options in fc.boot.items():
+                files = boot.get(name).fs_files(options, self.context(),
+                                                f"[filesystems.{fc.name}.{name}]")
+                if files is not None:
+                    tree.overlay(files)
             return tree
         return self._once(f"fstree:{fc.name}", make)  # type: ignore[return-value]
-
-    def _syslinux_tree(self, sc: SyslinuxConfig, where: str) -> Tree:
-        from imgkit.bootloaders.syslinux import syslinux_tree
-        return syslinux_tree(self.resolve(sc.kernel, where),
-                             self.resolve(sc.initrd, where) if sc.initrd else None, sc.append,
-                             mtime=self.mtime or 0)
 
     def min_fs_size(self, fc: FilesystemConfig) -> int:
         """Smallest size of the filesystem (explicit sizes are taken as they are)."""
         if fc.size != "auto":
             return parse_size(fc.size, what=f"[filesystems.{fc.name}] size")
-        tree = self.fs_tree(fc)
-        if fc.type == "vfat":
-            from imgkit.formats.fat import plan_fat
-            slack = 0
-            if fc.syslinux is not None:
-                from imgkit.bootloaders.syslinux import INSTALL_ROOM
-                slack = INSTALL_ROOM
-            return plan_fat(tree, size=None, fat_type=fc.fat_type, label=fc.label,
-                            cluster_size=parse_size(fc.cluster_size) if fc.cluster_size else None,
-                            skip_special=True, slack=slack).size
-        if fc.type == "ext4":
-            from imgkit.formats.ext4 import estimate_size
-            return estimate_size(tree)
-        raise InputError(f"[filesystems.{fc.name}]: type {fc.type!r} cannot go in a partition",
-                         hint="iso9660 images are built with an [iso] table")
+        free = sum(boot.get(name).fs_room(options) for name, options in fc.boot.items())
+        return filesystems.get(fc.type).min_size(self.fs_tree(fc), fc, self.context(), free=free)
 
     def filesystem(self, name: str, *, size: int | None = None,
-                   hidden_sectors: int = 0) -> tuple[str, int]:
-        """Build filesystem ``name`` (at ``size`` bytes, else its own size) -> (path, size)."""
+                   disk_offset: int | None = None) -> tuple[str, int]:
+        """Build filesystem ``name`` in a file of its own (at ``size`` bytes, else its own
+        size; ``disk_offset``: where on a disk it will be copied) -> (path, size)."""
         def make() -> tuple[str, int]:
             fc = self.cfg.filesystems[name]
-            tree = self.fs_tree(fc)
             path = os.path.join(self.work, f"fs-{name}.img")
             want = size if size is not None else (
                 None if fc.size == "auto" else parse_size(fc.size, what=f"[filesystems.{name}] size"))
-            if fc.type == "vfat":
-                from imgkit.formats.fat import write_fat
-                plan = write_fat(tree, path, size=want, fat_type=fc.fat_type, label=fc.label,
-                                 serial=_fat_serial(fc.uuid, self._seed("fat", name)),
-                                 cluster_size=parse_size(fc.cluster_size, what=f"[filesystems.{name}] cluster_size")
-                                 if fc.cluster_size else None,
-                                 hidden_sectors=hidden_sectors, skip_special=True)
-                self.progress(f"filesystem {name}: FAT{plan.fat_type}, {plan.size:,} bytes")
-            elif fc.type == "ext4":
-                from imgkit.formats.ext4 import write_ext4
-                info = write_ext4(tree, path, size=want, label=fc.label, seed=self._seed("ext4", name),
-                                  uuid=fc.uuid, mtime_epoch=self.mtime)
-                self.progress(f"filesystem {name}: ext4, {info.size:,} bytes")
-            else:
-                from imgkit.formats.iso import write_iso
-                write_iso(tree, path, volume_id=fc.label or "IMGKIT", mtime_epoch=self.mtime,
-                          seed=self._seed("iso", name))
+            filesystems.get(fc.type).write(self.fs_tree(fc), path, 0, want, fc, self.context(),
+                                           disk_offset=disk_offset)
             self._publish("filesystem", name, path, fc.output)
             return path, os.path.getsize(path)
-        key = f"fs:{name}" if size is None else f"fs:{name}@{size}+{hidden_sectors}"
+        key = f"fs:{name}" if size is None else f"fs:{name}@{size}+{disk_offset}"
         return self._once(key, make)  # type: ignore[return-value]
 
     # -- disk -------------------------------------------------------------------------------
+    def _bios_holder(self, bp: boot.BootPath) -> tuple[str | None, object]:
+        """The partition whose filesystem holds the disk's BIOS boot path, and its options."""
+        dc = self.cfg.disk
+        assert dc is not None
+        if not bp.fs_types:
+            return None, bp.options()
+        holders = [p for p in dc.partitions if p.filesystem
+                   and bp.name in self.cfg.filesystems[p.filesystem].boot]
+        if len(holders) != 1:
+            types = " or ".join(bp.fs_types)
+            raise InputError(f"{self.cfg.path}: [disk] bios = {bp.name!r} needs exactly one {types} "
+                             f"partition whose filesystem has a {bp.name} table, found {len(holders)}",
+                             hint=f"add {bp.name} = {{ ... }} to the [filesystems.NAME] of the "
+                                  "partition it boots from")
+        fs = self.cfg.filesystems[holders[0].filesystem]  # type: ignore[index]
+        return holders[0].name, fs.boot[bp.name]
+
     def disk(self) -> str:
         dc = self.cfg.disk
         assert dc is not None
-        syslinux_part = None
-        if dc.bios == "syslinux":
-            holders = [p for p in dc.partitions if p.filesystem
-                       and self.cfg.filesystems[p.filesystem].syslinux is not None]
-            if len(holders) != 1 or self.cfg.filesystems[holders[0].filesystem].type != "vfat":  # type: ignore[index]
-                raise InputError(f"{self.cfg.path}: [disk] bios = 'syslinux' needs exactly one "
-                                 "vfat partition whose filesystem has a [syslinux] table",
-                                 hint="add syslinux = { kernel = 'kernel', initrd = ..., append = ... } "
-                                      "to the ESP's [filesystems.NAME]")
-            syslinux_part = holders[0].name
+        bios = boot.get(dc.bios) if dc.bios else None
+        holder, bios_options = self._bios_holder(bios) if bios else (None, None)
         specs = []
         for p in dc.partitions:
+            if p.filesystem and not filesystems.get(self.cfg.filesystems[p.filesystem].type).partition:
+                fc = self.cfg.filesystems[p.filesystem]
+                raise InputError(f"{self.cfg.path}: [filesystems.{fc.name}]: type {fc.type!r} "
+                                 f"cannot go in a partition (partition {p.name!r})",
+                                 hint="types that can: " + ", ".join(filesystems.names(partition=True)))
             content = self.min_fs_size(self.cfg.filesystems[p.filesystem]) if p.filesystem else None
-            size: int | str | None = p.size
             if p.size == "auto" and content is None:
                 raise LayoutError(f"{self.cfg.path}: partition {p.name!r} has size 'auto' but no "
                                   "filesystem to measure", hint="give it a size, e.g. '1M' or 'grow'")
             specs.append(layout.PartitionSpec(
-                name=p.name, type=p.type, size=size, offset=p.offset, content_size=content,
-                attributes=list(p.attributes), bootable=p.bootable or p.name == syslinux_part,
+                name=p.name, type=p.type, size=p.size, offset=p.offset, content_size=content,
+                attributes=list(p.attributes),
+                bootable=p.bootable or (p.name == holder and bios is not None and bios.bootable_holder),
                 guid=p.guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr))
         plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),  # type: ignore[arg-type]
                                            size=None if dc.size == "auto" else dc.size,
                                            alignment=dc.alignment, seed=self._seed("disk"),
                                            disk_guid=dc.guid, disk_signature=dc.signature))
-        boot_code = None
-        if syslinux_part:
-            from imgkit.bootloaders.syslinux import mbr_boot_code
-            boot_code = mbr_boot_code(dc.table)  # type: ignore[arg-type]
+        regions = bios.disk_regions(bios_options, dc.table, plan, holder, self.context()) \
+            if bios else boot.DiskBoot()
         out = self._out_path(dc.output)
         with atomic_path(out) as tmp:
             # A raw disk is assembled in its final file; qcow2 is converted from a raw one.
             raw = tmp if dc.format == "raw" else os.path.join(self.work, "disk.raw")
             with open(raw, "wb") as f:
                 f.truncate(plan.disk_size)
-            contents: dict[str, str | None] = {}
+            contents: dict[str, str | None] = dict(regions.contents)
             for p in dc.partitions:
                 if p.filesystem:
                     contents[p.name] = self._partition_content(p.name, p.filesystem, plan, raw)
-            write_disk_into(plan, contents, raw, boot_code=boot_code)
-            if syslinux_part:
-                from imgkit.bootloaders.syslinux import install_syslinux
-                install_syslinux(raw, plan.partition(syslinux_part).start)
+            write_disk_into(plan, contents, raw, boot_code=regions.boot_code,
+                            extra_regions=regions.regions)
+            if bios:
+                bios.install(bios_options, raw, plan.partition(holder) if holder else None,
+                             self.context())
             if dc.format == "qcow2":
                 from imgkit import tools
                 tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
@@ -333,68 +300,39 @@ class Builder:
         return out
 
     def _partition_content(self, part: str, fs_name: str, plan, disk: str) -> str | None:
-        """Put filesystem ``fs_name`` into partition ``part``: ext4 is made in place in the
-        disk file (no copy of hundreds of MB); others are built apart and copied in (returns
-        the image to copy, or ``None`` when already in place)."""
+        """Put filesystem ``fs_name`` into partition ``part``: a type that can is written in
+        place in the disk file (no copy of hundreds of MB); others are built apart and copied
+        in (returns the image to copy, or ``None`` when already in place)."""
         pp = plan.partition(part)
         fc = self.cfg.filesystems[fs_name]
+        handler = filesystems.get(fc.type)
         fs_size = pp.size if fc.size == "auto" else parse_size(fc.size)
         if fs_size > pp.size:
             raise LayoutError(f"filesystem {fc.name!r} is {fs_size:,} bytes but partition "
                               f"{part!r} holds {pp.size:,}",
                               hint="make the partition bigger or the filesystem size 'auto'")
-        if fc.type == "ext4" and not fc.output:
-            from imgkit.formats.ext4 import write_ext4
-            info = write_ext4(self.fs_tree(fc), disk, size=fs_size - fs_size % 4096,
-                              offset=pp.start, label=fc.label, seed=self._seed("ext4", fc.name),
-                              uuid=fc.uuid, mtime_epoch=self.mtime)
-            self.progress(f"filesystem {fc.name}: ext4, {info.size:,} bytes, in partition {part}")
+        if handler.in_place and not fc.output:
+            handler.write(self.fs_tree(fc), disk, pp.start, fs_size, fc, self.context(),
+                          disk_offset=pp.start)
             return None
-        return self.filesystem(fc.name, size=fs_size, hidden_sectors=pp.start_lba)[0]
+        return self.filesystem(fc.name, size=fs_size, disk_offset=pp.start)[0]
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:
-        from imgkit.formats.iso import IsoBoot, write_iso
         ic = self.cfg.iso
         assert ic is not None
-        mtime = self.mtime or 0
-        tree = Tree(default_mtime=mtime)
+        tree = Tree(default_mtime=self.mtime or 0)
         if ic.tree:
             tree.overlay(self.tree(ic.tree))
-        bios_image = efi_image = None
-        if ic.bios is not None:
-            from imgkit.bootloaders.syslinux import isolinux_files, syslinux_cfg
-            files = isolinux_files()
-            tree.add(_file_entry("isolinux/isolinux.bin", files["isolinux.bin"], mode=0o644, mtime=self.mtime))
-            tree.add(_file_entry("isolinux/ldlinux.c32", files["ldlinux.c32"], mode=0o644, mtime=self.mtime))
-            where = "[iso.bios]"
-            tree.add(_file_entry("boot/vmlinuz", self.resolve(ic.bios.kernel, where), mode=0o644, mtime=self.mtime))
-            initrd = None
-            if ic.bios.initrd:
-                tree.add(_file_entry("boot/initrd", self.resolve(ic.bios.initrd, where), mode=0o644, mtime=self.mtime))
-                initrd = "/boot/initrd"
-            cfg_text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, ic.bios.append)
-            from imgkit.tree import BytesBlob
-            tree.add(Entry("isolinux/isolinux.cfg", Kind.FILE, mode=0o644, mtime=mtime,
-                           data=BytesBlob(cfg_text.encode())))
-            bios_image = "isolinux/isolinux.bin"
-        if ic.efi is not None:
-            from imgkit.formats.fat import write_fat
-            efi = self.resolve(ic.efi, "[iso] efi")
-            esp = Tree(default_mtime=mtime)
-            esp.add(_file_entry("EFI/BOOT/BOOTX64.EFI", efi, mode=0o644, mtime=self.mtime))
-            esp_img = os.path.join(self.work, "iso-efi.img")
-            write_fat(esp, esp_img, size=None, label="EFIBOOT", serial=int(self._seed("isoefi")[:8], 16))
-            tree.add(_file_entry("boot/efi.img", esp_img, mode=0o644, mtime=self.mtime))
-            efi_image = "boot/efi.img"
-        boot = None
-        if bios_image or efi_image:
-            boot = IsoBoot(bios_image=bios_image, efi_image=efi_image,
-                           isohybrid=ic.hybrid and bios_image is not None,
-                           isohybrid_efi=ic.hybrid and efi_image is not None)
+        entries = []
+        for key, choice in (("bios", ic.bios), ("efi", ic.efi)):
+            if choice is not None:
+                entry = boot.get(choice.path).eltorito(choice.options, self.context(), f"[iso] {key}")
+                tree.overlay(entry.files)
+                entries.append(entry)
         out = self._out_path(ic.output)
-        write_iso(tree, out, volume_id=ic.volume_id, mtime_epoch=self.mtime, boot=boot,
-                  seed=self._seed("iso"))
+        filesystems.get(ic.type).write_boot_media(tree, out, entries, label=ic.volume_id,
+                                                  hybrid=ic.hybrid, ctx=self.context())
         self._record("iso", ic.output, out)
         return out
 

@@ -1,218 +1,252 @@
-"""The ``imgkit build`` config file: TOML in, frozen dataclasses out.
+"""The ``imgkit build`` config file: TOML in, frozen dataclasses out, from one settings table.
 
-Every table has a fixed set of keys with fixed types; anything else is an error naming the
-key, the table and the file, so a typo never silently does nothing. Relative paths are
-resolved against the config file's directory. Values that name other artifacts are
-references (``"initramfs:main"``, ``"uki:main"``, ``"fs:esp"``, ``"kernel"``,
+Each key is declared once, as a :func:`imgkit.settings.setting` field of the dataclass of its
+table (type, default, choices, help); that declaration drives parsing, the error for an
+unknown key, a wrong type or a bad choice (naming the file, the table and the key), and the
+README's reference (``python -m imgkit.config --reference``). Choices come from their owners:
+compression methods from :mod:`imgkit.compress`, disk formats from :mod:`imgkit.disk.image`,
+filesystem types and their keys from :mod:`imgkit.filesystems`, boot paths and their keys
+from :mod:`imgkit.bootloaders.table`.
+
+Relative paths are resolved against the config file's directory. Values that name other
+artifacts are references (``"initramfs:main"``, ``"uki:main"``, ``"fs:esp"``, ``"kernel"``,
 ``"kernel:vmlinux"``); they are checked here and resolved by :mod:`imgkit.build`.
 """
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
+from imgkit import filesystems
+from imgkit.bootloaders import table as boot
 from imgkit.errors import InputError
+from imgkit.settings import (BOOL, INT, REF_KINDS, SIZE, STR, STRING_MAP, STRINGS, Row, ValueType,
+                             Where, is_ref, markdown_table, parse_table, parse_values,
+                             reference_rows, setting, settings_of, table_of, tables_of)
 
-REF_KINDS = ("initramfs", "uki", "fs", "kernel", "file")
+__all__ = ["Config", "KernelConfig", "TreeConfig", "InitramfsConfig", "UkiConfig",
+           "FilesystemConfig", "PartitionConfig", "DiskConfig", "IsoConfig", "load_config",
+           "reference_markdown", "REF_KINDS"]
+
+
+def _compression_methods() -> tuple[str, ...]:
+    from imgkit.compress import METHODS
+    return METHODS
+
+
+def _disk_formats() -> tuple[str, ...]:
+    from imgkit.disk.image import FORMATS
+    return FORMATS
+
+
+def _partition_tables() -> tuple[str, ...]:
+    from imgkit.disk.layout import Table
+    return get_args(Table)
 
 
 @dataclass(frozen=True)
 class KernelConfig:
-    source: str = "debian"  # debian | host | path
-    path: str | None = None
-    moddir: str | None = None
-    package: str = "linux-image-amd64"
+    source: str = setting(STR, "debian", choices=("debian", "host", "path"),
+                          help="where \"kernel\" comes from: a cached Debian package, /boot, or path")
+    path: str | None = setting(STR, None, path=True, help="the kernel image, with source = \"path\"")
+    moddir: str | None = setting(STR, None, path=True, help="its modules directory (lib/modules/VERSION)")
+    package: str = setting(STR, "linux-image-amd64", help="the Debian package, with source = \"debian\"")
 
 
 @dataclass(frozen=True)
 class TreeConfig:
     name: str
-    sources: tuple[str, ...] = ()
-    entries: tuple[str, ...] = ()
-    files: tuple[tuple[str, str], ...] = ()  # (tree path, host path or reference)
-    owner: str = "keep"  # keep | squash
-    root_uid: int | None = None
-    root_gid: int | None = None
-    uid_map: str | None = None
-    gid_map: str | None = None
-    host_owners: bool = False
-    init: str | None = None  # busybox
-    modules: tuple[str, ...] = ()
-    rc: str | None = None  # shell script run by the built-in init when there is no root=
+    sources: tuple[str, ...] = setting(STRINGS, (), path=True,
+                                       help="directories and archives (tar, cpio, initramfs lists); later wins")
+    entries: tuple[str, ...] = setting(STRINGS, (), help="initramfs-list lines (dir, nod, slink, file...)")
+    files: tuple[tuple[str, str], ...] = setting(STRING_MAP, (), path=True,
+                                                 help="tree path = host path or reference")
+    owner: str = setting(STR, "keep", choices=("keep", "squash"), help="keep owners, or make all root")
+    root_uid: int | None = setting(INT, None, help="the host uid that becomes root")
+    root_gid: int | None = setting(INT, None, help="the host gid that becomes root")
+    uid_map: str | None = setting(STR, None, help="uid ranges \"INSIDE OUTSIDE COUNT\"")
+    gid_map: str | None = setting(STR, None, help="gid ranges \"INSIDE OUTSIDE COUNT\"")
+    host_owners: bool = setting(BOOL, False, help="take owners from the host files")
+    init: str | None = setting(STR, None, choices=("busybox",), help="add imgkit's /init and busybox")
+    modules: tuple[str, ...] = setting(STRINGS, (), help="kernel modules (and their dependencies) to add")
+    rc: str | None = setting(STR, None, help="shell script the built-in init runs when there is no root=")
 
 
 @dataclass(frozen=True)
 class InitramfsConfig:
     name: str
-    tree: str
-    compress: str = "zstd"
-    output: str | None = None
+    tree: str = setting(STR, help="the tree to archive")
+    compress: str = setting(STR, "zstd", choices=_compression_methods, help="compression")
+    output: str | None = setting(STR, None, help="also publish it under this name")
 
 
 @dataclass(frozen=True)
 class UkiConfig:
     name: str
-    cmdline: str
-    kernel: str = "kernel"
-    initrd: tuple[str, ...] = ()
-    os_release: str | None = None
-    splash: str | None = None
-    devicetree: str | None = None
-    output: str | None = None
-
-
-@dataclass(frozen=True)
-class SyslinuxConfig:
-    kernel: str = "kernel"
-    initrd: str | None = None
-    append: str = "console=ttyS0"
-
-
-@dataclass(frozen=True)
-class BootEntryConfig:
-    id: str
-    title: str
-    kernel: str = "kernel"
-    initrd: tuple[str, ...] = ()
-    options: str = ""
-
-
-@dataclass(frozen=True)
-class SystemdBootConfig:
-    entries: tuple[BootEntryConfig, ...] = ()
-    ukis: tuple[str, ...] = ()  # references placed under EFI/Linux/
-    default: str | None = None
-    timeout: int = 0
+    cmdline: str = setting(STR, help="the kernel command line")
+    kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
+    initrd: tuple[str, ...] = setting(STRINGS, (), path=True, help="initrds, concatenated")
+    os_release: str | None = setting(STR, None, path=True, help="os-release file or text")
+    splash: str | None = setting(STR, None, path=True, help="a BMP splash image")
+    devicetree: str | None = setting(STR, None, path=True, help="a devicetree blob")
+    output: str | None = setting(STR, None, help="also publish it under this name")
 
 
 @dataclass(frozen=True)
 class FilesystemConfig:
+    """A ``[filesystems.NAME]`` table: the keys every type has, the type's own (``options``,
+    a dataclass from the filesystem table) and the boot paths it holds (``boot``, by name)."""
+
     name: str
-    type: str  # vfat | ext4 | iso9660
-    tree: str | None = None
-    size: str = "auto"
-    label: str = ""
-    fat_type: int | None = None
-    cluster_size: str | None = None
-    uuid: str | None = None  # ext4 UUID; vfat serial as "XXXX-XXXX"
-    output: str | None = None
-    syslinux: SyslinuxConfig | None = None
-    systemd_boot: SystemdBootConfig | None = None
+    type: str = setting(STR, choices=filesystems.names, help="the filesystem type")
+    tree: str | None = setting(STR, None, help="the tree it holds (default: empty)")
+    size: str = setting(SIZE, "auto", help="bytes or \"64M\"; \"auto\": the tree's size, or the "
+                                           "whole partition")
+    label: str = setting(STR, "", help="the volume label")
+    output: str | None = setting(STR, None, help="also publish it under this name")
+    options: Any = field(default_factory=filesystems.NoOptions)
+    boot: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    name: str
-    type: str = "linux"
-    size: str = "auto"
-    filesystem: str | None = None
-    offset: str | None = None
-    bootable: bool = False
-    attributes: tuple[str, ...] = ()
-    guid: str | None = None
-    logical: bool = False
+    name: str = setting(STR, help="its name (the GPT partition name)")
+    type: str = setting(STR, "linux", help="esp, linux, swap, bios-boot, root-x86-64..., a GUID or an "
+                                           "MBR byte")
+    size: str = setting(SIZE, "auto", help="bytes, \"64M\", \"25%\", \"auto\" (its filesystem) or \"grow\"")
+    filesystem: str | None = setting(STR, None, help="the [filesystems.NAME] it holds")
+    offset: str | None = setting(SIZE, None, help="where it starts (default: after the previous one)")
+    bootable: bool = setting(BOOL, False, help="MBR active flag / GPT legacy-BIOS-bootable")
+    attributes: tuple[str, ...] = setting(STRINGS, (), help="GPT attributes (read-only, no-auto...)")
+    guid: str | None = setting(STR, None, help="GPT partition GUID (default: derived from the seed)")
+    logical: bool = setting(BOOL, False, help="an MBR logical partition")
+
+
+def _disk_bios_paths() -> tuple[str, ...]:
+    return boot.names(firmware="bios", on_disk=True)
 
 
 @dataclass(frozen=True)
 class DiskConfig:
-    output: str
-    table: str = "gpt"
-    size: str = "auto"
-    format: str = "raw"
-    alignment: str = "1M"
-    partitions: tuple[PartitionConfig, ...] = ()
-    bios: str | None = None  # syslinux: boot code + installer into the partition holding it
-    hybrid_mbr: tuple[str, ...] = ()
-    guid: str | None = None  # GPT disk GUID (default: derived from the seed)
-    signature: int | None = None  # MBR disk signature (default: derived from the seed)
+    output: str = setting(STR, help="the image file name")
+    table: str = setting(STR, "gpt", choices=_partition_tables, help="the partition table")
+    size: str = setting(SIZE, "auto", help="bytes or \"2G\"; \"auto\": what the partitions need")
+    format: str = setting(STR, "raw", choices=_disk_formats, help="the image format")
+    alignment: str = setting(SIZE, "1M", help="partition alignment")
+    partitions: tuple[PartitionConfig, ...] = setting(tables_of(PartitionConfig), (),
+                                                      help="the partitions, in order")
+    bios: str | None = setting(STR, None, choices=_disk_bios_paths,
+                               help="BIOS boot path; its keys are in the filesystem it boots from")
+    hybrid_mbr: tuple[str, ...] = setting(STRINGS, (), help="GPT partitions mirrored into a hybrid MBR")
+    guid: str | None = setting(STR, None, help="GPT disk GUID (default: derived from the seed)")
+    signature: int | None = setting(INT, None, help="MBR disk signature (default: derived from the seed)")
+
+
+def _boot_choice(firmware: str, default: str) -> ValueType:
+    """``[iso] bios``/``efi``: a table of the boot path's keys (``loader = NAME`` picks one
+    other than ``default``), a boot path's name, or a string for its ``shorthand`` key."""
+    def convert(value: Any, where: Where, key: str, path: bool) -> boot.BootChoice:
+        allowed = boot.names(firmware=firmware, eltorito=True)
+        if isinstance(value, str):
+            if value in allowed:
+                return boot.BootChoice(value, parse_table(boot.get(value).options, {}, where.sub(key)))
+            shorthand = boot.get(default).shorthand if default in allowed else None
+            if shorthand is None:
+                return boot.BootChoice(value, None)  # reported as a bad choice
+            value = {shorthand: value}
+        data = dict(value)
+        name = data.pop("loader", default)
+        if name not in allowed:
+            return boot.BootChoice(name, None)
+        return boot.BootChoice(name, parse_table(boot.get(name).options, data, where.sub(key)))
+    return ValueType("str or table", (str, dict), convert, choice_of=lambda c: c.path)
 
 
 @dataclass(frozen=True)
 class IsoConfig:
-    output: str
-    tree: str | None = None
-    volume_id: str = "IMGKIT"
-    bios: SyslinuxConfig | None = None  # isolinux, El Torito no-emulation
-    efi: str | None = None  # reference to an EFI binary (e.g. "uki:main") for the EFI El Torito entry
-    hybrid: bool = True
+    output: str = setting(STR, help="the image file name")
+    tree: str | None = setting(STR, None, help="the tree it holds")
+    volume_id: str = setting(STR, "IMGKIT", help="the volume label")
+    bios: boot.BootChoice | None = setting(
+        _boot_choice("bios", "isolinux"), None, choices=lambda: boot.names(firmware="bios", eltorito=True),
+        help="BIOS El Torito entry: a table of the boot path's keys (default loader: isolinux)")
+    efi: boot.BootChoice | None = setting(
+        _boot_choice("uefi", "uki"), None, choices=lambda: boot.names(firmware="uefi", eltorito=True),
+        help="UEFI El Torito entry: an EFI binary (\"uki:main\", loader uki) or a table")
+    hybrid: bool = setting(BOOL, True, help="add an MBR/GPT so it also boots from a USB stick")
+    type: str = setting(STR, "iso9660", choices=lambda: filesystems.names(boot_media=True),
+                        help="the filesystem type of the medium")
+
+
+def _named(cls: type) -> ValueType:
+    """``[KEY.NAME]`` tables, each parsed into ``cls`` with its name."""
+    def convert(value: dict, where: Where, key: str, path: bool) -> dict[str, Any]:
+        return {name: parse_table(cls, t, where.sub(key).sub(name), name=name)
+                for name, t in value.items()}
+    return ValueType("tables", (dict,), convert, nested=cls)
+
+
+def _filesystem(data: Any, where: Where, name: str) -> FilesystemConfig:
+    """One ``[filesystems.NAME]``: the common keys, then the type's and its boot paths' keys."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where.file}: [{where.table}] must be a table, got {type(data).__name__}")
+    common = [key for key, _, _ in settings_of(FilesystemConfig)]
+    handler_keys = [key for key in data if key not in common]
+    values = parse_values(FilesystemConfig, data, where, known=handler_keys)
+    handler = filesystems.get(values["type"])
+    own = [key for key, _, _ in settings_of(handler.options)]
+    in_fs = boot.names(in_filesystems=True)
+    unknown = [k for k in handler_keys if k not in own and k not in in_fs]
+    if unknown:
+        allowed = sorted(common + own + list(in_fs))
+        raise InputError(f"{where.file}: unknown key {unknown[0]!r} in [{where.table}] "
+                         f"(type {handler.name!r})",
+                         hint=f"keys allowed there: {', '.join(allowed)}")
+    options = parse_table(handler.options, {k: data[k] for k in own if k in data}, where)
+    held = {}
+    for bp_name in (k for k in handler_keys if k in in_fs):
+        bp = boot.get(bp_name)
+        if handler.name not in bp.fs_types:
+            raise InputError(f"{where.file}: {where.table}.{bp_name}: the {bp_name} boot path "
+                             f"needs a filesystem of type {' or '.join(bp.fs_types)}, "
+                             f"got {handler.name!r}",
+                             hint=f"move it to a {bp.fs_types[0]} filesystem")
+        value = data[bp_name]
+        if not isinstance(value, dict):
+            raise where.error(bp_name, "table", value)
+        held[bp_name] = parse_table(bp.options, value, where.sub(bp_name))
+    return FilesystemConfig(name=name, options=options, boot=held, **values)
+
+
+def _filesystems_convert(value: dict, where: Where, key: str, path: bool) -> dict[str, FilesystemConfig]:
+    return {name: _filesystem(t, where.sub(key).sub(name), name) for name, t in value.items()}
 
 
 @dataclass(frozen=True)
 class Config:
     path: str
     base_dir: str
-    seed: str = "imgkit"
-    mtime: int | None = None
-    kernel: KernelConfig = field(default_factory=KernelConfig)
-    trees: dict[str, TreeConfig] = field(default_factory=dict)
-    initramfs: dict[str, InitramfsConfig] = field(default_factory=dict)
-    uki: dict[str, UkiConfig] = field(default_factory=dict)
-    filesystems: dict[str, FilesystemConfig] = field(default_factory=dict)
-    disk: DiskConfig | None = None
-    iso: IsoConfig | None = None
+    seed: str = setting(STR, "imgkit", help="every UUID, serial and hash seed derives from it")
+    mtime: int | None = setting(INT, None, help="clamp times to it (default: $SOURCE_DATE_EPOCH)")
+    kernel: KernelConfig = setting(table_of(KernelConfig), default_factory=KernelConfig,
+                                   help="what \"kernel\" refers to")
+    trees: dict[str, TreeConfig] = setting(_named(TreeConfig), default_factory=dict,
+                                           help="file trees")
+    initramfs: dict[str, InitramfsConfig] = setting(_named(InitramfsConfig), default_factory=dict,
+                                                    help="cpio archives of trees")
+    uki: dict[str, UkiConfig] = setting(_named(UkiConfig), default_factory=dict,
+                                        help="unified kernel images")
+    filesystems: dict[str, FilesystemConfig] = setting(
+        ValueType("tables", (dict,), _filesystems_convert, nested=FilesystemConfig),
+        default_factory=dict, help="filesystem images")
+    disk: DiskConfig | None = setting(table_of(DiskConfig), None, help="a partitioned disk image")
+    iso: IsoConfig | None = setting(table_of(IsoConfig), None, help="a bootable ISO image")
 
 
 # --------------------------------------------------------------------------------------------
-
-class _Table:
-    """Typed, exhaustive access to one TOML table: unknown keys are reported at the end."""
-
-    def __init__(self, data: Any, where: str, file: str) -> None:
-        if not isinstance(data, dict):
-            raise InputError(f"{file}: [{where}] must be a table, got {type(data).__name__}")
-        self.data = dict(data)
-        self.where = where
-        self.file = file
-        self.used: set[str] = set()
-
-    def _err(self, key: str, expected: str, value: Any) -> InputError:
-        return InputError(f"{self.file}: {self.where}.{key}: expected {expected}, "
-                          f"got {type(value).__name__} {value!r}")
-
-    def get(self, key: str, typ: type | tuple, default: Any = None, *, required: bool = False,
-            choices: tuple[str, ...] | None = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise InputError(f"{self.file}: [{self.where}] needs the key {key!r}")
-            return default
-        value = self.data[key]
-        if typ is int and isinstance(value, bool):
-            raise self._err(key, "an integer", value)
-        if not isinstance(value, typ):
-            name = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-            raise self._err(key, name, value)
-        if choices is not None and value not in choices:
-            raise InputError(f"{self.file}: {self.where}.{key}: expected one of "
-                             f"{', '.join(choices)}, got {value!r}")
-        return value
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self.get(key, (list, str), [])
-        if isinstance(value, str):
-            value = [value]
-        if not all(isinstance(v, str) for v in value):
-            raise self._err(key, "a list of strings", value)
-        return tuple(value)
-
-    def size(self, key: str, default: str) -> str:
-        value = self.get(key, (str, int), default)
-        return str(value)
-
-    def table(self, key: str) -> "_Table | None":
-        value = self.get(key, dict)
-        where = key if self.where == "top level" else f"{self.where}.{key}"
-        return None if value is None else _Table(value, where, self.file)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            known = ", ".join(sorted(self.used))
-            raise InputError(f"{self.file}: unknown key {unknown[0]!r} in [{self.where}]",
-                             hint=f"keys allowed there: {known}")
-
 
 def load_config(path: str) -> Config:
     """Parse and validate the build config at ``path``."""
@@ -224,147 +258,11 @@ def load_config(path: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
     base = os.path.dirname(os.path.abspath(path))
-    top = _Table(data, "top level", path)
-
-    def rel(p: str | None) -> str | None:
-        if p is None or os.path.isabs(p) or _is_ref(p):
-            return p
-        return os.path.normpath(os.path.join(base, p))
-
-    kernel_t = top.table("kernel")
-    kernel = KernelConfig()
-    if kernel_t is not None:
-        kernel = KernelConfig(
-            source=kernel_t.get("source", str, "debian", choices=("debian", "host", "path")),
-            path=rel(kernel_t.get("path", str)), moddir=rel(kernel_t.get("moddir", str)),
-            package=kernel_t.get("package", str, "linux-image-amd64"))
-        kernel_t.done()
-        if kernel.source == "path" and not kernel.path:
-            raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
-
-    trees = {}
-    for name, t in _named_tables(top, "trees"):
-        files_t = t.get("files", dict, {})
-        files = []
-        for dest, src in files_t.items():
-            if not isinstance(src, str):
-                raise t._err(f"files.{dest}", "a host path or reference string", src)
-            files.append((dest, rel(src)))
-        trees[name] = TreeConfig(
-            name=name, sources=tuple(rel(s) for s in t.strings("sources")),  # type: ignore[misc]
-            entries=t.strings("entries"), files=tuple(files),
-            owner=t.get("owner", str, "keep", choices=("keep", "squash")),
-            root_uid=t.get("root_uid", int), root_gid=t.get("root_gid", int),
-            uid_map=t.get("uid_map", str), gid_map=t.get("gid_map", str),
-            host_owners=t.get("host_owners", bool, False),
-            init=t.get("init", str, None, choices=("busybox",)),
-            modules=t.strings("modules"), rc=t.get("rc", str))
-        t.done()
-
-    initramfs = {}
-    for name, t in _named_tables(top, "initramfs"):
-        initramfs[name] = InitramfsConfig(
-            name=name, tree=t.get("tree", str, required=True),
-            compress=t.get("compress", str, "zstd", choices=("none", "gzip", "xz", "zstd", "lz4")),
-            output=t.get("output", str))
-        t.done()
-
-    ukis = {}
-    for name, t in _named_tables(top, "uki"):
-        ukis[name] = UkiConfig(name=name, cmdline=t.get("cmdline", str, required=True),
-                               kernel=rel(t.get("kernel", str, "kernel")),  # type: ignore[arg-type]
-                               initrd=tuple(rel(s) for s in t.strings("initrd")),  # type: ignore[misc]
-                               os_release=rel(t.get("os_release", str)),
-                               splash=rel(t.get("splash", str)),
-                               devicetree=rel(t.get("devicetree", str)), output=t.get("output", str))
-        t.done()
-
-    filesystems = {}
-    for name, t in _named_tables(top, "filesystems"):
-        sl = _syslinux(t.table("syslinux"), rel)
-        sb_t = t.table("systemd_boot")
-        sb = None
-        if sb_t is not None:
-            entries = []
-            for i, e in enumerate(sb_t.get("entries", list, [])):
-                et = _Table(e, f"{sb_t.where}.entries[{i}]", path)
-                entries.append(BootEntryConfig(
-                    id=et.get("id", str, required=True), title=et.get("title", str, "Linux"),
-                    kernel=rel(et.get("kernel", str, "kernel")),  # type: ignore[arg-type]
-                    initrd=tuple(rel(s) for s in et.strings("initrd")),  # type: ignore[misc]
-                    options=et.get("options", str, "")))
-                et.done()
-            sb = SystemdBootConfig(entries=tuple(entries),
-                                   ukis=tuple(rel(s) for s in sb_t.strings("ukis")),  # type: ignore[misc]
-                                   default=sb_t.get("default", str),
-                                   timeout=sb_t.get("timeout", int, 0))
-            sb_t.done()
-        filesystems[name] = FilesystemConfig(
-            name=name, type=t.get("type", str, required=True, choices=("vfat", "ext4", "iso9660")),
-            tree=t.get("tree", str), size=t.size("size", "auto"), label=t.get("label", str, ""),
-            fat_type=t.get("fat_type", int),
-            cluster_size=None if t.get("cluster_size", (str, int)) is None else str(t.data["cluster_size"]),
-            uuid=t.get("uuid", str), output=t.get("output", str), syslinux=sl,
-            systemd_boot=sb)
-        t.done()
-
-    disk = None
-    disk_t = top.table("disk")
-    if disk_t is not None:
-        parts = []
-        for i, p in enumerate(disk_t.get("partitions", list, [])):
-            pt = _Table(p, f"disk.partitions[{i}]", path)
-            parts.append(PartitionConfig(
-                name=pt.get("name", str, required=True), type=pt.get("type", str, "linux"),
-                size=pt.size("size", "auto"), filesystem=pt.get("filesystem", str),
-                offset=None if pt.get("offset", (str, int)) is None else str(pt.data["offset"]),
-                bootable=pt.get("bootable", bool, False), attributes=pt.strings("attributes"),
-                guid=pt.get("guid", str), logical=pt.get("logical", bool, False)))
-            pt.done()
-        disk = DiskConfig(output=disk_t.get("output", str, required=True),
-                          table=disk_t.get("table", str, "gpt", choices=("gpt", "mbr")),
-                          size=disk_t.size("size", "auto"),
-                          format=disk_t.get("format", str, "raw", choices=("raw", "qcow2")),
-                          alignment=disk_t.size("alignment", "1M"), partitions=tuple(parts),
-                          bios=disk_t.get("bios", str, None, choices=("syslinux",)),
-                          hybrid_mbr=disk_t.strings("hybrid_mbr"), guid=disk_t.get("guid", str),
-                          signature=disk_t.get("signature", int))
-        disk_t.done()
-
-    iso = None
-    iso_t = top.table("iso")
-    if iso_t is not None:
-        iso = IsoConfig(output=iso_t.get("output", str, required=True), tree=iso_t.get("tree", str),
-                        volume_id=iso_t.get("volume_id", str, "IMGKIT"),
-                        bios=_syslinux(iso_t.table("bios"), rel), efi=rel(iso_t.get("efi", str)),
-                        hybrid=iso_t.get("hybrid", bool, True))
-        iso_t.done()
-
-    cfg = Config(path=path, base_dir=base, seed=top.get("seed", str, "imgkit"),
-                 mtime=top.get("mtime", int), kernel=kernel, trees=trees, initramfs=initramfs,
-                 uki=ukis, filesystems=filesystems, disk=disk, iso=iso)
-    top.done()
+    cfg = parse_table(Config, data, Where(path, "top level", base), path=path, base_dir=base)
+    if cfg.kernel.source == "path" and not cfg.kernel.path:
+        raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
     _check_names(cfg)
     return cfg
-
-
-def _syslinux(t: _Table | None, rel) -> SyslinuxConfig | None:
-    if t is None:
-        return None
-    out = SyslinuxConfig(kernel=rel(t.get("kernel", str, "kernel")), initrd=rel(t.get("initrd", str)),
-                         append=t.get("append", str, "console=ttyS0"))
-    t.done()
-    return out
-
-
-def _named_tables(top: _Table, key: str):
-    group = top.get(key, dict, {})
-    for name, value in group.items():
-        yield name, _Table(value, f"{key}.{name}", top.file)  # [trees.NAME] etc.
-
-
-def _is_ref(value: str) -> bool:
-    return value == "kernel" or value.split(":", 1)[0] in REF_KINDS and ":" in value
 
 
 def _check_names(cfg: Config) -> None:
@@ -390,8 +288,61 @@ def _check_names(cfg: Config) -> None:
     for u in cfg.uki.values():
         refs += [(u.kernel, f"[uki.{u.name}]")] + [(r, f"[uki.{u.name}]") for r in u.initrd]
     for value, where in refs:
-        if _is_ref(value) and value not in ("kernel", "kernel:vmlinuz", "kernel:vmlinux"):
+        if is_ref(value) and value not in ("kernel", "kernel:vmlinuz", "kernel:vmlinux"):
             kind, name = value.split(":", 1)
             table = {"initramfs": cfg.initramfs, "uki": cfg.uki, "fs": cfg.filesystems}.get(kind)
             if table is not None:
                 need(kind, name, table, where)
+
+
+# -- the reference ----------------------------------------------------------------------------
+
+def _rows(table: str, cls: type, when: str = "") -> list[Row]:
+    """Rows for ``cls`` and, after each nested table's key, that table's rows."""
+    rows = []
+    for row, (key, s, _) in zip(reference_rows(table, cls), settings_of(cls)):
+        rows.append(Row(row.table, row.key, row.type, row.default, row.choices, row.help, when))
+        if s.type.nested is FilesystemConfig:
+            rows += _filesystem_rows()
+            continue
+        if s.type.nested is None:
+            continue
+        sub = {"tables": f"{key}.NAME", "list of tables": f"{key}[]"}.get(s.type.name, key)
+        rows += _rows(f"{table}.{sub}" if table else sub, s.type.nested)
+    if cls is IsoConfig:
+        rows += _iso_boot_rows()
+    return rows
+
+
+def _filesystem_rows() -> list[Row]:
+    rows = _rows("filesystems.NAME", FilesystemConfig)
+    for h in filesystems.handlers():
+        rows += _rows("filesystems.NAME", h.options, when=f'type = "{h.name}"')
+    for bp in boot.paths():
+        if bp.fs_types:
+            types = " or ".join(f'"{t}"' for t in bp.fs_types)
+            rows += _rows(f"filesystems.NAME.{bp.name}", bp.options, when=f"type = {types}")
+    return rows
+
+
+def _iso_boot_rows() -> list[Row]:
+    rows = []
+    for key, firmware, default in (("bios", "bios", "isolinux"), ("efi", "uefi", "uki")):
+        allowed = boot.names(firmware=firmware, eltorito=True)
+        rows.append(Row(f"iso.{key}", "loader", "str", f'`"{default}"`',
+                        ", ".join(f'`"{n}"`' for n in allowed),
+                        "the boot path whose keys the table holds"))
+        for name in allowed:
+            rows += _rows(f"iso.{key}", boot.get(name).options, when=f'loader = "{name}"')
+    return rows
+
+
+def reference_markdown() -> str:
+    """The README's config reference: a markdown table of every key."""
+    return markdown_table(_rows("", Config))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--reference"]:
+        sys.exit("usage: python -m imgkit.config --reference")
+    sys.stdout.write(reference_markdown())
