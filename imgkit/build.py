@@ -269,7 +269,7 @@ class Builder:
                                   uuid=fc.uuid, mtime_epoch=self.mtime)
                 self.progress(f"filesystem {name}: ext4, {info.size:,} bytes")
             else:
-                from imgkit.formats.iso import write_iso
+                from imgkit.formats.iso9660 import write_iso
                 write_iso(tree, path, volume_id=fc.label or "IMGKIT", mtime_epoch=self.mtime,
                           seed=self._seed("iso", name))
             self._publish("filesystem", name, path, fc.output)
@@ -354,7 +354,7 @@ class Builder:
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:
-        from imgkit.formats.iso import IsoBoot, write_iso
+        from imgkit.formats.iso9660 import IsoBoot, write_iso
         ic = self.cfg.iso
         assert ic is not None
         mtime = self.mtime or 0
