@@ -8,12 +8,9 @@ rare cases left to the MBR parser, so a sniff costs no start-up time.
 """
 from __future__ import annotations
 
-import bz2
 import importlib
 import io
-import lzma
 import os
-import zlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import BinaryIO
@@ -185,6 +182,10 @@ def _pe_kind(head: bytes) -> str | None:
 
 def _peek_decompressed(head: bytes, method: str, n: int = 1024) -> bytes:
     """The first ``n`` bytes of the compressed stream starting ``head`` (best effort)."""
+    import bz2
+    import lzma
+    import zlib
+
     try:
         if method == "gzip":
             return zlib.decompressobj(31).decompress(head, n)

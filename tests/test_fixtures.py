@@ -162,3 +162,28 @@ def test_genimage_gpt_disk_with_vfat(tmp_path):
     for spec in (f"{img}:boot", f"{img}:1"):
         assert contents(open_tree(spec)) == {
             "genimage.txt": ("file", 0o644, b"made by genimage\n")}
+
+
+def test_fat_reader_refuses_a_looping_chain_and_a_truncated_image(tmp_path):
+    """Damage a mkfs.vfat image by hand: a cluster chain that points back at itself, and an
+    image cut short before its data; both are refused naming what is wrong, never hung on."""
+    from imgkit.errors import ImageError
+
+    img = fixture(tmp_path, "fat16.img")
+    fs = describe(img)["filesystem"]
+    root = (fs["reserved_sectors"] + fs["fats"] * fs["fat_sectors"]) * 512
+    data_start = root + fs["root_entries"] * 32
+    raw = bytearray(open(img, "rb").read())
+    at = raw.index(b"SUB        ", root, data_start)    # the 8.3 entry of /sub (FAT spec)
+    cluster = int.from_bytes(raw[at + 26:at + 28], "little")
+    looped = tmp_path / "looped.img"
+    fat = fs["reserved_sectors"] * 512
+    raw[fat + 2 * cluster: fat + 2 * cluster + 2] = cluster.to_bytes(2, "little")
+    looped.write_bytes(bytes(raw))
+    with pytest.raises(ImageError, match=f"cluster {cluster} (again|is longer)"):
+        open_tree(str(looped))
+
+    cut = tmp_path / "cut.img"
+    cut.write_bytes(bytes(raw[:data_start]))
+    with pytest.raises(ImageError, match="past the end of the image"):
+        open_tree(str(cut))
