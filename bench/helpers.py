@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         from imgkit.formats.fat import write_fat
         write_fat(_tree(args[0]), args[1], size=None, skip_special=True)
     elif what == "iso":
-        from imgkit.formats.iso import write_iso
+        from imgkit.formats.iso9660 import write_iso
         write_iso(_tree(args[0]), args[1])
     elif what == "ext4":
         from imgkit.formats.ext4 import write_ext4

@@ -47,6 +47,14 @@ ATTRIBUTE_NAMES: dict[str, int] = {
     "read-only": ATTR_READ_ONLY, "hidden": ATTR_HIDDEN, "no-auto": ATTR_NO_AUTO,
 }
 
+_NAME_OF_BIT = {mask.bit_length() - 1: name for name, mask in ATTRIBUTE_NAMES.items()}
+
+
+def attribute_names(mask: int) -> list[str]:
+    """The attribute bits of ``mask`` as the names :func:`parse_attributes` takes (bits
+    without a name as ``bitN``), lowest bit first."""
+    return [_NAME_OF_BIT.get(b, f"bit{b}") for b in range(64) if mask >> b & 1]
+
 
 class _GuidAdapter(Adapter):
     def _decode(self, obj, context, path):

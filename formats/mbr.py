@@ -18,7 +18,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Sequence
 
-from construct import Adapter, Array, Bytes, Const, Int8ul, Int16ul, Int32ul, Struct
+from construct import (Adapter, Array, Bytes, Const, ConstructError, Int8ul, Int16ul, Int32ul,
+                       Struct)
 
 from imgkit.errors import ImageError, InputError
 
@@ -232,6 +233,20 @@ def protective_partitions(disk_sectors: int, *, first_usable_lba: int,
     for i, p in enumerate(hybrid, start=2):
         out.append(MbrPartition(i, p.type, p.start_lba, p.num_sectors, p.bootable))
     return out
+
+
+def looks_like_table(sector: bytes) -> bool:
+    """Whether ``sector`` is plausibly a partition table: the ``55 AA`` signature, status
+    bytes of 0x00 or 0x80, and at least one used entry (a boot sector alone is not one)."""
+    if len(sector) < SECTOR:
+        return False
+    try:
+        mbr = MbrSector.parse(sector[:SECTOR])
+    except ConstructError:
+        return False
+    if any(e.status not in (0, 0x80) for e in mbr.entries):
+        return False
+    return any(e.type and e.num_sectors for e in mbr.entries)
 
 
 def read_mbr(f: BinaryIO, *, sector_size: int = SECTOR) -> MbrTable:

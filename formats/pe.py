@@ -289,6 +289,21 @@ class PEImage:
         return (ptr, length)
 
 
+def section_names_in_head(head: bytes) -> set[str] | None:
+    """The section names of the PE whose first bytes are ``head`` (``None`` if it is not a
+    PE, or its section table lies beyond ``head``): what the magic sniffer asks."""
+    if len(head) < 64 or head[:2] != b"MZ":
+        return None
+    lfanew = DosHeader.parse(head[:64]).e_lfanew
+    if lfanew + 24 > len(head) or head[lfanew:lfanew + 4] != PE_SIGNATURE:
+        return None
+    coff = CoffHeader.parse(head[lfanew + 4:lfanew + 24])
+    table = lfanew + 24 + coff.SizeOfOptionalHeader
+    return {SectionHeader.parse(head[table + 40 * i:table + 40 * i + 40]).Name.rstrip(b"\0")
+            .decode("ascii", "replace")
+            for i in range(coff.NumberOfSections) if table + 40 * i + 40 <= len(head)}
+
+
 def _read_exact(f: BinaryIO, n: int, path: str) -> bytes:
     data = f.read(n)
     if len(data) != n:

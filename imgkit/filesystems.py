@@ -86,7 +86,10 @@ class FilesystemType:
     def describe(self, f: BinaryIO, offset: int = 0, size: int | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
-    def open_tree(self, path: str, offset: int = 0, size: int | None = None) -> Tree:
+    def open_tree(self, path: str, offset: int = 0, size: int | None = None, *,
+                  what: str | None = None, keep: list | None = None) -> Tree:
+        """The files of the filesystem at ``offset``; ``what`` names it in errors, ``keep``
+        holds objects (a temporary raw copy of a qcow2) the tree's blobs need."""
         raise NotImplementedError
 
 
@@ -179,12 +182,12 @@ class Vfat(FilesystemType):
         return plan.size
 
     def describe(self, f, offset=0, size=None):
-        from imgkit.formats.fat.read import describe  # type: ignore[import-not-found]
+        from imgkit.formats.fat.read import describe
         return describe(f, offset=offset, size=size)
 
-    def open_tree(self, path, offset=0, size=None):
-        from imgkit.formats.fat.read import open_tree  # type: ignore[import-not-found]
-        return open_tree(path, offset=offset, size=size)
+    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
+        from imgkit.formats.fat.read import open_tree
+        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
 
 
 # -- ext4 -----------------------------------------------------------------------------------
@@ -218,18 +221,18 @@ class Ext4(FilesystemType):
         return info.size
 
     def describe(self, f, offset=0, size=None):
-        from imgkit.formats.ext4.read import describe  # type: ignore[import-not-found]
+        from imgkit.formats.ext4.read import describe
         return describe(f, offset=offset, size=size)
 
-    def open_tree(self, path, offset=0, size=None):
-        from imgkit.formats.ext4.read import open_tree  # type: ignore[import-not-found]
-        return open_tree(path, offset=offset, size=size)
+    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
+        from imgkit.formats.ext4.read import open_tree
+        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
 
 
 # -- iso9660 --------------------------------------------------------------------------------
 
 class Iso9660(FilesystemType):
-    """ISO 9660 with Rock Ridge and Joliet through pycdlib (:mod:`imgkit.formats.iso`)."""
+    """ISO 9660 with Rock Ridge and Joliet through pycdlib (:mod:`imgkit.formats.iso9660`)."""
 
     name = "iso9660"
     help = "ISO 9660 (Rock Ridge, Joliet); bootable images come from an [iso] table"
@@ -238,13 +241,13 @@ class Iso9660(FilesystemType):
     packages = ("xorriso",)
 
     def write(self, tree, path, offset, size, fs, ctx, *, disk_offset=None):
-        from imgkit.formats.iso import write_iso
+        from imgkit.formats.iso9660 import write_iso
         info = write_iso(tree, path, volume_id=fs.label or "IMGKIT", mtime_epoch=ctx.mtime,
                          seed=ctx.seed("iso", fs.name))
         return info.size
 
     def write_boot_media(self, tree, path, entries, *, label, hybrid, ctx):
-        from imgkit.formats.iso import IsoBoot, write_iso
+        from imgkit.formats.iso9660 import IsoBoot, write_iso
         boot = None
         bios = [e for e in entries if e.platform == "bios"]
         efi = [e for e in entries if e.platform == "uefi"]
@@ -261,12 +264,12 @@ class Iso9660(FilesystemType):
         return info.size
 
     def describe(self, f, offset=0, size=None):
-        from imgkit.formats.iso9660.read import describe  # type: ignore[import-not-found]
+        from imgkit.formats.iso9660.read import describe
         return describe(f, offset=offset, size=size)
 
-    def open_tree(self, path, offset=0, size=None):
-        from imgkit.formats.iso9660.read import open_tree  # type: ignore[import-not-found]
-        return open_tree(path, offset=offset, size=size)
+    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
+        from imgkit.formats.iso9660.read import open_tree
+        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
 
 
 for _handler in (Vfat(), Ext4(), Iso9660()):

@@ -19,7 +19,7 @@ import pytest
 from imgkit.vm import kernel
 from imgkit import tools
 from imgkit.errors import InputError, LayoutError, ToolError
-from imgkit.formats import ext4
+from imgkit.formats.ext4 import write as ext4
 from imgkit.formats.ext4 import estimate_size, write_ext4
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
@@ -374,7 +374,7 @@ def source_dir(src):
 
 
 def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch):
-    from imgkit.formats import ext4
+    from imgkit.formats.ext4 import write as ext4
     from imgkit.sources import read_directory
 
     src = tmp_path / "src"
@@ -407,7 +407,7 @@ def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch):
 
 
 def test_source_directory_not_matching_is_staged(tmp_path):
-    from imgkit.formats import ext4
+    from imgkit.formats.ext4 import write as ext4
     from imgkit.sources import read_directory
 
     src = tmp_path / "src"
@@ -433,7 +433,7 @@ def test_source_directory_not_matching_is_staged(tmp_path):
 
 
 def test_device_placeholders_give_the_same_image(tmp_path, monkeypatch):
-    from imgkit.formats import ext4
+    from imgkit.formats.ext4 import write as ext4
 
     t = Tree(default_mtime=EPOCH)
     t.add(Entry("dev/a", Kind.FILE, data=BytesBlob(b"a")))

@@ -8,7 +8,7 @@ import pytest
 
 from imgkit import tools
 from imgkit.errors import InputError
-from imgkit.formats.iso import IsoBoot, write_iso
+from imgkit.formats.iso9660 import IsoBoot, write_iso
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
 pytestmark = pytest.mark.skipif(not tools.have("xorriso"), reason="xorriso not installed")

@@ -166,3 +166,20 @@ def describe_mbr(byte: int) -> str:
     if byte == MBR_PROTECTIVE:
         return "gpt-protective"
     return f"0x{byte:02x}"
+
+
+#: MBR type bytes as util-linux's fdisk names them (what ``imgkit inspect`` shows beside them).
+MBR_DESCRIPTIONS = {
+    0x00: "Empty", 0x01: "FAT12", 0x04: "FAT16 <32M", 0x05: "Extended", 0x06: "FAT16",
+    0x07: "HPFS/NTFS/exFAT", 0x0B: "W95 FAT32", 0x0C: "W95 FAT32 (LBA)",
+    0x0E: "W95 FAT16 (LBA)", 0x0F: "W95 Ext'd (LBA)", 0x82: "Linux swap / Solaris",
+    0x83: "Linux", 0x85: "Linux extended", 0x8E: "Linux LVM", 0xA5: "FreeBSD",
+    0xA6: "OpenBSD", 0xEA: "Linux extended boot", 0xEE: "GPT",
+    0xEF: "EFI (FAT-12/16/32)", 0xFD: "Linux raid autodetect",
+}
+
+
+def gpt_description(guid: uuid.UUID) -> str:
+    """util-linux's description of a GPT type GUID, or ``"unknown"``."""
+    t = lookup(describe_gpt(guid))
+    return t.description if t is not None else "unknown"

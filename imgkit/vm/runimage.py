@@ -7,7 +7,6 @@ ESP holding it as ``EFI/BOOT/BOOTX64.EFI``.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 
 from imgkit.errors import InputError
@@ -24,27 +23,25 @@ class ImageKind:
 
 def classify(path: str) -> ImageKind:
     """What ``path`` is and which firmware boots it by default."""
+    from imgkit.detect import sniff_path
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(34 * 1024)
+        found = sniff_path(path)
     except OSError as exc:
         raise InputError(f"cannot read {path!r}: {exc.strerror}") from None
-    if head[:4] == b"QFI\xfb":
+    fmt = found.format
+    if fmt == "qcow2":
         return ImageKind("disk", "bios", "qcow2", "qcow2 image (firmware: bios unless --firmware)")
-    if len(head) >= 32774 and head[32769:32774] == b"CD001":
+    if fmt == "iso9660":
         return ImageKind("iso", "bios", why="ISO 9660 image")
-    if head[0x202:0x206] == b"HdrS" and head[:2] == b"MZ" or head[0x202:0x206] == b"HdrS":
+    if fmt == "bzimage":
         return ImageKind("kernel", "bios", why="Linux bzImage")
-    if head[:2] == b"MZ":
-        pe = struct.unpack_from("<I", head, 0x3C)[0] if len(head) > 0x40 else 0
-        if head[pe:pe + 4] == b"PE\0\0":
-            return ImageKind("uki", "uefi", why="PE/COFF EFI binary (UKI)")
-    if len(head) >= 1024 and head[510:512] == b"\x55\xaa":
-        has_code = any(head[:440])
-        gpt = head[512:520] == b"EFI PART"
-        if gpt and not has_code:
+    if fmt in ("pe", "uki"):
+        return ImageKind("uki", "uefi", why="PE/COFF EFI binary (UKI)")
+    if found.boot_signature:
+        if fmt == "gpt" and not found.boot_code:
             return ImageKind("disk", "uefi", why="GPT disk without BIOS boot code")
-        return ImageKind("disk", "bios", why=("GPT" if gpt else "MBR") + " disk with boot code")
+        return ImageKind("disk", "bios", why=("GPT" if fmt == "gpt" else "MBR") + " disk with boot code")
     raise InputError(f"{path!r} is not something imgkit can boot",
                      hint="expected a Linux kernel, a UKI, a raw or qcow2 disk image, or an ISO")
 

@@ -319,8 +319,8 @@ def write_run_initrd(spec: VirtSpec, cached: str, dest: str) -> None:
 
 # -- QEMU ------------------------------------------------------------------------------------
 def _image_format(path: str) -> str:
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    from imgkit.detect import sniff_path
+    return "qcow2" if sniff_path(path).format == "qcow2" else "raw"
 
 
 def vm_argv(spec: VirtSpec, prepared: Prepared, initrd: str, sockets: dict[str, str], *,

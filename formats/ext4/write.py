@@ -68,6 +68,7 @@ from typing import Iterable, Sequence
 from imgkit import tools
 from imgkit.atomic import atomic_path
 from imgkit.errors import InputError, LayoutError, ToolError
+from imgkit.formats.ext4 import debugfs
 from imgkit.tree import Entry, FileBlob, Kind, Tree
 
 #: Another e2fsprogs to run instead of the one on ``PATH`` (see the module docstring).
@@ -747,9 +748,7 @@ def _too_small(size: int, needed: int) -> LayoutError:
 
 # -- debugfs ------------------------------------------------------------------------------
 
-def _q(path: str) -> str:
-    """Quote for debugfs' command parser: double quotes, a quote inside doubled."""
-    return '"' + path.replace('"', '""') + '"'
+_q = debugfs.quote
 
 
 def _abs(path: str) -> str:
@@ -773,17 +772,11 @@ def _list_inodes(image: str, tree: Tree) -> dict[str, _Inode]:
     linear scan of every directory on the way, which made metadata 10x slower than this pass.
     """
     dirs = [e.path for e in tree if e.kind is Kind.DIR]
-    cmds = "".join(f"ls -p {_q(_abs(d))}\n" for d in dirs).encode()
-    prog, env = e2fsprogs_command("debugfs")
-    proc = tools.run([prog, "-f", "-", image], input=cmds, env=env, check=False)
-    errors = [line for line in (proc.stderr or b"").decode(errors="replace").splitlines()
-              if line.strip() and not line.startswith("debugfs ")]
-    if proc.returncode != 0 or errors:
-        raise ToolError(f"debugfs could not list the new image {image}: "
-                        + "; ".join(errors[:10]))
+    stdout = debugfs.run(image, [f"ls -p {_q(_abs(d))}" for d in dirs],
+                         doing="listing the new image")
     out: dict[str, _Inode] = {}
     current = -1
-    for line in proc.stdout.split(b"\n"):
+    for line in stdout.split(b"\n"):
         if line.startswith(b"debugfs:"):
             current += 1
             continue
@@ -896,16 +889,8 @@ def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
 
 
 def _debugfs(image: str, cmds: str) -> None:
-    """Run the command file; debugfs exits 0 even when a command fails, so read stderr."""
-    prog, env = e2fsprogs_command("debugfs")
-    proc = tools.run([prog, "-w", "-f", cmds, image], stdout=subprocess.DEVNULL, env=env,
-                     check=False)
-    errors = [line for line in (proc.stderr or b"").decode(errors="replace").splitlines()
-              if line.strip() and not line.startswith("debugfs ")]
-    if proc.returncode != 0 or errors:
-        raise ToolError(f"debugfs failed setting metadata in {image}: "
-                        + "; ".join(errors[:10]) + (f" (and {len(errors) - 10} more)"
-                                                    if len(errors) > 10 else ""))
+    """Run the command file that sets the tree's metadata."""
+    debugfs.run(image, cmds, writable=True, output=False, doing="setting metadata in")
 
 
 # -- sizing helpers -----------------------------------------------------------------------

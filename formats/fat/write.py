@@ -10,9 +10,9 @@ with ``copy_file_range``/``sendfile``. Nothing is read back, nothing is rewritte
 why this is at copy speed where a general FAT library that edits a live filesystem per file
 is quadratic.
 
-Structures are packed with :mod:`struct` rather than ``construct``: a large tree produces
-tens of thousands of 32-byte directory entries and ``construct`` builds cost tens of
-microseconds each. Every layout's size is asserted once below.
+Structures come from :mod:`imgkit.formats.fat.c_fat`, the declarations the reader uses too
+(packed with :mod:`struct`: a large tree produces tens of thousands of 32-byte directory
+entries).
 
 Conventions (all chosen for reproducible output):
 
@@ -34,57 +34,31 @@ import os
 import re
 import struct
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError, LayoutError
+from imgkit.formats.fat import c_fat
+from imgkit.formats.fat.c_fat import (ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LFN, ATTR_READ_ONLY,
+                                      ATTR_VOLUME_ID, BPB, CASE_LOWER_BASE, CASE_LOWER_EXT,
+                                      DIRENT, EBPB16, EBPB32, FSINFO, LFN, NO_NAME, SECTOR,
+                                      lfn_checksum)
 from imgkit.tree import Blob, BytesBlob, Entry, Kind, Tree
 
 __all__ = ["FatPlan", "plan_fat", "write_fat", "fat_size_for"]
 
-SECTOR = 512
 MIB = 1 << 20
 
-# Valid data-cluster counts per FAT type. The FAT16 floor is 4087, not 4085, as in mkfs.fat:
-# some old drivers misjudge the type of volumes with 4085 or 4086 clusters.
-_MIN_CLUSTERS = {12: 1, 16: 4087, 32: 65525}
-_MAX_CLUSTERS = {12: 4084, 16: 65524, 32: 0x0FFFFFF5}
-_EOC = {12: 0xFFF, 16: 0xFFFF, 32: 0x0FFFFFFF}
-_MEDIA = 0xF8
+_MIN_CLUSTERS = c_fat.MIN_CLUSTERS
+_MAX_CLUSTERS = c_fat.MAX_CLUSTERS
+_EOC = c_fat.EOC
+_MEDIA = c_fat.MEDIA_FIXED
 _SPC_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128)
-_MAX_DIR_ENTRIES = 65536          # a directory may span at most 2 MiB (FAT spec)
-_MAX_FILE_SIZE = 0xFFFFFFFF
-
-ATTR_READ_ONLY = 0x01
-ATTR_VOLUME_ID = 0x08
-ATTR_DIRECTORY = 0x10
-ATTR_ARCHIVE = 0x20
-ATTR_LFN = 0x0F
-CASE_LOWER_BASE = 0x08
-CASE_LOWER_EXT = 0x10
-
-# Directory entry: name, attr, NT case bits, ctime tenths, ctime, cdate, adate,
-# cluster high, mtime, mdate, cluster low, size.
-_DIRENT = struct.Struct("<11sBBBHHHHHHHI")
-assert _DIRENT.size == 32
-
-# Common BPB (offsets 0..35): jump, OEM, bytes/sector, sectors/cluster, reserved sectors,
-# FAT count, root entries, total sectors 16, media, FAT size 16, sectors/track, heads,
-# hidden sectors, total sectors 32.
-_BPB = struct.Struct("<3s8sHBHBHHBHHHII")
-assert _BPB.size == 36
-# FAT12/16 extended BPB: drive, reserved, signature 0x29, serial, label, type string.
-_EBPB16 = struct.Struct("<BBBI11s8s")
-assert _EBPB16.size == 26  # 36 + 26 = 62: boot code starts at 0x3E
-# FAT32 extended BPB: FAT size 32, flags, version, root cluster, FSInfo sector, backup boot
-# sector, 12 reserved, drive, reserved, signature, serial, label, type string.
-_EBPB32 = struct.Struct("<IHHIHH12sBBBI11s8s")
-assert _EBPB32.size == 54  # 36 + 54 = 90: boot code starts at 0x5A
+_MAX_DIR_ENTRIES = c_fat.MAX_DIR_ENTRIES
+_MAX_FILE_SIZE = c_fat.MAX_FILE_SIZE
 
 _OEM = b"MSWIN4.1"   # what Microsoft recommends for the widest compatibility
-_NO_NAME = b"NO NAME    "
 
 # Characters allowed in an 8.3 name besides A-Z and 0-9 (space excluded on purpose: short
 # names with spaces confuse too many tools, such names get a long name instead).
@@ -92,9 +66,6 @@ _SFN_EXTRA = set("!#$%&'()-@^_`{}~")
 _SFN_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") | _SFN_EXTRA
 # What no FAT name may contain (long names included), as Linux vfat and Windows refuse.
 _BAD_CHARS = re.compile(r'[\x00-\x1f"*/:<>?\\|]')
-
-_FAT_EPOCH = 315532800            # 1980-01-01T00:00:00Z
-_FAT_LAST = 4354819198            # 2107-12-31T23:59:58Z
 
 
 # --------------------------------------------------------------------------------------
@@ -388,13 +359,6 @@ def _basis(name: str) -> tuple[str, str]:
     base = "".join(map(_sfn_char, base))[:8]
     ext = "".join(map(_sfn_char, ext))[:3]
     return base or "_", ext
-
-
-def _lfn_checksum(short: bytes) -> int:
-    s = 0
-    for b in short:
-        s = (((s & 1) << 7) + (s >> 1) + b) & 0xFF
-    return s
 
 
 def _name_directory(parent: _Node, kids: list[tuple[_Node, str, bytes]], case_bits: bool) -> None:
@@ -775,18 +739,22 @@ def _boot_code(at: int) -> bytes:
 
 def _boot_sector(plan: FatPlan) -> bytes:
     t = plan.fat_type
-    label = plan.label.ljust(11).encode("ascii") if plan.label else _NO_NAME
+    label = plan.label.ljust(11).encode("ascii") if plan.label else NO_NAME
     total = plan.total_sectors
     small = total if t != 32 and total < 0x10000 else 0
-    bpb = _BPB.pack(b"\xeb\x58\x90" if t == 32 else b"\xeb\x3c\x90", _OEM, SECTOR,
-                    plan.sectors_per_cluster, plan.reserved_sectors, 2, plan.root_entries,
-                    small, _MEDIA, 0 if t == 32 else plan.fat_sectors, 63, 255,
-                    plan.hidden_sectors, 0 if small else total)
+    bpb = BPB.pack(jump=b"\xeb\x58\x90" if t == 32 else b"\xeb\x3c\x90", oem=_OEM,
+                   bytes_per_sector=SECTOR, sectors_per_cluster=plan.sectors_per_cluster,
+                   reserved_sectors=plan.reserved_sectors, num_fats=2,
+                   root_entries=plan.root_entries, total_sectors16=small, media=_MEDIA,
+                   fat_sectors16=0 if t == 32 else plan.fat_sectors, sectors_per_track=63,
+                   heads=255, hidden_sectors=plan.hidden_sectors,
+                   total_sectors32=0 if small else total)
+    common = dict(drive=0x80, boot_signature=0x29, serial=plan.serial, label=label)
     if t == 32:
-        ext = _EBPB32.pack(plan.fat_sectors, 0, 0, 2, 1, 6, b"", 0x80, 0, 0x29, plan.serial,
-                           label, b"FAT32   ")
+        ext = EBPB32.pack(fat_sectors32=plan.fat_sectors, root_cluster=2, fsinfo_sector=1,
+                          backup_boot_sector=6, fs_type=b"FAT32   ", **common)
     else:
-        ext = _EBPB16.pack(0x80, 0, 0x29, plan.serial, label, b"FAT%d   " % t)
+        ext = EBPB16.pack(fs_type=b"FAT%d   " % t, **common)
     head = bpb + ext
     sector = bytearray(head + _boot_code(len(head)))
     sector.extend(bytes(510 - len(sector)))
@@ -798,11 +766,8 @@ def _boot_sector(plan: FatPlan) -> bytes:
 def _fsinfo(plan: FatPlan) -> bytes:
     free = plan.free_clusters
     nxt = plan.used_clusters + 2 if free else 0xFFFFFFFF
-    s = bytearray(SECTOR)
-    struct.pack_into("<I", s, 0, 0x41615252)
-    struct.pack_into("<IIII", s, 484, 0x61417272, free, nxt, 0)
-    struct.pack_into("<I", s, 508, 0xAA550000)
-    return bytes(s)
+    return FSINFO.pack(lead_signature=c_fat.FSINFO_LEAD, struct_signature=c_fat.FSINFO_STRUCT,
+                       free_count=free, next_free=nxt, trail_signature=c_fat.FSINFO_TRAIL)
 
 
 def _fat_bytes(plan: FatPlan, chains: list[tuple[int, int]]) -> bytes:
@@ -838,32 +803,31 @@ class _Clock:
     def __call__(self, mtime: int) -> tuple[int, int, int]:
         got = self._cache.get(mtime)
         if got is None:
-            t = min(max(int(mtime), _FAT_EPOCH), _FAT_LAST)
-            tm = time.gmtime(t)
-            date = ((tm.tm_year - 1980) << 9) | (tm.tm_mon << 5) | tm.tm_mday
-            tod = (tm.tm_hour << 11) | (tm.tm_min << 5) | (tm.tm_sec // 2)
-            got = self._cache[mtime] = (date, tod, (tm.tm_sec % 2) * 100)
+            got = self._cache[mtime] = c_fat.pack_time(mtime)
         return got
 
 
 def _dirent(short: bytes, attr: int, case: int, cluster: int, size: int,
             when: tuple[int, int, int]) -> bytes:
     date, tod, tenth = when
-    return _DIRENT.pack(short, attr, case, tenth, tod, date, date, cluster >> 16, tod, date,
+    return _DIRENT_PACK(short, attr, case, tenth, tod, date, date, cluster >> 16, tod, date,
                         cluster & 0xFFFF, size)
+
+
+_DIRENT_PACK = DIRENT.struct.pack     # positional, in DIRENT's field order (the hot path)
 
 
 def _lfn_entries(utf16: bytes, checksum: int) -> bytes:
     units = len(utf16) // 2
-    n = -(-units // 13)
-    padded = utf16 + (b"\0\0" if units % 13 else b"")
-    padded += b"\xff" * (n * 26 - len(padded))
-    tail = bytes((ATTR_LFN, 0, checksum))
+    per = c_fat.LFN_UNITS * 2
+    n = -(-units // c_fat.LFN_UNITS)
+    padded = utf16 + (b"\0\0" if units % c_fat.LFN_UNITS else b"")
+    padded += b"\xff" * (n * per - len(padded))
     out = []
     for i in range(n, 0, -1):
-        c = padded[(i - 1) * 26:i * 26]
-        out.append(bytes((i | (0x40 if i == n else 0),)) + c[:10] + tail + c[10:22]
-                   + b"\0\0" + c[22:])
+        c = padded[(i - 1) * per:i * per]
+        out.append(LFN.pack(order=i | (c_fat.LFN_LAST if i == n else 0), name1=c[:10],
+                            attr=ATTR_LFN, checksum=checksum, name2=c[10:22], name3=c[22:]))
     return b"".join(out)
 
 
@@ -875,11 +839,11 @@ def _directory(node: _Node, parent_cluster: int, is_root: bool, label: bytes,
         if label:
             parts.append(_dirent(label, ATTR_VOLUME_ID, 0, 0, 0, when))
     else:
-        parts.append(_dirent(b".          ", node.attr, 0, node.first, 0, when))
-        parts.append(_dirent(b"..         ", node.attr, 0, parent_cluster, 0, when))
+        parts.append(_dirent(c_fat.DOT, node.attr, 0, node.first, 0, when))
+        parts.append(_dirent(c_fat.DOTDOT, node.attr, 0, parent_cluster, 0, when))
     for c in node.children:
         if c.lfn is not None:
-            parts.append(_lfn_entries(c.lfn, _lfn_checksum(c.short)))
+            parts.append(_lfn_entries(c.lfn, lfn_checksum(c.short)))
         parts.append(_dirent(c.short, c.attr, c.case, c.first, 0 if c.is_dir else c.size,
                              clock(c.mtime)))
     return b"".join(parts)
