@@ -171,8 +171,8 @@ def sec_fat(fat_tree: str, out: str) -> list[Section]:
                        "(regular files only)")
     s.extra["tree"] = stats.as_dict()
     o = lambda n: os.path.join(out, n)  # noqa: E731
-    s.cmds.append(Command("imgkit write_fat (auto size)", HELPER + ["fat", fat_tree, o("imgkit.fat")],
-                          (o("imgkit.fat"),)))
+    s.cmds.append(Command("imgkit write_fat (auto size)",
+                          HELPER + ["fat", fat_tree, o("imgkit.fat")], (o("imgkit.fat"),)))
     s.cmds.append(Command("python start-up + import (floor)", HELPER + ["import", "fat"]))
     if not missing(s, "mkfs.vfat", "mcopy"):
         kib = _fat_kib(fat_tree)
@@ -420,7 +420,8 @@ def print_section(sec: Section) -> None:
         print(f"  target: {t.text:<46} {verdict}")
     for key, value in sec.extra.items():
         if key == "output_bytes":
-            print("  output sizes: " + ", ".join(f"{k}: {v / 1e6:,.1f} MB" for k, v in value.items()))
+            print("  output sizes: "
+                  + ", ".join(f"{k}: {v / 1e6:,.1f} MB" for k, v in value.items()))
         elif key == "disk_usage":
             for k, v in value.items():
                 print(f"  {k} disk.img: apparent {v['apparent_bytes'] / MiB:,.0f} MiB, "
@@ -528,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     secs = sec_virt(out)
             except Exception as exc:  # noqa: BLE001 - a broken section must not stop the rest
-                secs = [Section(name, name, notes=[f"could not set up: {type(exc).__name__}: {exc}"])]
+                why = f"could not set up: {type(exc).__name__}: {exc}"
+                secs = [Section(name, name, notes=[why])]
             for sec in secs:
                 try:
                     run_section(sec, args.runs, logdir)

@@ -1,4 +1,5 @@
-"""Size strings as people write them in configs: ``"64M"``, ``"1.5G"``, ``"512"``, ``"25%"``, ``"auto"``.
+"""Size strings as people write them in configs: ``"64M"``, ``"1.5G"``, ``"512"``, ``"25%"``,
+``"auto"``.
 
 Units are binary (``K`` = 1024) whether written ``K`` or ``KiB``: disk tools align to binary
 units, and a silent decimal/binary mix-up shifts partitions. ``MB``-style suffixes are refused
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, Union
+from typing import Literal
 
 from imgkit.errors import InputError
 
@@ -43,7 +44,7 @@ class Percent:
 
 
 #: What a partition's ``size`` may be after parsing.
-SizeSpec = Union[int, Percent, Literal["auto"], Literal["grow"]]
+SizeSpec = int | Percent | Literal["auto"] | Literal["grow"]
 
 
 def parse_size(value: str | int, *, what: str = "size") -> int:
@@ -63,7 +64,8 @@ def parse_size(value: str | int, *, what: str = "size") -> int:
     if not m:
         raise InputError(
             f"{what}: expected a size such as '512', '64M', '1.5G' or '2GiB', got {value!r}",
-            hint="sizes are a number followed by an optional binary unit: K, M, G, T (or KiB, MiB, GiB, TiB)")
+            hint="sizes are a number followed by an optional binary unit: K, M, G, T "
+                 "(or KiB, MiB, GiB, TiB)")
     number, unit = m.group(1), m.group(2).upper()
     if unit not in _UNITS:
         hint = "units are binary: K, M, G, T or KiB, MiB, GiB, TiB"
@@ -88,7 +90,7 @@ def parse_percent(value: str, *, what: str = "size") -> Percent:
     return Percent(p)
 
 
-def parse_size_spec(value: "str | int | Percent", *, what: str = "size",
+def parse_size_spec(value: str | int | Percent, *, what: str = "size",
                     allow: tuple[str, ...] = ("percent", "auto", "grow")) -> SizeSpec:
     """Parse a partition-style size: bytes, ``"N%"``, ``"auto"`` or ``"grow"``.
 
@@ -112,7 +114,8 @@ def parse_size_spec(value: "str | int | Percent", *, what: str = "size",
     try:
         return parse_size(value, what=what)
     except InputError as exc:
-        forms = ["'64M'"] + [{"percent": "'25%'", "auto": "'auto'", "grow": "'grow'"}[a] for a in allow]
+        names = {"percent": "'25%'", "auto": "'auto'", "grow": "'grow'"}
+        forms = ["'64M'"] + [names[a] for a in allow]
         raise InputError(f"{exc} (accepted forms: {', '.join(forms)})", hint=exc.hint) from None
 
 

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from imgkit.vm import kernel, virt
 from imgkit.errors import BootError, InputError, ToolError
+from imgkit.vm import kernel, virt
 
 ARGS = ["a b", "", "it's", 'say "hi"', "ünïcödé ✓", "new\nline", "$HOME", "*", "-n", "\\", " "]
 PY = sys.executable

@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
             result = boot(spec, expect=args.expect, timeout=args.timeout, console=console,
                           accel=accel, wait_exit=args.expect is None)
         except BootError as exc:
-            if args.quiet and getattr(exc, "log_tail", None):
-                print(exc.log_tail, file=sys.stderr)
+            tail = getattr(exc, "log_tail", None)
+            if args.quiet and tail:
+                print(tail, file=sys.stderr)
             raise
     if args.json:
         print(json.dumps({"matched": result.matched, "seconds": round(result.elapsed, 3),

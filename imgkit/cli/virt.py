@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise InputError("no command given", hint="usage: imgkit virt [OPTIONS] -- COMMAND [ARGS...]")
+        raise InputError("no command given",
+                         hint="usage: imgkit virt [OPTIONS] -- COMMAND [ARGS...]")
     if args.cpus < 1:
         raise InputError(f"--cpus {args.cpus}: expected at least 1")
     spec = virt.VirtSpec(command=tuple(command), share_ro=args.share_ro, image=args.image,
