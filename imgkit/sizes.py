@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from imgkit.errors import InputError
+
+if TYPE_CHECKING:
+    from fractions import Fraction  # imported where a fraction is parsed: start-up time
 
 KiB = 1024
 MiB = 1024 ** 2
@@ -72,6 +74,10 @@ def parse_size(value: str | int, *, what: str = "size") -> int:
         if unit in ("KB", "MB", "GB", "TB"):
             hint = f"write {unit[0]} or {unit[0]}iB (binary, 1{unit[0]} = {_UNITS[unit[0]]} bytes)"
         raise InputError(f"{what}: unknown unit {m.group(2)!r} in {value!r}", hint=hint)
+    if number.isdigit():
+        return int(number) * _UNITS[unit]
+    from fractions import Fraction
+
     exact = Fraction(number) * _UNITS[unit]
     if exact.denominator != 1:
         raise InputError(f"{what}: {value!r} is not a whole number of bytes ({float(exact):g})",
@@ -84,6 +90,8 @@ def parse_percent(value: str, *, what: str = "size") -> Percent:
     m = _PERCENT.match(value) if isinstance(value, str) else None
     if not m:
         raise InputError(f"{what}: expected a percentage such as '25%', got {value!r}")
+    from fractions import Fraction
+
     p = Fraction(m.group(1))
     if not 0 < p <= 100:
         raise InputError(f"{what}: expected a percentage above 0% and at most 100%, got {value!r}")

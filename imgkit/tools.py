@@ -6,18 +6,16 @@ missing tool. Tests and library users may swap :data:`runner` for their own.
 """
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from imgkit.errors import ToolError
-
-log = logging.getLogger("imgkit.tools")
 
 #: Which Debian package ships each external tool, for the "install it" hint.
 PACKAGES: dict[str, str] = {
@@ -74,7 +72,7 @@ class Runner:
         full_env = _clean_env()
         full_env.update(self.env or {})
         full_env.update(env or {})
-        log.debug("%s: %s", how, shlex.join(argv))
+        _log_debug(f"{how}: {shlex.join(argv)}")
         return argv, full_env
 
     def run(
@@ -139,6 +137,15 @@ class Runner:
                                     env=full_env, start_new_session=new_session, preexec_fn=hook)
         except FileNotFoundError as exc:
             raise ToolError(f"cannot execute {argv[0]}: {exc.strerror}") from exc
+
+
+def _log_debug(message: str) -> None:
+    """Log to ``imgkit.tools`` at debug level. Until something imports :mod:`logging` no
+    handler can be listening, so the module (some milliseconds of start-up) is not imported
+    here for nothing."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("imgkit.tools").debug("%s", message)
 
 
 def _die_with_parent_hook():

@@ -2,7 +2,6 @@
 :func:`imgkit.build.build`."""
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
@@ -36,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
                    progress=None if quiet else progress, only=tuple(args.only))
     if args.json:
+        import json
+
         print(json.dumps({"outputs": [{"kind": o.kind, "name": o.name, "path": o.path,
                                        "bytes": o.size, **o.details} for o in result.outputs],
                           "seconds": round(time.monotonic() - started, 3)}, indent=1))

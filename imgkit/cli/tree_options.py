@@ -2,7 +2,6 @@
 turned into one :class:`imgkit.assemble.TreeSpec`; and their common summary line."""
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +80,8 @@ def report(args: argparse.Namespace, result: ArchiveResult, started: float) -> N
         progress(f"warning: /{path} left out: the format cannot store a socket")
     seconds = time.monotonic() - started
     if args.json:
+        import json
+
         print(json.dumps({"output": result.path, "entries": result.entries,
                           "data_bytes": result.data_bytes, "bytes": result.archive_bytes,
                           "compression": result.compress, "seconds": round(seconds, 3)}))
