@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Debian's own Python: readable by every user, so the unprivileged test run can use the venv.
 PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 
-.PHONY: setup system-packages venv demo test test-root test-unprivileged bench clean
+.PHONY: setup system-packages venv demo lint test test-root test-unprivileged bench clean
 
 setup: system-packages venv
 
@@ -39,9 +39,15 @@ demo: setup cache
 	$(PY) -m imgkit run out/demo.img --firmware uefi --snapshot --expect '$(DEMO_EXPECT)' --timeout 300
 	@echo "demo: out/demo.img booted with SeaBIOS and with OVMF"
 
-# The test suite, then (when run as root, as CI does) again as an unprivileged user:
-# building images must never need root.
-test: setup cache test-root test-unprivileged
+# ruff over the whole tree, mypy over the library modules the README documents (the lists
+# are in pyproject.toml).
+lint: venv
+	$(VENV)/bin/ruff check --output-format concise .
+	$(VENV)/bin/mypy
+
+# The linters, the test suite, then (when run as root, as CI does) the suite again as an
+# unprivileged user: building images must never need root.
+test: setup cache lint test-root test-unprivileged
 
 test-root:
 	$(PY) -m pytest -p no:cacheprovider -q -ra $(PYTEST_ARGS)

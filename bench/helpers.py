@@ -50,8 +50,8 @@ def main(argv: list[str]) -> int:
     if what == "copy":
         copy_floor(args[0], args[1])
     elif what == "import":
-        from imgkit.sources import read_directory  # noqa: F401
         from imgkit.formats.fat import write_fat  # noqa: F401
+        from imgkit.sources import read_directory  # noqa: F401
     elif what == "fat":
         from imgkit.formats.fat import write_fat
         write_fat(_tree(args[0]), args[1], size=None, skip_special=True)

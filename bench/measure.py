@@ -4,8 +4,9 @@ Each measured command is its own process (a shell for pipelines), so the peak RS
 kernel reports for it is that process's, or for a pipeline the largest of its members'
 (the kernel folds waited-for children into ``ru_maxrss`` as a maximum). It is launched
 through ``/usr/bin/time``: a child forked from this Python process would start out with
-this process's RSS (about 20 MB) as its high-water mark, hiding small tools' real figure. Output files are removed and dirty pages written back *before* each run, outside
-the timed span, so one run's writeback does not land in the next one's time.
+this process's RSS (about 20 MB) as its high-water mark, hiding small tools' real figure.
+Output files are removed and dirty pages written back *before* each run, outside the timed
+span, so one run's writeback does not land in the next one's time.
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def measure(cmds: list[Command], runs: int, logdir: str, *,
     command drops it from later rounds. The last run's outputs are kept with
     ``keep_outputs`` (for looking at their sizes), else removed."""
     results = {c.name: Result(c.name) for c in cmds}
-    for i in range(runs):
+    for _ in range(runs):
         for c in cmds:
             r = results[c.name]
             if r.error:

@@ -9,7 +9,7 @@ benchmark goes on.
 
     python bench/run.py [--runs N] [--only SECTION[,SECTION]] [--tree DIR] [--quick] [--json FILE]
 
-Sections: initramfs, tar, fat, iso, ext4, disk, virt.
+Sections: startup, initramfs, tar, fat, iso, ext4, disk, virt.
 """
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import startup  # noqa: E402
 import trees  # noqa: E402
 from measure import Command, Result, clear, measure  # noqa: E402
 
-SECTIONS = ("initramfs", "tar", "fat", "iso", "ext4", "disk", "virt")
+SECTIONS = ("startup", "initramfs", "tar", "fat", "iso", "ext4", "disk", "virt")
+#: Sections that measure no file tree (the benchmark tree is built only for the others).
+TREELESS = ("startup", "virt")
 IMGKIT = [sys.executable, "-m", "imgkit"]
 HELPER = [sys.executable, os.path.join(HERE, "helpers.py")]
 MiB = 1 << 20
@@ -40,19 +43,25 @@ q = shlex.quote
 
 @dataclass
 class Target:
-    """``imgkit`` row / ``ref`` row <= ``max_ratio`` (or, with ref None, RSS < max_rss_mb)."""
+    """``imgkit`` row / ``ref`` row <= ``max_ratio``; with ref None, RSS < max_rss_mb or the
+    median wall time <= max_seconds."""
 
     text: str
     imgkit: str
     ref: str | None = None
     max_ratio: float | None = None
     max_rss_mb: float | None = None
+    max_seconds: float | None = None
     value: float | None = None
     passed: bool | None = None
 
     def check(self, results: dict[str, Result]) -> None:
         me = results.get(self.imgkit)
         if me is None or not me.ok:
+            return
+        if self.max_seconds is not None:
+            self.value = me.seconds
+            self.passed = self.value <= self.max_seconds  # type: ignore[operator]
             return
         if self.ref is None:
             self.value = me.rss_mb
@@ -78,6 +87,7 @@ class Section:
     results: dict[str, Result] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     after: object = None  # callable(section) run after measuring, e.g. to look at outputs
+    runs: int | None = None  # runs per command, when not the benchmark's --runs
 
 
 def have(tool: str) -> bool:
@@ -93,6 +103,23 @@ def missing(section: Section, *tools: str) -> list[str]:
 
 
 # -- sections ---------------------------------------------------------------------------------
+
+def sec_startup(out: str, runs: int) -> list[Section]:
+    """Start-up: short commands, so more runs than the other sections."""
+    n = max(10, 5 * runs)
+    ver = Section("startup", "start-up: imgkit --version (installed wheel)", runs=n)
+    disk = Section("startup-disk", "start-up: imgkit build of a GPT disk with two empty 1 MiB "
+                                   "partitions", runs=n)
+    gone = missing(disk, "genimage")
+    ver.cmds, disk.cmds, notes = startup.commands(out, have_genimage=not gone)
+    ver.notes += notes
+    me = ver.cmds[0].name
+    ver.targets += [Target("imgkit --version <= 40 ms", me, max_seconds=0.040)]
+    if not gone:
+        disk.targets.append(Target("imgkit build <= 3x genimage", disk.cmds[0].name,
+                                   disk.cmds[1].name, 3.0))
+    return [ver, disk]
+
 
 def sec_initramfs(tree: str, out: str) -> list[Section]:
     raw = Section("initramfs", "initramfs: newc cpio, no compression")
@@ -171,8 +198,8 @@ def sec_fat(fat_tree: str, out: str) -> list[Section]:
                        "(regular files only)")
     s.extra["tree"] = stats.as_dict()
     o = lambda n: os.path.join(out, n)  # noqa: E731
-    s.cmds.append(Command("imgkit write_fat (auto size)", HELPER + ["fat", fat_tree, o("imgkit.fat")],
-                          (o("imgkit.fat"),)))
+    s.cmds.append(Command("imgkit write_fat (auto size)",
+                          HELPER + ["fat", fat_tree, o("imgkit.fat")], (o("imgkit.fat"),)))
     s.cmds.append(Command("python start-up + import (floor)", HELPER + ["import", "fat"]))
     if not missing(s, "mkfs.vfat", "mcopy"):
         kib = _fat_kib(fat_tree)
@@ -389,6 +416,15 @@ def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def ratios(sec: Section) -> dict[str, float]:
+    """The first row's (imgkit's) median time over each other row's, as the table prints."""
+    me = sec.results.get(sec.cmds[0].name) if sec.cmds else None
+    if me is None or not me.ok:
+        return {}
+    return {c.name: me.seconds / r.seconds  # type: ignore[operator]
+            for c in sec.cmds[1:] if (r := sec.results.get(c.name)) and r.ok and r.seconds}
+
+
 def print_section(sec: Section) -> None:
     print(f"\n== {sec.title} ==")
     for n in sec.notes:
@@ -413,6 +449,8 @@ def print_section(sec: Section) -> None:
     for t in sec.targets:
         if t.passed is None:
             verdict = "n/a (a row failed or is missing)"
+        elif t.max_seconds is not None:
+            verdict = f"{t.value * 1000:.1f} ms  {'PASS' if t.passed else 'MISS'}"
         elif t.ref is None:
             verdict = f"{t.value:.1f} MB  {'PASS' if t.passed else 'MISS'}"
         else:
@@ -420,7 +458,8 @@ def print_section(sec: Section) -> None:
         print(f"  target: {t.text:<46} {verdict}")
     for key, value in sec.extra.items():
         if key == "output_bytes":
-            print("  output sizes: " + ", ".join(f"{k}: {v / 1e6:,.1f} MB" for k, v in value.items()))
+            print("  output sizes: "
+                  + ", ".join(f"{k}: {v / 1e6:,.1f} MB" for k, v in value.items()))
         elif key == "disk_usage":
             for k, v in value.items():
                 print(f"  {k} disk.img: apparent {v['apparent_bytes'] / MiB:,.0f} MiB, "
@@ -433,7 +472,7 @@ def run_section(sec: Section, runs: int, logdir: str) -> None:
     if not sec.cmds:
         return
     names = ", ".join(c.name for c in sec.cmds)
-    trees.log(f"{sec.name}: {runs} run(s) of {names}")
+    trees.log(f"{sec.name}: {sec.runs or runs} run(s) of {names}")
     cold = None
     if "cold_cache" in sec.extra:
         # Cold: the first run with an empty cache, measured once, apart from the warm runs.
@@ -442,7 +481,7 @@ def run_section(sec: Section, runs: int, logdir: str) -> None:
         shutil.rmtree(sec.extra.pop("cold_cache"), ignore_errors=True)
         sec.results.update(measure([cold], 1, logdir))
     keep = callable(sec.after)
-    sec.results.update(measure(sec.cmds, runs, logdir, keep_outputs=keep))
+    sec.results.update(measure(sec.cmds, sec.runs or runs, logdir, keep_outputs=keep))
     if keep:
         try:
             sec.after(sec)  # type: ignore[operator]
@@ -476,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         ap.error("--runs must be at least 1")
 
-    if args.tree:
+    if all(s in TREELESS for s in wanted):
+        tree, how = "", "none: the sections chosen measure no tree"
+    elif args.tree:
         tree, how = os.path.abspath(args.tree), "given with --tree"
         if not os.path.isdir(tree):
             ap.error(f"--tree {args.tree!r} is not a directory")
@@ -489,23 +530,28 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             print(f"bench: cannot build the benchmark tree: {exc}", file=sys.stderr)
             return 1
-    stats = trees.tree_stats(tree)
-    print(f"tree: {tree} ({how})")
-    print(f"      {stats.line()}")
+    stats = trees.tree_stats(tree) if tree else None
+    print(f"tree: {tree or '-'} ({how})")
+    if stats is not None:
+        print(f"      {stats.line()}")
     print(f"runs: {args.runs} per command, median; interleaved; warm page cache; "
           f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
 
     base = trees.cache_dir()
-    report: dict = {"tree": {"path": tree, "how": how, **stats.as_dict()}, "runs": args.runs,
+    report: dict = {"tree": {"path": tree, "how": how, **(stats.as_dict() if stats else {})},
+                    "runs": args.runs,
                     "cpus": os.cpu_count(), "sections": {}}
     with tempfile.TemporaryDirectory(prefix="run-", dir=base) as out:
         logdir = os.path.join(out, "logs")
         os.makedirs(logdir)
-        trees.log("warming the page cache...")
-        trees.warm(tree)
+        if tree:
+            trees.log("warming the page cache...")
+            trees.warm(tree)
         for name in wanted:
             try:
-                if name == "initramfs":
+                if name == "startup":
+                    secs = sec_startup(out, args.runs)
+                elif name == "initramfs":
                     secs = sec_initramfs(tree, out)
                 elif name == "tar":
                     secs = sec_tar(tree, out)
@@ -528,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     secs = sec_virt(out)
             except Exception as exc:  # noqa: BLE001 - a broken section must not stop the rest
-                secs = [Section(name, name, notes=[f"could not set up: {type(exc).__name__}: {exc}"])]
+                why = f"could not set up: {type(exc).__name__}: {exc}"
+                secs = [Section(name, name, notes=[why])]
             for sec in secs:
                 try:
                     run_section(sec, args.runs, logdir)
@@ -540,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                     "title": sec.title, "notes": sec.notes,
                     "results": [sec.results[c.name].as_dict() for c in sec.cmds
                                 if c.name in sec.results],
+                    "ratios": ratios(sec),
                     "targets": [t.as_dict() for t in sec.targets], **sec.extra}
     misses = [(n, t["target"]) for n, s in report["sections"].items() for t in s["targets"]
               if t["passed"] is False]

@@ -1,4 +1,5 @@
-"""Size strings as people write them in configs: ``"64M"``, ``"1.5G"``, ``"512"``, ``"25%"``, ``"auto"``.
+"""Size strings as people write them in configs: ``"64M"``, ``"1.5G"``, ``"512"``, ``"25%"``,
+``"auto"``.
 
 Units are binary (``K`` = 1024) whether written ``K`` or ``KiB``: disk tools align to binary
 units, and a silent decimal/binary mix-up shifts partitions. ``MB``-style suffixes are refused
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 from imgkit.errors import InputError
+
+if TYPE_CHECKING:
+    from fractions import Fraction  # imported where a fraction is parsed: start-up time
 
 KiB = 1024
 MiB = 1024 ** 2
@@ -43,7 +46,7 @@ class Percent:
 
 
 #: What a partition's ``size`` may be after parsing.
-SizeSpec = Union[int, Percent, Literal["auto"], Literal["grow"]]
+SizeSpec = int | Percent | Literal["auto"] | Literal["grow"]
 
 
 def parse_size(value: str | int, *, what: str = "size") -> int:
@@ -63,13 +66,18 @@ def parse_size(value: str | int, *, what: str = "size") -> int:
     if not m:
         raise InputError(
             f"{what}: expected a size such as '512', '64M', '1.5G' or '2GiB', got {value!r}",
-            hint="sizes are a number followed by an optional binary unit: K, M, G, T (or KiB, MiB, GiB, TiB)")
+            hint="sizes are a number followed by an optional binary unit: K, M, G, T "
+                 "(or KiB, MiB, GiB, TiB)")
     number, unit = m.group(1), m.group(2).upper()
     if unit not in _UNITS:
         hint = "units are binary: K, M, G, T or KiB, MiB, GiB, TiB"
         if unit in ("KB", "MB", "GB", "TB"):
             hint = f"write {unit[0]} or {unit[0]}iB (binary, 1{unit[0]} = {_UNITS[unit[0]]} bytes)"
         raise InputError(f"{what}: unknown unit {m.group(2)!r} in {value!r}", hint=hint)
+    if number.isdigit():
+        return int(number) * _UNITS[unit]
+    from fractions import Fraction
+
     exact = Fraction(number) * _UNITS[unit]
     if exact.denominator != 1:
         raise InputError(f"{what}: {value!r} is not a whole number of bytes ({float(exact):g})",
@@ -82,13 +90,15 @@ def parse_percent(value: str, *, what: str = "size") -> Percent:
     m = _PERCENT.match(value) if isinstance(value, str) else None
     if not m:
         raise InputError(f"{what}: expected a percentage such as '25%', got {value!r}")
+    from fractions import Fraction
+
     p = Fraction(m.group(1))
     if not 0 < p <= 100:
         raise InputError(f"{what}: expected a percentage above 0% and at most 100%, got {value!r}")
     return Percent(p)
 
 
-def parse_size_spec(value: "str | int | Percent", *, what: str = "size",
+def parse_size_spec(value: str | int | Percent, *, what: str = "size",
                     allow: tuple[str, ...] = ("percent", "auto", "grow")) -> SizeSpec:
     """Parse a partition-style size: bytes, ``"N%"``, ``"auto"`` or ``"grow"``.
 
@@ -112,7 +122,8 @@ def parse_size_spec(value: "str | int | Percent", *, what: str = "size",
     try:
         return parse_size(value, what=what)
     except InputError as exc:
-        forms = ["'64M'"] + [{"percent": "'25%'", "auto": "'auto'", "grow": "'grow'"}[a] for a in allow]
+        names = {"percent": "'25%'", "auto": "'auto'", "grow": "'grow'"}
+        forms = ["'64M'"] + [names[a] for a in allow]
         raise InputError(f"{exc} (accepted forms: {', '.join(forms)})", hint=exc.hint) from None
 
 

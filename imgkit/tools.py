@@ -6,17 +6,16 @@ missing tool. Tests and library users may swap :data:`runner` for their own.
 """
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import shutil
 import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Mapping, Sequence
+from typing import IO, Any
 
 from imgkit.errors import ToolError
-
-log = logging.getLogger("imgkit.tools")
 
 #: Which Debian package ships each external tool, for the "install it" hint.
 PACKAGES: dict[str, str] = {
@@ -27,9 +26,10 @@ PACKAGES: dict[str, str] = {
     "file": "file",
     "sfdisk": "fdisk", "sgdisk": "gdisk", "fsck.vfat": "dosfstools", "mkfs.vfat": "dosfstools",
     "cpio": "cpio", "bsdtar": "libarchive-tools", "xorriso": "xorriso", "objdump": "binutils",
-    "objcopy": "binutils", "mmd": "mtools", "mtype": "mtools",
+    "objcopy": "binutils", "mmd": "mtools",
     "depmod": "kmod", "busybox": "busybox-static", "zstd": "zstd", "lz4": "lz4",
-    "apt-get": "apt", "apt-cache": "apt", "dpkg": "dpkg", "dpkg-deb": "dpkg", "isoinfo": "genisoimage",
+    "apt-get": "apt", "apt-cache": "apt", "dpkg": "dpkg", "dpkg-deb": "dpkg",
+    "isoinfo": "genisoimage",
 }
 
 
@@ -72,7 +72,7 @@ class Runner:
         full_env = _clean_env()
         full_env.update(self.env or {})
         full_env.update(env or {})
-        log.debug("%s: %s", how, shlex.join(argv))
+        _log_debug(f"{how}: {shlex.join(argv)}")
         return argv, full_env
 
     def run(
@@ -103,7 +103,9 @@ class Runner:
         except subprocess.TimeoutExpired as exc:
             raise ToolError(f"{shlex.join(argv)} did not finish within {timeout} s") from exc
         if check and proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip() if capture_err and proc.stderr else ""
+            err = ""
+            if capture_err and proc.stderr:
+                err = proc.stderr.decode(errors="replace").strip()
             tail = "\n".join(err.splitlines()[-15:])
             raise ToolError(
                 f"{os.path.basename(argv[0])} failed with exit status {proc.returncode}: "
@@ -130,11 +132,20 @@ class Runner:
         (Linux ``PR_SET_PDEATHSIG``), so not even a SIGKILLed caller leaves it behind."""
         argv, full_env = self._prepare(argv, env, "spawn")
         try:
+            hook = _die_with_parent_hook() if kill_with_parent else None
             return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
-                                    env=full_env, start_new_session=new_session,
-                                    preexec_fn=_die_with_parent_hook() if kill_with_parent else None)
+                                    env=full_env, start_new_session=new_session, preexec_fn=hook)
         except FileNotFoundError as exc:
             raise ToolError(f"cannot execute {argv[0]}: {exc.strerror}") from exc
+
+
+def _log_debug(message: str) -> None:
+    """Log to ``imgkit.tools`` at debug level. Until something imports :mod:`logging` no
+    handler can be listening, so the module (some milliseconds of start-up) is not imported
+    here for nothing."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("imgkit.tools").debug("%s", message)
 
 
 def _die_with_parent_hook():
@@ -164,11 +175,11 @@ def _clean_env() -> dict[str, str]:
 runner = Runner()
 
 
-def run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+def run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` through the current :data:`runner` (see :meth:`Runner.run`)."""
     return runner.run(argv, **kwargs)
 
 
-def spawn(argv: Sequence[str], **kwargs) -> subprocess.Popen:
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start ``argv`` through the current :data:`runner` (see :meth:`Runner.spawn`)."""
     return runner.spawn(argv, **kwargs)

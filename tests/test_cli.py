@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cpio_listing
 
 
@@ -58,3 +57,74 @@ def test_bad_list_keeps_previous_output(tmp_path):
 def test_no_command_prints_usage():
     r = imgkit()
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_help_lists_every_command_with_its_line():
+    from imgkit.cli import COMMANDS
+
+    r = imgkit("--help")
+    assert r.returncode == 0
+    for name, entry in COMMANDS.items():
+        assert any(line.split()[:1] == [name] for line in r.stdout.splitlines()), name
+        assert " ".join(entry.help.split()[:3]) in r.stdout, name
+
+
+@pytest.mark.parametrize("cmd", ["inspect", "build", "run", "kernel", "virt"])
+def test_help_of_the_other_commands(cmd):
+    r = imgkit(cmd, "--help")
+    assert r.returncode == 0 and "usage: imgkit " + cmd in r.stdout
+
+
+HEAVY = ("construct", "libarchive", "pycdlib", "pyfatfs", "zstandard")
+
+
+def imported_by(*args: str) -> set[str]:
+    """Top-level modules that ``imgkit ARGS`` imports, as this interpreter sees them."""
+    code = ("import sys\nfrom imgkit.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    return set(r.stderr.strip().splitlines()[-1].split())
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["tar", "--help"],
+                                  ["build", "--help"], ["inspect", "--help"]])
+def test_start_up_imports_no_format_library(args):
+    modules = imported_by(*args)
+    assert "argparse" in modules  # the probe itself worked
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_only_the_chosen_command_is_imported():
+    from imgkit.cli import COMMANDS
+
+    modules = imported_by("tar", "--help")
+    commands = {entry.module for entry in COMMANDS.values()}
+    assert modules & commands == {"imgkit.cli.tar"}
+    assert not imported_by("--help") & commands
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    plain = imgkit("tar", str(tmp_path / "nope"), "-o", str(tmp_path / "x.tar"))
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.startswith("imgkit: error: ")
+    debug = imgkit("--debug", "tar", str(tmp_path / "nope"), "-o", str(tmp_path / "x.tar"))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "InputError" in debug.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = imgkit("initramfs", str(tmp_path))  # no -o
+    assert r.returncode == 2 and "the following arguments are required: -o" in r.stderr
+    assert imgkit("no-such-command").returncode == 2
+
+
+def test_initramfs_defaults_to_zstd_with_a_plain_install(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "hello").write_text("hi\n")
+    out = tmp_path / "initrd"
+    r = imgkit("initramfs", str(tmp_path / "root"), "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["compression"] == "zstd"
+    listing = subprocess.run(f"zstd -dc {out} | cpio -t --quiet", shell=True, check=True,
+                             capture_output=True, text=True).stdout.split()
+    assert "hello" in listing

@@ -363,12 +363,8 @@ def test_iso_describe_matches_isoinfo(iso_image):
 # -- our own writers, through the CLI ---------------------------------------------------------
 
 def imgkit(*argv: str) -> subprocess.CompletedProcess:
-    """``python -m imgkit ARGS``, with ``inspect`` registered if the CLI does not yet do it."""
-    code = ("import sys\nfrom imgkit import cli, cli_more, cli_inspect\n"
-            "if cli_inspect.register not in cli._EXTRA_PARSERS:\n"
-            "    cli._EXTRA_PARSERS.append(cli_inspect.register)\n"
-            "sys.exit(cli.main(sys.argv[1:]))\n")
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    """``python -m imgkit ARGS``."""
+    return subprocess.run([sys.executable, "-m", "imgkit", *argv], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from imgkit.vm import kernel, virt
 from imgkit.errors import BootError, InputError, ToolError
+from imgkit.vm import kernel, virt
 
 ARGS = ["a b", "", "it's", 'say "hi"', "ünïcödé ✓", "new\nline", "$HOME", "*", "-n", "\\", " "]
 PY = sys.executable
@@ -32,11 +32,11 @@ def debian_kernel():
 
 
 def virt_cli(args, cwd, *, env=None, timeout=VM_TIMEOUT):
-    """``python -m imgkit.cli_virt ARGS`` in ``cwd``; returns the CompletedProcess (bytes).
+    """``python -m imgkit.cli.virt ARGS`` in ``cwd``; returns the CompletedProcess (bytes).
     Every VM gets ``--timeout`` unless ARGS has its own."""
     if "--timeout" not in args:
         args = ["--timeout", str(timeout), *args]
-    return subprocess.run([PY, "-m", "imgkit.cli_virt", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([PY, "-m", "imgkit.cli.virt", *args], cwd=cwd, capture_output=True,
                           timeout=timeout + 60, env={**os.environ, **(env or {})})
 
 
@@ -77,7 +77,7 @@ def test_vm_argv_is_minimal(tmp_path):
 
 
 def test_memory_sizes():
-    from imgkit.cli_virt import parse_memory
+    from imgkit.cli.virt import parse_memory
     assert parse_memory("512") == 512 and parse_memory("512M") == 512
     assert parse_memory("2G") == 2048 and parse_memory("1GiB") == 1024
     with pytest.raises(InputError):

@@ -3,9 +3,8 @@ that sees only the current directory (mounted on /work).
 
 The exit status is the command's; 124 on ``--timeout`` (as ``timeout(1)``), 127 when the
 command is not found in the VM, 130 on Ctrl-C (143 on SIGTERM), 1 when the VM cannot be
-started.
-``register`` adds the subcommand to the main CLI; ``main`` parses it standalone
-(``python -m imgkit.cli_virt -- COMMAND``).
+started. ``main`` parses it on its own (``python -m imgkit.cli.virt -- COMMAND``), for
+scripts that want only this command.
 """
 from __future__ import annotations
 
@@ -13,9 +12,16 @@ import argparse
 import re
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from types import FrameType
 
+from imgkit.cli.common import guarded
 from imgkit.errors import InputError
+
+DESCRIPTION = ("Boot a minimal VM (cached kernel and initramfs), mount the current directory "
+               "on /work over 9p, run COMMAND there as root with its stdout, stderr and exit "
+               "status passed back, power off. Exit status: the command's; 124 on timeout, "
+               "127 if not found, 130 on Ctrl-C.")
 
 _MEM = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.I)
 
@@ -63,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the command to run in /work (the shared directory)")
 
 
-def cmd_virt(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the VM; returns the exit status (handles Ctrl-C and timeouts itself)."""
     from imgkit.vm import virt
 
@@ -71,7 +77,8 @@ def cmd_virt(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        raise InputError("no command given", hint="usage: imgkit virt [OPTIONS] -- COMMAND [ARGS...]")
+        raise InputError("no command given",
+                         hint="usage: imgkit virt [OPTIONS] -- COMMAND [ARGS...]")
     if args.cpus < 1:
         raise InputError(f"--cpus {args.cpus}: expected at least 1")
     spec = virt.VirtSpec(command=tuple(command), share_ro=args.share_ro, image=args.image,
@@ -106,21 +113,8 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, unwound like Ctrl-C so QEMU is killed on the way out."""
 
 
-def _raise_interrupt(signum, frame) -> None:
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``virt`` to the main CLI's subcommands."""
-    p = sub.add_parser("virt", help="run a command as root in a throwaway VM seeing only the "
-                                    "current directory",
-                       description="Boot a minimal VM (cached kernel and initramfs), mount the "
-                                   "current directory on /work over 9p, run COMMAND there as "
-                                   "root with its stdout, stderr and exit status passed back, "
-                                   "power off. Exit status: the command's; 124 on timeout, "
-                                   "127 if not found, 130 on Ctrl-C.")
-    add_arguments(p)
-    p.set_defaults(func=cmd_virt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,10 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="Run a command as root in a throwaway VM.")
     p.add_argument("--debug", action="store_true", help="tracebacks for errors")
     add_arguments(p)
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    from imgkit.cli import run_handler
-    return run_handler(cmd_virt, args)
+    return guarded(run, p.parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

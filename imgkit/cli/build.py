@@ -1,0 +1,45 @@
+"""``imgkit build CONFIG.toml``: every image a config declares, through
+:func:`imgkit.build.build`."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from imgkit.cli.common import epoch, progress
+
+if TYPE_CHECKING:
+    import argparse
+
+DESCRIPTION = ("Build trees, initramfs archives, UKIs, filesystems, a disk and/or an ISO as "
+               "declared in a TOML config file (see README).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("-O", "--output-dir", default=".", metavar="DIR",
+                   help="where declared outputs go (default: current directory)")
+    p.add_argument("--only", action="append", default=[], metavar="ARTIFACT",
+                   help="build only this: disk, iso, initramfs:NAME, uki:NAME, fs:NAME")
+    p.add_argument("--mtime", metavar="EPOCH",
+                   help="clamp times to EPOCH (default: config 'mtime', else $SOURCE_DATE_EPOCH)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--json", action="store_true", help="print a JSON list of outputs on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from imgkit.build import build
+    from imgkit.config import load_config
+
+    started = time.monotonic()
+    quiet = args.json or args.quiet
+    result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
+                   progress=None if quiet else progress, only=tuple(args.only))
+    if args.json:
+        import json
+
+        print(json.dumps({"outputs": [{"kind": o.kind, "name": o.name, "path": o.path,
+                                       "bytes": o.size, **o.details} for o in result.outputs],
+                          "seconds": round(time.monotonic() - started, 3)}, indent=1))
+    elif not args.quiet:
+        progress(f"done in {time.monotonic() - started:.1f} s")
+    return 0

@@ -1,0 +1,124 @@
+"""``imgkit run IMAGE``: boot a kernel, UKI, disk image or ISO in QEMU, the serial console on
+the terminal; with ``--expect TEXT``, exit 0 as soon as TEXT appears."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from imgkit.cli.common import progress
+from imgkit.errors import InputError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from imgkit.vm.qemu import QemuSpec
+
+DESCRIPTION = ("Boot a kernel (direct), a UKI, a disk image (raw/qcow2) or an ISO in QEMU with "
+               "the right firmware; serial console on the terminal. With --expect, exit 0 once "
+               "TEXT appears.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", metavar="IMAGE",
+                   help="kernel, UKI, disk image or ISO (what it is is detected)")
+    p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly")
+    p.add_argument("--initrd", metavar="FILE", help="initramfs for a direct kernel boot")
+    p.add_argument("--append", metavar="CMDLINE", help="kernel command line (direct boot; "
+                   "default console=ttyS0)")
+    p.add_argument("--firmware", choices=["bios", "uefi"],
+                   help="force SeaBIOS or OVMF (default: from the image)")
+    p.add_argument("--display", choices=["serial", "gtk"], default="serial",
+                   help="serial console on the terminal (default) or a GTK window")
+    p.add_argument("--expect", metavar="TEXT", help="exit 0 as soon as TEXT is on the console")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="give up (exit 1, console tail shown) after this long (default 300)")
+    p.add_argument("--mem", type=int, default=512, metavar="MiB", help="guest memory (default 512)")
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--drive", action="append", default=[], metavar="FILE",
+                   help="attach another raw disk image (virtio); repeatable")
+    p.add_argument("--qemu-arg", action="append", default=[], metavar="ARGS",
+                   help="extra QEMU arguments, passed through (split on spaces)")
+    p.add_argument("--snapshot", action="store_true",
+                   help="discard the guest's writes (the image files stay unchanged)")
+    p.add_argument("--iso-as-disk", action="store_true",
+                   help="attach an ISO as a hard disk (as a USB stick would be) instead of a CD")
+    p.add_argument("--quiet", action="store_true", help="do not copy the console to stdout")
+    p.add_argument("--json", action="store_true",
+                   help="no console; print the outcome (matched text, seconds) as JSON")
+    p.add_argument("--print-cmdline", action="store_true",
+                   help="print the QEMU command line instead of running it")
+
+
+def qemu_spec(args: argparse.Namespace, workdir: str) -> QemuSpec:
+    """What to boot: IMAGE (its kind detected) or ``--kernel``."""
+    from imgkit.vm.qemu import Drive, QemuSpec
+    from imgkit.vm.runimage import spec_for
+
+    drives = tuple(Drive(d) for d in args.drive)
+    extra = tuple(a for item in args.qemu_arg for a in item.split())
+    display = "gtk" if args.display == "gtk" else "serial"
+    if args.image:
+        spec, kind = spec_for(args.image, firmware=args.firmware, memory=args.mem,
+                              cpus=args.cpus, display=display, extra_drives=drives,
+                              extra_args=extra, initrd=args.initrd, append=args.append,
+                              workdir=workdir, snapshot=args.snapshot,
+                              iso_as_disk=args.iso_as_disk)
+        progress(f"booting {args.image}: {kind.why}, {spec.firmware} firmware")
+        return spec
+    if args.kernel:
+        return QemuSpec(kernel=args.kernel, initrd=args.initrd,
+                        append=args.append or "console=ttyS0", drives=drives, memory=args.mem,
+                        cpus=args.cpus, display=display, extra_args=extra,
+                        firmware=args.firmware or "bios")
+    raise InputError("nothing to boot: give IMAGE or --kernel",
+                     hint="imgkit run disk.img, or imgkit run --kernel vmlinuz --initrd initrd.zst")
+
+
+def print_cmdline(spec: QemuSpec, accel: str) -> None:
+    import shlex
+
+    from imgkit.vm.firmware import find_uefi
+    from imgkit.vm.qemu import build_argv
+
+    uefi = find_uefi() if spec.firmware == "uefi" else None
+    print(shlex.join(build_argv(spec, accel=accel, uefi=uefi,
+                                vars_path=uefi.vars_template if uefi else None)))
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from imgkit.errors import BootError
+    from imgkit.vm.qemu import boot, choose_accel, run_interactive
+
+    with tempfile.TemporaryDirectory(prefix="imgkit-run-") as work:
+        spec = qemu_spec(args, work)
+        accel = choose_accel()
+        if args.print_cmdline:
+            print_cmdline(spec, accel)
+            return 0
+        if args.expect is None and not (args.quiet or args.json) and sys.stdin.isatty():
+            progress(f"QEMU ({accel}); serial console here: Ctrl-A X quits, Ctrl-A C is the "
+                     "QEMU monitor")
+            return run_interactive(spec, timeout=args.timeout, accel=accel)
+        progress(f"QEMU ({accel}); " + ("waiting for " + repr(args.expect) if args.expect
+                                        else "console below") + f", timeout {args.timeout:g} s")
+        console = None if (args.quiet or args.json) else sys.stdout
+        try:
+            result = boot(spec, expect=args.expect, timeout=args.timeout, console=console,
+                          accel=accel, wait_exit=args.expect is None)
+        except BootError as exc:
+            tail = getattr(exc, "log_tail", None)
+            if args.quiet and tail:
+                print(tail, file=sys.stderr)
+            raise
+    if args.json:
+        print(json.dumps({"matched": result.matched, "seconds": round(result.elapsed, 3),
+                          "returncode": result.returncode, "firmware": spec.firmware,
+                          "accel": accel}))
+    elif args.expect:
+        if console is not None:
+            print(flush=True)  # the console's last line may have no newline yet
+        progress(f"saw {result.matched!r} after {result.elapsed:.1f} s")
+    return 0
