@@ -13,11 +13,23 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Sequence, Union
+from typing import BinaryIO
 
-from construct import (Array, Bytes, Const, If, IfThenElse, Int8ul, Int16ul, Int32ul, Int64ul,
-                       Struct, this)
+from construct import (
+    Array,
+    Bytes,
+    Const,
+    If,
+    IfThenElse,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    Struct,
+    this,
+)
 
 from imgkit.errors import ImageError, InputError
 
@@ -161,7 +173,7 @@ class PEImage:
     """The file's bytes up to the first section's raw data (DOS stub, headers, padding)."""
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "PEImage":
+    def read(cls, path: str | os.PathLike) -> PEImage:
         """Parse the headers of the PE file at ``path``; :class:`ImageError` if it is not one."""
         path = os.fspath(path)
         with open(path, "rb") as f:
@@ -337,7 +349,7 @@ def format_sections(image: PEImage) -> str:
 
 
 # -- appending sections ----------------------------------------------------------------------
-Part = Union[bytes, str, os.PathLike]
+Part = bytes | str | os.PathLike
 """A piece of section content: literal bytes or a host file path (streamed)."""
 
 

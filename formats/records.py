@@ -41,7 +41,7 @@ class Record:
         unknown = set(values) - set(self.fields)
         if unknown:
             raise TypeError(f"{self.name} has no field {sorted(unknown)[0]!r}")
-        return self.struct.pack(*(values.get(n, z) for n, z in zip(self.fields, self._zero)))
+        return self.struct.pack(*(values.get(n, z) for n, z in zip(self.fields, self._zero, strict=False)))
 
     def offset_of(self, field: str) -> int:
         """Byte offset of ``field`` inside the record."""

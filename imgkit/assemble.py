@@ -7,11 +7,11 @@ clamp times. Every writer then takes the result as it is.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from imgkit.errors import InputError
-from imgkit.idmap import IdMap, KEEP
+from imgkit.idmap import KEEP, IdMap
 from imgkit.sources import load_source
 from imgkit.sources.initramfs_list import parse_list_lines
 from imgkit.tree import Entry, FileBlob, Kind, Tree

@@ -11,7 +11,8 @@ import contextlib
 import io
 import lzma
 import struct
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from imgkit.errors import InputError
 

@@ -5,12 +5,12 @@ import grp
 import pwd
 import stat
 import time
-from functools import lru_cache
+from functools import cache
 
 from imgkit.tree import Entry, Kind, Tree
 
 
-@lru_cache(maxsize=None)
+@cache
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -18,7 +18,7 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _group(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name

@@ -15,8 +15,9 @@ import io
 import os
 import posixpath
 import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Iterator, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from imgkit.errors import InputError
 
@@ -39,7 +40,7 @@ class Kind(enum.Enum):
         return _TYPE_BITS[self]
 
     @classmethod
-    def from_mode(cls, mode: int) -> "Kind":
+    def from_mode(cls, mode: int) -> Kind:
         """The kind whose ``S_IF*`` bits ``mode`` carries."""
         fmt = stat.S_IFMT(mode)
         for kind, bits in _TYPE_BITS.items():
@@ -63,7 +64,10 @@ _TYPE_BITS = {
 class Blob(Protocol):
     """Lazily opened file content. ``size`` is known without reading."""
 
-    size: int
+    @property
+    def size(self) -> int:
+        """The content's length in bytes (holes included)."""
+        ...
 
     def open(self) -> BinaryIO:
         """A fresh binary reader positioned at the content's first byte."""
@@ -105,7 +109,7 @@ class BytesBlob:
     data: bytes
 
     @property
-    def size(self) -> int:  # type: ignore[override]
+    def size(self) -> int:
         return len(self.data)
 
     def open(self) -> BinaryIO:
@@ -125,7 +129,7 @@ class _Window(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b: Any) -> int:
         n = min(len(b), self._left)
         if n <= 0:
             return 0
@@ -182,7 +186,7 @@ class Entry:
     def parent(self) -> str:
         return posixpath.dirname(self.path)
 
-    def replace(self, **changes) -> "Entry":
+    def replace(self, **changes: Any) -> Entry:
         return dataclasses.replace(self, **changes)
 
 
@@ -262,7 +266,7 @@ class Tree:
         for entry in entries:
             self.add(entry)
 
-    def overlay(self, other: "Tree") -> None:
+    def overlay(self, other: Tree) -> None:
         """Lay ``other`` over this tree: its entries win, including its root's metadata."""
         self.warnings.extend(other.warnings)
         if len(self._entries) == 1:  # only the root: nothing to merge, take the entries as they are
@@ -342,7 +346,7 @@ class Tree:
             self._children_index = index
         return [self._entries[p] for p in self._children_index.get(path, [])]
 
-    def with_canonical_hardlinks(self) -> "Tree":
+    def with_canonical_hardlinks(self) -> Tree:
         """A tree where each hard-link group's data sits on its first name in canonical order.
 
         Formats that extract in stream order (tar) need the file before its other names.
@@ -392,7 +396,7 @@ class Tree:
                         f"file in the tree" + (f" (from {e.origin})" if e.origin else ""))
 
     # -- whole-tree transforms ----------------------------------------------------------
-    def map(self, fn) -> "Tree":
+    def map(self, fn: Callable[[Entry], Entry]) -> Tree:
         """A new tree with ``fn(entry)`` applied to every entry (root included)."""
         out = Tree(dir_mode=self.dir_mode, default_mtime=self.default_mtime)
         out._entries = {p: fn(e) for p, e in self._entries.items()}
@@ -400,11 +404,11 @@ class Tree:
         out.warnings = list(self.warnings)
         return out
 
-    def clamp_mtimes(self, epoch: int) -> "Tree":
+    def clamp_mtimes(self, epoch: int) -> Tree:
         """Times newer than ``epoch`` become ``epoch`` (``SOURCE_DATE_EPOCH`` semantics)."""
         return self.map(lambda e: e.replace(mtime=epoch) if e.mtime > epoch else e)
 
-    def with_root(self, **changes) -> None:
+    def with_root(self, **changes: Any) -> None:
         """Change the root directory's metadata (mode, owner, mtime)."""
         self._entries[""] = self._entries[""].replace(**changes)
         self._invalidate()

@@ -13,12 +13,13 @@ import shutil
 
 import pytest
 
-from imgkit.vm import guest_init as initrd_init, kernel, kmod, qemu
 from imgkit import tools
 from imgkit.compress import compressed_writer
 from imgkit.errors import BootError
 from imgkit.formats.cpio import write_cpio
 from imgkit.tree import Entry, FileBlob, Kind
+from imgkit.vm import guest_init as initrd_init
+from imgkit.vm import kernel, kmod, qemu
 
 pytestmark = pytest.mark.boot
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import sh
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")

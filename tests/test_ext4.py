@@ -16,12 +16,12 @@ import tempfile
 
 import pytest
 
-from imgkit.vm import kernel
 from imgkit import tools
 from imgkit.errors import InputError, LayoutError, ToolError
-from imgkit.formats.ext4 import write as ext4
 from imgkit.formats.ext4 import estimate_size, write_ext4
+from imgkit.formats.ext4 import write as ext4
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
+from imgkit.vm import kernel
 
 pytestmark = pytest.mark.skipif(not (tools.have("mke2fs") and tools.have("debugfs")),
                                 reason="e2fsprogs not installed")

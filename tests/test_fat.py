@@ -119,7 +119,7 @@ def mixed_tree(tmp_path) -> Tree:
         "a long name with spaces.tar.gz": os.urandom(3000),
         "multi.dot.name.conf": b"x=1\n",
         ".hidden": b"h",
-        "ünïcödé ✓.txt": "utf-16 long name".encode(),
+        "ünïcödé ✓.txt": b"utf-16 long name",
         "plus+comma,semi;eq=[br].txt": b"lossy short name",
         "empty": b"",
         "thirteen_char": b"LFN exactly one entry long",

@@ -17,14 +17,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import sh
 
 from imgkit import tools
 from imgkit.browse import open_tree
 from imgkit.errors import ImageError, InputError
 from imgkit.inspect import describe, detect, format_description
 from imgkit.tree import BytesBlob, Entry, Kind, Tree
-
-from conftest import sh
 
 MiB = 1 << 20
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
@@ -106,7 +105,7 @@ def test_gpt_describe_matches_sfdisk_and_sgdisk(gpt_fat):
     assert table["first_usable_lba"] == sf["firstlba"] and table["last_usable_lba"] == sf["lastlba"]
     assert table["backup_ok"]
     assert len(table["partitions"]) == len(sf["partitions"]) == 2
-    for ours, theirs in zip(table["partitions"], sf["partitions"]):
+    for ours, theirs in zip(table["partitions"], sf["partitions"], strict=False):
         assert ours["start_lba"] == theirs["start"]
         assert ours["sectors"] == theirs["size"]
         assert ours["size"] == theirs["size"] * 512 and ours["start"] == theirs["start"] * 512
@@ -254,7 +253,7 @@ def test_ext4_listing_matches_debugfs(mbr_ext4):
     device = f"{disk}?offset={6144 * 512}"
     seen = set()
     for directory in ("/", "/etc", "/etc/deep", "/lost+found"):
-        for name, (ino, mode, uid, gid, size) in _debugfs_ls(device, directory).items():
+        for name, (_ino, mode, uid, gid, size) in _debugfs_ls(device, directory).items():
             path = (directory.strip("/") + "/" + name).lstrip("/")
             seen.add(path)
             e = entries[path]
@@ -370,9 +369,10 @@ def imgkit(*argv: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def own_disk(tmp_path_factory):
     from imgkit.disk.image import write_disk
+    from imgkit.disk.layout import DiskSpec, plan
+    from imgkit.disk.layout import PartitionSpec as P
     from imgkit.formats.ext4 import write_ext4
     from imgkit.formats.fat import write_fat
-    from imgkit.disk.layout import DiskSpec, PartitionSpec as P, plan
 
     tmp = tmp_path_factory.mktemp("own")
     esp = Tree()

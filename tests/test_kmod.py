@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from imgkit.vm import kernel, kmod
 from imgkit import tools
 from imgkit.errors import InputError
 from imgkit.tree import Kind
+from imgkit.vm import kernel, kmod
 
 
 @pytest.fixture(scope="session")

@@ -111,10 +111,10 @@ def test_uki_sections_layout_and_contents(tmp_path, inputs):
     p = objdump_p(out)
     sa, fa = int(p["SectionAlignment"], 16), int(p["FileAlignment"], 16)
     ordered = sorted(secs.values(), key=lambda s: s["vma"])
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in zip(ordered, ordered[1:], strict=False):
         assert a["vma"] + a["size"] <= b["vma"], "sections overlap in memory"
     files = sorted(secs.values(), key=lambda s: s["off"])
-    for a, b in zip(files, files[1:]):
+    for a, b in zip(files, files[1:], strict=False):
         assert a["off"] + a["size"] <= b["off"], "sections overlap in the file"
     for name in new:
         assert secs[name]["vma"] % sa == 0 and secs[name]["off"] % fa == 0

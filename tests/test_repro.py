@@ -42,5 +42,6 @@ def test_two_builds_are_identical(tmp_path, kind, suffix):
     run_cli(kind, str(a), "-o", str(out_a), env=env)
     os.utime(b / "d" / "b", (time.time() + 50, time.time() + 50))
     run_cli(kind, str(b), "-o", str(out_b), env=env)
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
     assert digest(out_a) == digest(out_b)

@@ -5,8 +5,8 @@ import os
 import tarfile
 
 import pytest
-
 from conftest import cpio_listing, sh
+
 from imgkit.archives import write_initramfs
 from imgkit.assemble import TreeSpec, assemble
 from imgkit.errors import ImageError, InputError

@@ -8,7 +8,7 @@ failure of ours (:class:`ToolError`); the reader only refuses an image debugfs c
 from __future__ import annotations
 
 import subprocess
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from imgkit import tools
 from imgkit.errors import ImageError, ToolError

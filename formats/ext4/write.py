@@ -62,8 +62,8 @@ import stat
 import subprocess
 import tempfile
 import uuid as uuidlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from imgkit import tools
 from imgkit.atomic import atomic_path
@@ -348,7 +348,7 @@ def e2fsprogs_version() -> tuple[int, ...]:
     return _version_of(E2FSPROGS_DIR)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version_of(directory: str | None) -> tuple[int, ...]:
     prog, env = e2fsprogs_command("mke2fs")
     proc = tools.run([prog, "-V"], env=env, check=False)
@@ -578,7 +578,7 @@ def _direct_source(tree: Tree, version: tuple[int, ...]) -> tuple[str, dict[str,
 
 def _raise_unreadable(source: str) -> None:
     """After mke2fs failed: if it was for want of permission, say which file (InputError)."""
-    for dirpath, dirnames, filenames in os.walk(source):
+    for dirpath, _dirnames, filenames in os.walk(source):
         if not os.access(dirpath, os.R_OK | os.X_OK):
             raise InputError(f"ext4: cannot read directory {dirpath!r}: permission denied",
                              hint="make the source readable by the user building the image")
@@ -707,7 +707,7 @@ def _tar_can_carry(tree: Tree) -> bool:
     return _have_libarchive()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _have_libarchive() -> bool:
     """Whether the library mke2fs loads (by this name) for ``-d ARCHIVE`` is there."""
     try:

@@ -14,14 +14,25 @@ bits Windows NT and mtools set.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from imgkit.errors import ImageError
 from imgkit.formats.blobs import RunsBlob, available, cstr, read_at
 from imgkit.formats.fat import c_fat
-from imgkit.formats.fat.c_fat import (ATTR_DIRECTORY, ATTR_LFN, ATTR_LFN_MASK, ATTR_VOLUME_ID,
-                                      BPB, DIRENT, DIRENT_SIZE, EBPB16, EBPB32, LFN)
+from imgkit.formats.fat.c_fat import (
+    ATTR_DIRECTORY,
+    ATTR_LFN,
+    ATTR_LFN_MASK,
+    ATTR_VOLUME_ID,
+    BPB,
+    DIRENT,
+    DIRENT_SIZE,
+    EBPB16,
+    EBPB32,
+    LFN,
+)
 from imgkit.tree import Entry, Kind, Tree
 
 __all__ = ["Geometry", "Volume", "sniff", "describe", "open_tree"]
@@ -47,7 +58,7 @@ class Geometry:
     oem: bytes
 
     @classmethod
-    def parse(cls, sector: bytes) -> "Geometry":
+    def parse(cls, sector: bytes) -> Geometry:
         """From the first 512 bytes of a volume (which must be that long)."""
         if len(sector) < c_fat.SECTOR:
             raise ImageError(f"FAT boot sector: expected {c_fat.SECTOR} bytes, got {len(sector)}")

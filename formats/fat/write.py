@@ -40,10 +40,24 @@ from typing import Any, BinaryIO
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError, LayoutError
 from imgkit.formats.fat import c_fat
-from imgkit.formats.fat.c_fat import (ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LFN, ATTR_READ_ONLY,
-                                      ATTR_VOLUME_ID, BPB, CASE_LOWER_BASE, CASE_LOWER_EXT,
-                                      DIRENT, EBPB16, EBPB32, FSINFO, LFN, NO_NAME, SECTOR,
-                                      lfn_checksum)
+from imgkit.formats.fat.c_fat import (
+    ATTR_ARCHIVE,
+    ATTR_DIRECTORY,
+    ATTR_LFN,
+    ATTR_READ_ONLY,
+    ATTR_VOLUME_ID,
+    BPB,
+    CASE_LOWER_BASE,
+    CASE_LOWER_EXT,
+    DIRENT,
+    EBPB16,
+    EBPB32,
+    FSINFO,
+    LFN,
+    NO_NAME,
+    SECTOR,
+    lfn_checksum,
+)
 from imgkit.tree import Blob, BytesBlob, Entry, Kind, Tree
 
 __all__ = ["FatPlan", "plan_fat", "write_fat", "fat_size_for"]
@@ -578,7 +592,7 @@ def plan_fat(
 
     # Cluster demand per cluster size, computed lazily (file sizes do not change).
     sub_slots = [_dir_slots(d, False, False) for d in dirs[1:]]
-    for d, slots in zip(dirs[1:], sub_slots):
+    for d, slots in zip(dirs[1:], sub_slots, strict=False):
         if slots > _MAX_DIR_ENTRIES:
             raise LayoutError(
                 f"directory {d.entry.path!r} needs {slots} entries; a FAT directory holds at "
@@ -785,7 +799,7 @@ def _fat_bytes(plan: FatPlan, chains: list[tuple[int, int]]) -> bytes:
             fat.append(0)
         out = bytearray()
         it = iter(fat)
-        for a, b in zip(it, it):
+        for a, b in zip(it, it, strict=False):
             out += bytes((a & 0xFF, (a >> 8) | ((b & 0xF) << 4), b >> 4))
         return bytes(out)
     assert fat.itemsize == (2 if t != 32 else 4)

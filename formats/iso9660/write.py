@@ -24,15 +24,14 @@ import re
 import threading
 import time as _time
 import uuid as _uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import pycdlib
 from pycdlib import dates as _pdates
 from pycdlib import headervd as _pheadervd
 from pycdlib import isohybrid as _pisohybrid
-
-from imgkit.formats import gpt as _gpt
 from pycdlib import pycdlib as _pmain
 from pycdlib import rockridge as _prr
 from pycdlib import utils as _putils
@@ -40,6 +39,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError, LayoutError
+from imgkit.formats import gpt as _gpt
 from imgkit.tree import Blob, Entry, Kind, Tree
 
 SECTOR = 2048
@@ -251,7 +251,7 @@ class _Builder:
         self.joliet_path[e.path] = jol_full
         return iso_full, jol_full
 
-    def populate(self, iso: pycdlib.PyCdlib, clock: "_Clock") -> None:
+    def populate(self, iso: pycdlib.PyCdlib, clock: _Clock) -> None:
         hardlinks: list[Entry] = []
         fixups: list[Entry] = []
         for e in self.tree:
@@ -365,7 +365,7 @@ class _Builder:
             iso.add_isohybrid(mbr_id=_PATCH.mbr_id, efi=efi)
 
 
-def _px(rr) -> "_prr.RRPXRecord | None":
+def _px(rr) -> _prr.RRPXRecord | None:
     if rr is None:
         return None
     if rr.dr_entries.px_record is not None:

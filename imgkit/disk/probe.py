@@ -8,8 +8,9 @@ this module only turns them into :class:`Partition` and :class:`PartitionTable`,
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from imgkit.disk.parttypes import MBR_DESCRIPTIONS, describe_gpt, describe_mbr, gpt_description
 from imgkit.errors import ImageError

@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 
 from imgkit.errors import InputError
-from imgkit.tree import Tree
-
 from imgkit.sources.directory import read_directory
 from imgkit.sources.initramfs_list import looks_like_list, read_initramfs_list
+from imgkit.tree import Tree
 
 __all__ = ["load_source", "load_sources", "source_kind", "read_archive", "read_directory",
            "read_initramfs_list"]

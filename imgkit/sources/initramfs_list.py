@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from typing import Iterable
+from collections.abc import Iterable
 
 from imgkit.errors import InputError
 from imgkit.tree import Entry, FileBlob, Kind, Tree

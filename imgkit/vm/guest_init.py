@@ -9,12 +9,12 @@ Everything is owned by 0:0 whoever builds it: metadata lives in the tree.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from importlib import resources
-from typing import Iterable
 
 from imgkit.errors import InputError
-from imgkit.vm.kmod import Module, modules_tree
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
+from imgkit.vm.kmod import Module, modules_tree
 
 RC_PATH = "etc/imgkit/rc"
 _DIRS = ("bin", "sbin", "etc", "proc", "sys", "dev", "mnt", "root", "tmp", "run", "newroot")

@@ -23,8 +23,8 @@ import shutil
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from imgkit import tools
 from imgkit.errors import ImageError, InputError, ToolError

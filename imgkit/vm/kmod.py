@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import re
 import gzip
 import hashlib
 import json
 import lzma
 import os
 import posixpath
+import re
 import struct
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from imgkit.errors import ImageError, InputError
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
@@ -237,7 +237,7 @@ class ModuleIndex:
                 "builtin_aliases": self.builtin_aliases}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ModuleIndex":
+    def from_json(cls, data: dict) -> ModuleIndex:
         return cls(data["moddir"], data["modules"], [tuple(a) for a in data["aliases"]],
                    set(data["builtin"]), [tuple(a) for a in data["builtin_aliases"]])
 
