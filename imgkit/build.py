@@ -79,8 +79,10 @@ class Builder:
         return hashlib.sha256("\0".join((self.cfg.seed, *parts)).encode()).hexdigest()
 
     def _out_path(self, name: str) -> str:
-        os.makedirs(self.output_dir, exist_ok=True)
-        return os.path.join(self.output_dir, name)
+        """Where output ``name`` goes (a relative name the config checked: OUTPUT_NAME)."""
+        path = os.path.join(self.output_dir, name)
+        os.makedirs(os.path.dirname(path) or self.output_dir, exist_ok=True)
+        return path
 
     def _record(self, kind: str, name: str, path: str, **details) -> None:
         size = os.path.getsize(path)

@@ -23,7 +23,7 @@ from typing import Any, get_args
 from imgkit import filesystems
 from imgkit.bootloaders import table as boot
 from imgkit.errors import InputError
-from imgkit.settings import (BOOL, INT, REF_KINDS, SIZE, STR, STRING_MAP, STRINGS, Row, ValueType,
+from imgkit.settings import (BOOL, INT, OUTPUT_NAME, REF_KINDS, SIZE, STR, STRING_MAP, STRINGS, Row, ValueType,
                              Where, is_ref, markdown_table, parse_table, parse_values,
                              reference_rows, setting, settings_of, table_of, tables_of)
 
@@ -80,7 +80,7 @@ class InitramfsConfig:
     name: str
     tree: str = setting(STR, help="the tree to archive")
     compress: str = setting(STR, "zstd", choices=_compression_methods, help="compression")
-    output: str | None = setting(STR, None, help="also publish it under this name")
+    output: str | None = setting(OUTPUT_NAME, None, help="also publish it under this name (in -O)")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class UkiConfig:
     os_release: str | None = setting(STR, None, path=True, help="os-release file or text")
     splash: str | None = setting(STR, None, path=True, help="a BMP splash image")
     devicetree: str | None = setting(STR, None, path=True, help="a devicetree blob")
-    output: str | None = setting(STR, None, help="also publish it under this name")
+    output: str | None = setting(OUTPUT_NAME, None, help="also publish it under this name (in -O)")
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class FilesystemConfig:
     size: str = setting(SIZE, "auto", help="bytes or \"64M\"; \"auto\": the tree's size, or the "
                                            "whole partition")
     label: str = setting(STR, "", help="the volume label")
-    output: str | None = setting(STR, None, help="also publish it under this name")
+    output: str | None = setting(OUTPUT_NAME, None, help="also publish it under this name (in -O)")
     options: Any = field(default_factory=filesystems.NoOptions)
     boot: dict[str, Any] = field(default_factory=dict)
 
@@ -131,7 +131,7 @@ def _disk_bios_paths() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class DiskConfig:
-    output: str = setting(STR, help="the image file name")
+    output: str = setting(OUTPUT_NAME, help="the image file name (in -O)")
     table: str = setting(STR, "gpt", choices=_partition_tables, help="the partition table")
     size: str = setting(SIZE, "auto", help="bytes or \"2G\"; \"auto\": what the partitions need")
     format: str = setting(STR, "raw", choices=_disk_formats, help="the image format")
@@ -167,7 +167,7 @@ def _boot_choice(firmware: str, default: str) -> ValueType:
 
 @dataclass(frozen=True)
 class IsoConfig:
-    output: str = setting(STR, help="the image file name")
+    output: str = setting(OUTPUT_NAME, help="the image file name (in -O)")
     tree: str | None = setting(STR, None, help="the tree it holds")
     volume_id: str = setting(STR, "IMGKIT", help="the volume label")
     bios: boot.BootChoice | None = setting(
@@ -262,7 +262,33 @@ def load_config(path: str) -> Config:
     if cfg.kernel.source == "path" and not cfg.kernel.path:
         raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
     _check_names(cfg)
+    _check_outputs(cfg)
     return cfg
+
+
+def declared_outputs(cfg: Config) -> list[tuple[str, str]]:
+    """(key, file name) of every output the config declares, in build order."""
+    outs: list[tuple[str, str | None]] = []
+    outs += [(f"initramfs.{n}.output", c.output) for n, c in cfg.initramfs.items()]
+    outs += [(f"uki.{n}.output", c.output) for n, c in cfg.uki.items()]
+    outs += [(f"filesystems.{n}.output", c.output) for n, c in cfg.filesystems.items()]
+    if cfg.disk:
+        outs.append(("disk.output", cfg.disk.output))
+    if cfg.iso:
+        outs.append(("iso.output", cfg.iso.output))
+    return [(key, name) for key, name in outs if name]
+
+
+def _check_outputs(cfg: Config) -> None:
+    """Two outputs with one file name would overwrite each other: refuse before building.
+    (Each name is already known to stay inside the output directory: OUTPUT_NAME.)"""
+    seen: dict[str, str] = {}
+    for key, name in declared_outputs(cfg):
+        other = seen.get(name)
+        if other is not None:
+            raise InputError(f"{cfg.path}: {key} = {name!r} is also {other}: one would "
+                             "overwrite the other", hint=f"give {key} another file name")
+        seen[name] = key
 
 
 def _check_names(cfg: Config) -> None:
