@@ -20,6 +20,7 @@ from typing import Literal
 
 from imgkit import tools
 from imgkit.errors import InputError, ToolError
+from imgkit.formats.fat import _FAT_EPOCH, _FAT_LAST
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
 MBR_DIR = "/usr/lib/syslinux/mbr"
@@ -97,13 +98,20 @@ INSTALL_ROOM = 256 * 1024
 
 
 def install_syslinux(disk_image_path: PathLike, partition_offset_bytes: int, *,
-                     directory: str | None = None) -> None:
+                     directory: str | None = None, mtime: int | None = None) -> None:
     """Install syslinux's boot sector, ``ldlinux.sys`` and ``ldlinux.c32`` into the FAT
     filesystem that starts ``partition_offset_bytes`` into ``disk_image_path``.
 
     Runs ``syslinux --install --offset BYTES IMAGE`` (mtools based: no root, no mount). The
     disk's MBR boot code is separate: see :func:`mbr_boot_code`. ``directory`` installs
     ``ldlinux.sys`` into a subdirectory (which must already exist in the FAT).
+
+    ``mtime`` (seconds since the epoch) becomes the time of ``ldlinux.sys`` and
+    ``ldlinux.c32``, so that two installs into the same filesystem give the same bytes;
+    without it the installer stamps them with the current time. mtools takes the time from
+    ``SOURCE_DATE_EPOCH`` and writes it in local time, so ``TZ`` is pinned to UTC, which is
+    how the FAT writer stores every other time; the time is clamped to the FAT range
+    (1980-2107) as the FAT writer clamps it.
     """
     if partition_offset_bytes < 0 or partition_offset_bytes % 512:
         raise InputError(f"partition offset {partition_offset_bytes} is not a multiple of 512")
@@ -115,7 +123,11 @@ def install_syslinux(disk_image_path: PathLike, partition_offset_bytes: int, *,
         argv += ["--directory", "/" + directory.strip("/")]
     argv.append(image)
     # mtools refuses some valid filesystems unless told not to second-guess the geometry.
-    proc = tools.run(argv, env={"MTOOLS_SKIP_CHECK": "1"})
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    if mtime is not None:
+        env["SOURCE_DATE_EPOCH"] = str(min(max(int(mtime), _FAT_EPOCH), _FAT_LAST))
+        env["TZ"] = "UTC0"
+    proc = tools.run(argv, env=env)
     # syslinux exits 0 even when mtools could not write ldlinux.sys: read what it said.
     complaint = (proc.stderr or b"").decode(errors="replace").strip()
     if complaint:

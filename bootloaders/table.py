@@ -186,7 +186,7 @@ class Syslinux(BootPath):
     def install(self, options, disk, holder, ctx):
         from imgkit.bootloaders.syslinux import install_syslinux
         assert holder is not None
-        install_syslinux(disk, holder.start)
+        install_syslinux(disk, holder.start, mtime=ctx.mtime or 0)
 
 
 class Isolinux(BootPath):

@@ -38,6 +38,10 @@ from imgkit.tree import Tree
 Progress = Callable[[str], None]
 
 
+#: The largest file a ``[[disk.regions]]`` entry holds (read into memory: boot blobs are small).
+_MAX_REGION = 64 << 20
+
+
 @dataclass
 class Output:
     kind: str
@@ -79,8 +83,10 @@ class Builder:
         return hashlib.sha256("\0".join((self.cfg.seed, *parts)).encode()).hexdigest()
 
     def _out_path(self, name: str) -> str:
-        os.makedirs(self.output_dir, exist_ok=True)
-        return os.path.join(self.output_dir, name)
+        """Where output ``name`` goes (a relative name the config checked: OUTPUT_NAME)."""
+        path = os.path.join(self.output_dir, name)
+        os.makedirs(os.path.dirname(path) or self.output_dir, exist_ok=True)
+        return path
 
     def _record(self, kind: str, name: str, path: str, **details) -> None:
         size = os.path.getsize(path)
@@ -262,18 +268,26 @@ class Builder:
                                  f"cannot go in a partition (partition {p.name!r})",
                                  hint="types that can: " + ", ".join(filesystems.names(partition=True)))
             content = self.min_fs_size(self.cfg.filesystems[p.filesystem]) if p.filesystem else None
+            if p.image:
+                content = self._image_offset(p) + os.path.getsize(self._partition_image(p))
             if p.size == "auto" and content is None:
                 raise LayoutError(f"{self.cfg.path}: partition {p.name!r} has size 'auto' but no "
-                                  "filesystem to measure", hint="give it a size, e.g. '1M' or 'grow'")
+                                  "filesystem or image to measure",
+                                  hint="give it a size, e.g. '1M' or 'grow'")
             specs.append(layout.PartitionSpec(
-                name=p.name, type=p.type, size=p.size, offset=p.offset, content_size=content,
+                name=p.name, type=p.type, size=p.size, offset=p.offset,
+                # A prebuilt image is checked against a fixed size below, naming the file.
+                content_size=content if (p.size == "auto" or not p.image) else None,
                 attributes=list(p.attributes),
                 bootable=p.bootable or (p.name == holder and bios is not None and bios.bootable_holder),
-                guid=p.guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr))
+                guid=p.guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr,
+                mbr_type=p.mbr_type, align=p.align))
+        blobs = self._regions()
         plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),  # type: ignore[arg-type]
                                            size=None if dc.size == "auto" else dc.size,
                                            alignment=dc.alignment, seed=self._seed("disk"),
-                                           disk_guid=dc.guid, disk_signature=dc.signature))
+                                           disk_guid=dc.guid, disk_signature=dc.signature,
+                                           reserved=tuple(r for r, _ in blobs)))
         regions = bios.disk_regions(bios_options, dc.table, plan, holder, self.context()) \
             if bios else boot.DiskBoot()
         out = self._out_path(dc.output)
@@ -286,8 +300,10 @@ class Builder:
             for p in dc.partitions:
                 if p.filesystem:
                     contents[p.name] = self._partition_content(p.name, p.filesystem, plan, raw)
+                elif p.image:
+                    contents[p.name] = (self._partition_image(p), self._image_offset(p))
             write_disk_into(plan, contents, raw, boot_code=regions.boot_code,
-                            extra_regions=regions.regions)
+                            extra_regions=list(regions.regions) + [(r.start, data) for r, data in blobs])
             if bios:
                 bios.install(bios_options, raw, plan.partition(holder) if holder else None,
                              self.context())
@@ -297,6 +313,39 @@ class Builder:
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,
                                   "number": p.number} for p in plan.partitions])
+        return out
+
+    def _partition_image(self, p) -> str:
+        """The host file a partition's ``image`` names (a reference is built first)."""
+        return self.resolve(p.image, f"partition {p.name!r} image")
+
+    def _image_offset(self, p) -> int:
+        return parse_size(p.image_offset, what=f"image_offset of partition {p.name!r}")
+
+    def _regions(self) -> list[tuple[layout.Reserved, bytes]]:
+        """``[[disk.regions]]``: each one's byte range (kept free of partitions and checked
+        against the tables by the layout) and the bytes written there."""
+        dc = self.cfg.disk
+        assert dc is not None
+        out = []
+        for r in dc.regions:
+            where = f"disk.regions ({r.name!r})"
+            path = self.resolve(r.image, where)
+            offset = parse_size(r.offset, what=f"{where} offset")
+            with open(path, "rb") as f:
+                data = f.read(_MAX_REGION + 1)
+            if len(data) > _MAX_REGION:
+                raise InputError(f"{self.cfg.path}: {where}: {path} is larger than "
+                                 f"{_MAX_REGION:,} bytes, the most a region holds",
+                                 hint="put a file this large in a partition (image = ...)")
+            size = len(data) if r.size is None else parse_size(r.size, what=f"{where} size")
+            if len(data) > size:
+                raise LayoutError(f"{self.cfg.path}: {where}: {path} is {len(data):,} bytes but "
+                                  f"the region's size is {size:,}",
+                                  hint="make size larger or leave it out")
+            if size <= 0:
+                raise InputError(f"{self.cfg.path}: {where}: the region is empty ({path})")
+            out.append((layout.Reserved(offset, offset + size, f"region {r.name!r}"), data))
         return out
 
     def _partition_content(self, part: str, fs_name: str, plan, disk: str) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any, get_args
 from imgkit import filesystems
 from imgkit.bootloaders import table as boot
 from imgkit.errors import InputError
-from imgkit.settings import (BOOL, INT, REF_KINDS, SIZE, STR, STRING_MAP, STRINGS, Row, ValueType,
+from imgkit.settings import (BOOL, INT, OUTPUT_NAME, REF_KINDS, SIZE, STR, STR_OR_INT, STRING_MAP, STRINGS, Row, ValueType,
                              Where, is_ref, markdown_table, parse_table, parse_values,
                              reference_rows, setting, settings_of, table_of, tables_of)
 
@@ -80,7 +80,7 @@ class InitramfsConfig:
     name: str
     tree: str = setting(STR, help="the tree to archive")
     compress: str = setting(STR, "zstd", choices=_compression_methods, help="compression")
-    output: str | None = setting(STR, None, help="also publish it under this name")
+    output: str | None = setting(OUTPUT_NAME, None, help="also publish it under this name (in -O)")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class UkiConfig:
     os_release: str | None = setting(STR, None, path=True, help="os-release file or text")
     splash: str | None = setting(STR, None, path=True, help="a BMP splash image")
     devicetree: str | None = setting(STR, None, path=True, help="a devicetree blob")
-    output: str | None = setting(STR, None, help="also publish it under this name")
+    output: str | None = setting(OUTPUT_NAME, None, help="also publish it under this name (in -O)")
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class FilesystemConfig:
     size: str = setting(SIZE, "auto", help="bytes or \"64M\"; \"auto\": the tree's size, or the "
                                            "whole partition")
     label: str = setting(STR, "", help="the volume label")
-    output: str | None = setting(STR, None, help="also publish it under this name")
+    output: str | None = setting(OUTPUT_NAME, None, help="also publish it under this name (in -O)")
     options: Any = field(default_factory=filesystems.NoOptions)
     boot: dict[str, Any] = field(default_factory=dict)
 
@@ -123,6 +123,20 @@ class PartitionConfig:
     attributes: tuple[str, ...] = setting(STRINGS, (), help="GPT attributes (read-only, no-auto...)")
     guid: str | None = setting(STR, None, help="GPT partition GUID (default: derived from the seed)")
     logical: bool = setting(BOOL, False, help="an MBR logical partition")
+    image: str | None = setting(STR, None, path=True,
+                                help="a prebuilt file copied in (holes kept), or fs:NAME, uki:NAME, "
+                                     "initramfs:NAME")
+    image_offset: str = setting(SIZE, "0", help="where the image starts inside the partition")
+    mbr_type: str | None = setting(STR_OR_INT, None, help="its hybrid MBR type (default: from type)")
+    align: str | None = setting(SIZE, None, help="alignment of its start (default: the disk's)")
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    name: str = setting(STR, help="what it is (for messages)")
+    offset: str = setting(SIZE, help="its byte offset on the disk")
+    image: str = setting(STR, path=True, help="the file written there (a host path or reference)")
+    size: str | None = setting(SIZE, None, help="room it takes (default: the file's size)")
 
 
 def _disk_bios_paths() -> tuple[str, ...]:
@@ -131,7 +145,7 @@ def _disk_bios_paths() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class DiskConfig:
-    output: str = setting(STR, help="the image file name")
+    output: str = setting(OUTPUT_NAME, help="the image file name (in -O)")
     table: str = setting(STR, "gpt", choices=_partition_tables, help="the partition table")
     size: str = setting(SIZE, "auto", help="bytes or \"2G\"; \"auto\": what the partitions need")
     format: str = setting(STR, "raw", choices=_disk_formats, help="the image format")
@@ -143,6 +157,8 @@ class DiskConfig:
     hybrid_mbr: tuple[str, ...] = setting(STRINGS, (), help="GPT partitions mirrored into a hybrid MBR")
     guid: str | None = setting(STR, None, help="GPT disk GUID (default: derived from the seed)")
     signature: int | None = setting(INT, None, help="MBR disk signature (default: derived from the seed)")
+    regions: tuple[RegionConfig, ...] = setting(tables_of(RegionConfig), (),
+                                                help="raw data at fixed offsets, outside the partitions")
 
 
 def _boot_choice(firmware: str, default: str) -> ValueType:
@@ -167,7 +183,7 @@ def _boot_choice(firmware: str, default: str) -> ValueType:
 
 @dataclass(frozen=True)
 class IsoConfig:
-    output: str = setting(STR, help="the image file name")
+    output: str = setting(OUTPUT_NAME, help="the image file name (in -O)")
     tree: str | None = setting(STR, None, help="the tree it holds")
     volume_id: str = setting(STR, "IMGKIT", help="the volume label")
     bios: boot.BootChoice | None = setting(
@@ -262,7 +278,78 @@ def load_config(path: str) -> Config:
     if cfg.kernel.source == "path" and not cfg.kernel.path:
         raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
     _check_names(cfg)
+    _check_outputs(cfg)
+    if cfg.disk:
+        _check_disk_keys(cfg, cfg.disk)
     return cfg
+
+
+#: Partition keys that only one kind of table has: key -> (table, what to use instead).
+_TABLE_ONLY_PARTITION_KEYS = {"guid": ("gpt", None), "attributes": ("gpt", "bootable"),
+                              "logical": ("mbr", None)}
+
+
+def _check_disk_keys(cfg: Config, dc: DiskConfig) -> None:
+    """A key that the disk's table cannot hold would be silently ignored: refuse it, naming
+    the key, the table and the file."""
+    def refuse(key: str, why: str, hint: str | None = None) -> InputError:
+        return InputError(f"{cfg.path}: {key}: {why} (this disk's table is {dc.table!r})", hint=hint)
+
+    if dc.table == "mbr":
+        if dc.guid is not None:
+            raise refuse("disk.guid", "a disk GUID exists only on GPT disks",
+                         hint="use signature for the MBR disk signature")
+        if dc.hybrid_mbr:
+            raise refuse("disk.hybrid_mbr", "a hybrid MBR exists only on GPT disks")
+    if dc.table == "gpt" and dc.signature is not None and not dc.hybrid_mbr:
+        raise refuse("disk.signature", "a GPT disk has no MBR disk signature (only a hybrid MBR "
+                                       "has one)", hint="use guid for the GPT disk GUID")
+    names = [p.name for p in dc.partitions]
+    for n in dc.hybrid_mbr:
+        if n not in names:
+            raise InputError(f"{cfg.path}: disk.hybrid_mbr names partition {n!r}, which the disk "
+                             "does not have", hint="partitions: " + ", ".join(names))
+    for i, p in enumerate(dc.partitions):
+        where = f"disk.partitions[{i}] ({p.name!r})"
+        for key, (table, instead) in _TABLE_ONLY_PARTITION_KEYS.items():
+            if getattr(p, key) and dc.table != table:
+                raise refuse(f"{where}.{key}", f"applies to {table.upper()} disks only",
+                             hint=f"use {instead}" if instead else None)
+        if p.mbr_type is not None and p.name not in dc.hybrid_mbr:
+            raise refuse(f"{where}.mbr_type", "is the type of a hybrid MBR entry, and this "
+                         "partition is not in disk.hybrid_mbr",
+                         hint="on an MBR disk, type is the MBR type; on GPT, list the "
+                              "partition in hybrid_mbr")
+        if p.image and p.filesystem:
+            raise InputError(f"{cfg.path}: {where}: give filesystem or image, not both")
+        if p.image_offset not in ("0", "0B") and not p.image:
+            raise InputError(f"{cfg.path}: {where}.image_offset: there is no image to place",
+                             hint="add image = ... or drop image_offset")
+
+
+def declared_outputs(cfg: Config) -> list[tuple[str, str]]:
+    """(key, file name) of every output the config declares, in build order."""
+    outs: list[tuple[str, str | None]] = []
+    outs += [(f"initramfs.{n}.output", c.output) for n, c in cfg.initramfs.items()]
+    outs += [(f"uki.{n}.output", c.output) for n, c in cfg.uki.items()]
+    outs += [(f"filesystems.{n}.output", c.output) for n, c in cfg.filesystems.items()]
+    if cfg.disk:
+        outs.append(("disk.output", cfg.disk.output))
+    if cfg.iso:
+        outs.append(("iso.output", cfg.iso.output))
+    return [(key, name) for key, name in outs if name]
+
+
+def _check_outputs(cfg: Config) -> None:
+    """Two outputs with one file name would overwrite each other: refuse before building.
+    (Each name is already known to stay inside the output directory: OUTPUT_NAME.)"""
+    seen: dict[str, str] = {}
+    for key, name in declared_outputs(cfg):
+        other = seen.get(name)
+        if other is not None:
+            raise InputError(f"{cfg.path}: {key} = {name!r} is also {other}: one would "
+                             "overwrite the other", hint=f"give {key} another file name")
+        seen[name] = key
 
 
 def _check_names(cfg: Config) -> None:
@@ -287,6 +374,9 @@ def _check_names(cfg: Config) -> None:
         refs += [(src, f"[trees.{t.name}] files") for _, src in t.files]
     for u in cfg.uki.values():
         refs += [(u.kernel, f"[uki.{u.name}]")] + [(r, f"[uki.{u.name}]") for r in u.initrd]
+    if cfg.disk:
+        refs += [(p.image, f"partition {p.name!r}") for p in cfg.disk.partitions if p.image]
+        refs += [(r.image, f"disk.regions ({r.name!r})") for r in cfg.disk.regions]
     for value, where in refs:
         if is_ref(value) and value not in ("kernel", "kernel:vmlinuz", "kernel:vmlinux"):
             kind, name = value.split(":", 1)

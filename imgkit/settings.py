@@ -88,9 +88,27 @@ def _string_map(value: dict, where: Where, key: str, path: bool) -> tuple[tuple[
     return tuple(out)
 
 
+def _output_name(value: str, where: Where, key: str, path: bool) -> str:
+    """A file name inside the output directory (``-O``), normalized: an output that could
+    land outside it (absolute, or through ``..``) is refused before anything is built."""
+    parts = value.replace("\\", "/").split("/")
+    if not value or value.endswith("/") or os.path.isabs(value) or ".." in parts \
+            or any(c in value for c in "\0\n"):
+        raise where.error(key, "a file name inside the output directory (no absolute path, "
+                               "no '..', not a directory)", value,
+                          hint="outputs are written under -O; name the file relative to it, "
+                               "e.g. 'disk.img' or 'images/disk.img'")
+    name = os.path.normpath(value)
+    if name == ".":
+        raise where.error(key, "a file name inside the output directory", value)
+    return name
+
+
 STR = ValueType("str", (str,), _string)
+OUTPUT_NAME = ValueType("str", (str,), _output_name)
 INT = ValueType("int", (int,))
 BOOL = ValueType("bool", (bool,))
+STR_OR_INT = ValueType("str or int", (str, int), lambda v, where, key, path: v)
 SIZE = ValueType("size", (str, int), lambda v, where, key, path: str(v))
 STRINGS = ValueType("list of str", (str, list), _strings)
 STRING_MAP = ValueType("table of str", (dict,), _string_map)

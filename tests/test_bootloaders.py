@@ -202,3 +202,59 @@ def test_install_syslinux_at_offset(host, tmp_path):
     assert mtype(img, "syslinux.cfg", offset).startswith(b"SERIAL 0 115200\n")
     with pytest.raises(InputError):
         syslinux.install_syslinux(img, 1000)
+
+
+# -- syslinux builds are reproducible -------------------------------------------------------
+SYSLINUX_DISK = """
+[filesystems.boot]
+type = "vfat"
+label = "BOOT"
+syslinux = { kernel = "vmlinuz", append = "console=ttyS0" }
+
+[disk]
+output = "bios.img"
+table = "mbr"
+bios = "syslinux"
+partitions = [{ name = "boot", type = "fat32", size = "auto", filesystem = "boot" }]
+"""
+
+
+def _build_syslinux_disk(tmp_path, out: str, mtime: int) -> bytes:
+    import hashlib
+    import sys
+    (tmp_path / "vmlinuz").write_bytes(b"\x00" * 4096)
+    cfg = tmp_path / "bios.toml"
+    cfg.write_text(SYSLINUX_DISK)
+    r = subprocess.run([sys.executable, "-m", "imgkit", "build", str(cfg), "-O", str(tmp_path / out),
+                        "--mtime", str(mtime)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return hashlib.sha256((tmp_path / out / "bios.img").read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/syslinux"), reason="syslinux not installed")
+def test_syslinux_disk_builds_are_bit_identical(tmp_path):
+    import json
+    import time
+    mtime = 1700000000   # 2023-11-14 22:13:20 UTC
+    first = _build_syslinux_disk(tmp_path, "a", mtime)
+    time.sleep(2.1)      # FAT times have 2 s steps: a stamp of "now" would differ
+    assert _build_syslinux_disk(tmp_path, "b", mtime) == first
+    image = str(tmp_path / "a" / "bios.img")
+    start = json.loads(subprocess_out([_tool("sfdisk"), "--json", image]))["partitiontable"]["partitions"][0]["start"]
+    # mtools' own listing shows the installer's files with the build's time, in UTC.
+    listing = subprocess_out(["mdir", "-a", "-i", f"{image}@@{start * 512}", "::/"])
+    for name in ("ldlinux  sys", "ldlinux  c32"):
+        line = next(l for l in listing.splitlines() if l.lower().startswith(name))
+        assert "2023-11-14  22:13" in line, line
+    # The partition as a file, checked by dosfstools.
+    part = tmp_path / "part.img"
+    with open(image, "rb") as src, open(part, "wb") as dst:
+        src.seek(start * 512)
+        dst.write(src.read())
+    subprocess_out([_tool("fsck.vfat"), "-n", str(part)])
+
+
+def subprocess_out(argv: list[str]) -> str:
+    """stdout of a real tool, with times shown in UTC; fails on a non-zero exit."""
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1", TZ="UTC0", LC_ALL="C")
+    return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout

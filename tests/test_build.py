@@ -132,3 +132,52 @@ partitions = [{ name = "esp", type = "esp", filesystem = "esp" },
     info = sh("minfo", "-i", f"{image}@@{esp}", "::")
     assert "serial number: 1234ABCD" in info and "cluster size: 8 sectors" in info
     assert "01234567-89ab-cdef-0123-456789abcdef" in sh("dumpe2fs", "-h", f"{image}?offset={root}")
+
+
+# -- outputs stay in -O and never collide ---------------------------------------------------
+@pytest.mark.parametrize("output", ["../escaped.img", "a/../../escaped.img", "ABS", "sub/", ".", ""])
+def test_output_outside_the_output_directory_is_a_config_error(tmp_path, hello, output):
+    if output == "ABS":
+        output = str(tmp_path / "escaped.img")
+    r = build(tmp_path, DATA_TREE + f"""
+[filesystems.root]
+type = "ext4"
+tree = "data"
+output = {output!r}
+""")
+    assert r.returncode != 0
+    assert r.stderr.startswith("imgkit: error: "), r.stderr
+    assert "image.toml: filesystems.root.output: expected a file name inside the output directory" \
+        in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "escaped.img").exists()
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_output_in_a_subdirectory_of_the_output_directory(tmp_path, hello):
+    r = build(tmp_path, DATA_TREE + """
+[filesystems.root]
+type = "ext4"
+tree = "data"
+output = "images/./root.ext4"
+""")
+    assert r.returncode == 0, r.stderr
+    image = tmp_path / "out" / "images" / "root.ext4"
+    sh("e2fsck", "-fn", str(image))
+    assert "hello" in sh("debugfs", "-R", "cat /etc/hello", str(image))
+
+
+def test_two_outputs_with_one_file_name_are_a_config_error(tmp_path, hello):
+    r = build(tmp_path, DATA_TREE + """
+[filesystems.root]
+type = "ext4"
+tree = "data"
+output = "same.img"
+[disk]
+output = "./same.img"
+partitions = [{ name = "root", filesystem = "root" }]
+""")
+    assert r.returncode != 0
+    assert r.stderr.startswith("imgkit: error: ")
+    assert "image.toml: disk.output = 'same.img' is also filesystems.root.output" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")

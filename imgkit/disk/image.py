@@ -14,7 +14,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 from imgkit import tools
 from imgkit.atomic import atomic_path
@@ -25,6 +25,8 @@ from imgkit.disk.layout import Plan
 from imgkit.sizes import format_size
 
 FORMATS = ("raw", "qcow2")
+#: What goes into a partition: a host file at its start, or (host file, byte offset in it).
+Content = Union[str, os.PathLike, tuple[Union[str, os.PathLike], int], None]
 _CHUNK = 1 << 20
 
 
@@ -53,13 +55,13 @@ def table_regions(plan: Plan, *, boot_code: bytes | None = None) -> list[tuple[i
                           ebr_lbas=ebrs, sector_size=plan.sector_size)
 
 
-def write_disk(plan: Plan, contents: Mapping[str, str | os.PathLike | None],
+def write_disk(plan: Plan, contents: Mapping[str, Content],
                out_path: str | os.PathLike, *, boot_code: bytes | None = None,
                extra_regions: Sequence[tuple[int, bytes]] = (), format: str = "raw") -> None:
     """Write the disk image ``out_path`` for ``plan``.
 
     ``contents`` maps partition names to host files (partition images) copied to the start of
-    the partition; partitions that are missing or ``None`` stay empty (zero, sparse).
+    the partition, or to ``(host file, offset)`` to copy it that many bytes into it; partitions that are missing or ``None`` stay empty (zero, sparse).
     ``boot_code`` goes into the first 440 bytes of the MBR. ``extra_regions`` are
     ``(byte offset, bytes)`` written last, e.g. bootloader stages in reserved ranges; they may
     not touch partitions or table structures. ``format`` is ``"raw"`` or ``"qcow2"``.
@@ -90,7 +92,7 @@ def write_disk(plan: Plan, contents: Mapping[str, str | os.PathLike | None],
                 os.unlink(raw)
 
 
-def _check_contents(plan: Plan, contents: Mapping[str, str | os.PathLike | None]
+def _check_contents(plan: Plan, contents: Mapping[str, Content]
                     ) -> list[tuple[int, str, int]]:
     """``(partition start, host path, size)`` for each content file, checked against the plan."""
     names = {p.name: p for p in plan.partitions}
@@ -101,6 +103,9 @@ def _check_contents(plan: Plan, contents: Mapping[str, str | os.PathLike | None]
                              "have", hint="partitions: " + ", ".join(names))
         if path is None:
             continue
+        offset = 0
+        if isinstance(path, tuple):
+            path, offset = path
         path = os.fspath(path)
         try:
             size = os.stat(path).st_size
@@ -108,12 +113,13 @@ def _check_contents(plan: Plan, contents: Mapping[str, str | os.PathLike | None]
             raise InputError(f"content of partition {name!r}: cannot read {path}: "
                              f"{exc.strerror}") from None
         part = names[name]
-        if size > part.size:
+        if offset < 0 or offset + size > part.size:
+            at = f" at offset {offset}" if offset else ""
             raise LayoutError(
-                f"partition {name!r}: content {path} is {format_size(size)} ({size} bytes) but "
-                f"the partition holds only {format_size(part.size)} ({part.size} bytes)",
-                hint="plan the layout with this file's size as the content size")
-        out.append((part.start, path, size))
+                f"partition {name!r}: content {path} is {format_size(size)} ({size} bytes){at} "
+                f"but the partition holds only {format_size(part.size)} ({part.size} bytes)",
+                hint="make the partition bigger, or its size 'auto'")
+        out.append((part.start + offset, path, size))
     return out
 
 
@@ -135,7 +141,7 @@ def _check_regions(plan: Plan, regions: Sequence[tuple[int, bytes]],
                                   hint="reserve a range for it in the layout and place it there")
 
 
-def write_disk_into(plan: Plan, contents: Mapping[str, str | os.PathLike | None], path: str,
+def write_disk_into(plan: Plan, contents: Mapping[str, Content], path: str,
                     *, boot_code: bytes | None = None,
                     extra_regions: Sequence[tuple[int, bytes]] = ()) -> None:
     """Like :func:`write_disk`, into the existing raw file ``path`` (made ``plan.disk_size``

@@ -57,6 +57,7 @@ class PartitionSpec:
     ``logical``: an MBR logical partition (inside the extended partition).
     ``hybrid``: on GPT, mirror this partition into a hybrid MBR (at most three);
     ``mbr_type`` then names its MBR type when ``type`` has none (e.g. ``root-x86-64``).
+    ``align``: where its start may go, when not the disk's alignment (a multiple of the sector).
     """
 
     name: str
@@ -72,6 +73,7 @@ class PartitionSpec:
     hybrid: bool = False
     mbr_type: str | int | None = None
     slack: int | str | None = None
+    align: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ class _Part:
     offset: int | None
     start: int = 0
     ebr: int | None = None      # byte offset of its EBR (logical only)
+    align: int | None = None    # its own alignment, if it has one
 
 
 def plan(spec: DiskSpec) -> Plan:
@@ -342,6 +345,12 @@ def _slack(p: PartitionSpec, spec: DiskSpec) -> int:
 def _resolve(p: PartitionSpec, index: int, spec: DiskSpec, ss: int, align: int,
              disk_size: int | None) -> _Part:
     """Turn the size and offset of one partition into bytes (``None`` size for 'grow')."""
+    own_align = None
+    if p.align is not None:
+        own_align = parse_size(p.align, what=f"alignment of partition {p.name!r}")
+        if own_align <= 0 or own_align % ss:
+            raise InputError(f"alignment of partition {p.name!r}: expected a positive multiple "
+                             f"of the {ss}-byte sector, got {own_align}")
     what = f"size of partition {p.name!r}"
     raw = AUTO if p.size is None else p.size
     size_spec = parse_size_spec(raw, what=what)
@@ -355,7 +364,7 @@ def _resolve(p: PartitionSpec, index: int, spec: DiskSpec, ss: int, align: int,
         if p.content_size is None:
             raise LayoutError(f"partition {p.name!r}: size 'auto' needs the size of its content",
                               hint="give the partition a size such as '64M'")
-        size = _align_up(max(p.content_size + _slack(p, spec), 1), align)
+        size = _align_up(max(p.content_size + _slack(p, spec), 1), own_align or align)
     elif isinstance(size_spec, Percent):
         if disk_size is None:
             raise LayoutError(f"partition {p.name!r}: size {size_spec} needs a fixed disk size",
@@ -373,7 +382,7 @@ def _resolve(p: PartitionSpec, index: int, spec: DiskSpec, ss: int, align: int,
         if offset % ss:
             raise LayoutError(f"partition {p.name!r}: offset {offset} is not a multiple of the "
                               f"{ss}-byte sector", hint=f"use {_align_up(offset, ss)}")
-    return _Part(p, index, size, offset)
+    return _Part(p, index, size, offset, align=own_align)
 
 
 def _place(parts: list[_Part], spec: DiskSpec, ss: int, align: int,
@@ -388,9 +397,10 @@ def _place(parts: list[_Part], spec: DiskSpec, ss: int, align: int,
             p.ebr = p.offset - ss if p.spec.logical else None
         else:
             start = cursor
+            a = p.align or align
             while True:
-                ebr = _align_up(start, align) if p.spec.logical else None
-                begin = _align_up(ebr + ss, align) if ebr is not None else _align_up(start, align)
+                ebr = _align_up(start, a) if p.spec.logical else None
+                begin = _align_up(ebr + ss, a) if ebr is not None else _align_up(start, a)
                 lo = ebr if ebr is not None else begin
                 hit = [r for r in reserved if r.start < begin + size and lo < r.end]
                 if not hit:

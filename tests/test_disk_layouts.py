@@ -1,0 +1,335 @@
+"""Disk layouts from the config: prebuilt images in partitions, raw regions outside the table,
+per-partition alignment, hybrid MBR types, and keys the table cannot hold refused.
+
+Every layout is read back by sfdisk, sgdisk, fdisk, e2fsck or debugfs; where genimage can
+express the same layout, both tools build it and their sanitized ``sfdisk -d`` dumps must be
+identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import sh
+
+SBIN = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name, path=SBIN)
+    if path is None:
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def build(tmp_path, text: str):
+    cfg = tmp_path / "image.toml"
+    cfg.write_text(text)
+    return subprocess.run([sys.executable, "-m", "imgkit", "build", str(cfg), "-O",
+                           str(tmp_path / "out"), "--mtime", "1700000000"],
+                          capture_output=True, text=True)
+
+
+def built(tmp_path, text: str, name: str = "disk.img") -> str:
+    r = build(tmp_path, text)
+    assert r.returncode == 0, r.stderr
+    return str(tmp_path / "out" / name)
+
+
+def assert_refused(tmp_path, text: str, *needles: str) -> str:
+    r = build(tmp_path, text)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("imgkit: error: ") and "Traceback" not in r.stderr, r.stderr
+    first = r.stderr.splitlines()[0]
+    for needle in needles:
+        assert needle in first, first
+    out = tmp_path / "out"
+    assert not out.exists() or not [n for n in os.listdir(out)], os.listdir(out)
+    return first
+
+
+def sfdisk_parts(image: str) -> list[dict]:
+    return json.loads(sh(tool("sfdisk"), "--json", image))["partitiontable"]["partitions"]
+
+
+def ext4_image(tmp_path, name: str = "rootfs.ext4", size_mb: int = 8) -> str:
+    """A real ext4 made by mke2fs from a directory (sparse: most of it is holes)."""
+    src = tmp_path / "rootfs-src"
+    (src / "etc").mkdir(parents=True, exist_ok=True)
+    (src / "etc" / "hostname").write_text("board\n")
+    path = tmp_path / name
+    sh(tool("mke2fs"), "-q", "-F", "-t", "ext4", "-d", str(src), "-E", "root_owner=0:0",
+       str(path), f"{size_mb}M")
+    return str(path)
+
+
+def extract(image: str, part: dict, dest) -> str:
+    with open(image, "rb") as src, open(dest, "wb") as out:
+        src.seek(part["start"] * 512)
+        out.write(src.read(part["size"] * 512))
+    return str(dest)
+
+
+# -- keys the table cannot hold ---------------------------------------------------------------
+@pytest.mark.parametrize("disk,part,needles", [
+    ("table = 'mbr'\nguid = '11111111-2222-3333-4444-555555555555'", "",
+     ("image.toml: disk.guid:", "only on GPT", "table is 'mbr'")),
+    ("table = 'gpt'\nsignature = 0x12345678", "",
+     ("image.toml: disk.signature:", "GPT disk has no MBR disk signature", "table is 'gpt'")),
+    ("table = 'mbr'\nhybrid_mbr = ['a']", "",
+     ("image.toml: disk.hybrid_mbr:", "only on GPT")),
+    ("table = 'mbr'", ", guid = '11111111-2222-3333-4444-555555555555'",
+     ("disk.partitions[0] ('a').guid: applies to GPT disks only", "table is 'mbr'")),
+    ("table = 'mbr'", ", attributes = ['read-only']",
+     ("disk.partitions[0] ('a').attributes: applies to GPT disks only",)),
+    ("table = 'gpt'", ", logical = true",
+     ("disk.partitions[0] ('a').logical: applies to MBR disks only", "table is 'gpt'")),
+    ("table = 'gpt'", ", mbr_type = '0x83'",
+     ("disk.partitions[0] ('a').mbr_type:", "not in disk.hybrid_mbr")),
+    ("table = 'mbr'", ", mbr_type = '0x83'",
+     ("disk.partitions[0] ('a').mbr_type:", "table is 'mbr'")),
+    ("table = 'gpt'\nhybrid_mbr = ['b']", "",
+     ("disk.hybrid_mbr names partition 'b', which the disk does not have",)),
+    ("table = 'gpt'", ", image = 'x.bin', filesystem = 'f'",
+     ("disk.partitions[0] ('a'): give filesystem or image, not both",)),
+    ("table = 'gpt'", ", image_offset = '4K'",
+     ("disk.partitions[0] ('a').image_offset: there is no image",)),
+])
+def test_keys_the_table_cannot_hold_are_errors(tmp_path, disk, part, needles):
+    (tmp_path / "x.bin").write_bytes(b"x")
+    assert_refused(tmp_path, f"""
+[filesystems.f]
+type = "vfat"
+[disk]
+output = "disk.img"
+{disk}
+partitions = [{{ name = "a", size = "1M"{part} }}]
+""", *needles)
+
+
+def test_signature_with_a_hybrid_mbr_is_written(tmp_path):
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+signature = 0x12345678
+hybrid_mbr = ["a"]
+partitions = [{ name = "a", type = "linux", size = "1M" }]
+""")
+    assert "Disk identifier: 0x12345678" in sh(tool("fdisk"), "-t", "dos", "-l", image)
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+
+
+# -- prebuilt images in partitions ------------------------------------------------------------
+def test_prebuilt_ext4_in_a_partition_keeps_its_holes(tmp_path):
+    ext4_image(tmp_path, size_mb=64)
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+partitions = [
+  { name = "rootfs", type = "linux", image = "rootfs.ext4" },
+  { name = "data", type = "linux", size = "1M" },
+]
+""")
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+    parts = sfdisk_parts(image)
+    assert parts[0]["size"] * 512 == 64 << 20          # 'auto': the file's size, aligned
+    part = extract(image, parts[0], tmp_path / "p.ext4")
+    sh(tool("e2fsck"), "-fn", part)
+    assert sh(tool("debugfs"), "-R", "cat /etc/hostname", part).strip() == "board"
+    # Holes kept: the 64 MiB filesystem takes a small part of that on disk.
+    assert os.stat(image).st_blocks * 512 < 16 << 20
+
+
+def test_partition_image_from_a_reference_and_at_an_offset(tmp_path):
+    (tmp_path / "hello.txt").write_text("hello\n")
+    image = built(tmp_path, """
+[trees.data]
+files = { "/hello" = "hello.txt" }
+[filesystems.root]
+type = "ext4"
+tree = "data"
+size = "4M"
+[disk]
+output = "disk.img"
+table = "mbr"
+partitions = [
+  { name = "root", type = "linux", size = "8M", image = "fs:root", image_offset = "1M" },
+]
+""")
+    parts = sfdisk_parts(image)
+    assert parts[0]["size"] * 512 == 8 << 20
+    fs = tmp_path / "fs.ext4"
+    with open(image, "rb") as src, open(fs, "wb") as out:
+        src.seek(parts[0]["start"] * 512 + (1 << 20))
+        out.write(src.read(4 << 20))
+    sh(tool("e2fsck"), "-fn", str(fs))
+    assert sh(tool("debugfs"), "-R", "cat /hello", str(fs)) == "hello\n"
+
+
+def test_prebuilt_image_larger_than_its_partition_is_an_error(tmp_path):
+    ext4_image(tmp_path, size_mb=8)
+    first = assert_refused(tmp_path, """
+[disk]
+output = "disk.img"
+partitions = [{ name = "rootfs", type = "linux", size = "4M", image = "rootfs.ext4" }]
+""", "partition 'rootfs'", "rootfs.ext4", "(8388608 bytes)", "(4194304 bytes)")
+    assert "holds only" in first
+
+
+def test_missing_prebuilt_image_is_an_error(tmp_path):
+    assert_refused(tmp_path, """
+[disk]
+output = "disk.img"
+partitions = [{ name = "rootfs", size = "4M", image = "nowhere.ext4" }]
+""", "partition 'rootfs' image", "does not exist")
+
+
+# -- raw regions outside the table ------------------------------------------------------------
+def test_regions_at_fixed_offsets_on_an_mbr_disk(tmp_path):
+    spl = os.urandom(20_000)
+    env = os.urandom(8192)
+    (tmp_path / "spl.bin").write_bytes(spl)
+    (tmp_path / "env.bin").write_bytes(env)
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+table = "mbr"
+regions = [
+  { name = "spl", offset = "8K", image = "spl.bin" },
+  { name = "env", offset = "1M", size = "64K", image = "env.bin" },
+]
+partitions = [
+  { name = "boot", type = "fat32", size = "4M" },
+  { name = "root", type = "linux", size = "4M" },
+]
+""")
+    with open(image, "rb") as f:
+        data = f.read()
+    assert data[8192:8192 + len(spl)] == spl
+    assert data[1 << 20:(1 << 20) + len(env)] == env
+    parts = sfdisk_parts(image)
+    # The first partition is placed after the env region, on the next 1 MiB boundary.
+    assert parts[0]["start"] * 512 == 2 << 20
+    assert "No errors detected" in sh(tool("sfdisk"), "--verify", image)
+
+
+def test_region_over_the_gpt_entry_array_is_an_error(tmp_path):
+    (tmp_path / "spl.bin").write_bytes(b"\x01" * 4096)
+    assert_refused(tmp_path, """
+[disk]
+output = "disk.img"
+regions = [{ name = "spl", offset = "8K", image = "spl.bin" }]
+partitions = [{ name = "a", size = "1M" }]
+""", "region 'spl' [8192, 12288)", "overlaps the protective MBR, GPT header and entry array")
+
+
+def test_region_over_a_partition_is_an_error(tmp_path):
+    (tmp_path / "blob.bin").write_bytes(b"\x01" * 4096)
+    assert_refused(tmp_path, """
+[disk]
+output = "disk.img"
+table = "mbr"
+regions = [{ name = "blob", offset = "1M", image = "blob.bin" }]
+partitions = [{ name = "a", size = "1M", offset = "1M" }]
+""", "partition 'a'", "region 'blob'", "overlaps")
+
+
+def test_region_file_larger_than_its_size_is_an_error(tmp_path):
+    (tmp_path / "blob.bin").write_bytes(b"\x01" * 5000)
+    assert_refused(tmp_path, """
+[disk]
+output = "disk.img"
+table = "mbr"
+regions = [{ name = "blob", offset = "4K", size = "4K", image = "blob.bin" }]
+partitions = [{ name = "a", size = "1M" }]
+""", "disk.regions ('blob')", "5,000 bytes", "size is 4,096")
+
+
+# -- alignment and hybrid MBR types -----------------------------------------------------------
+def test_per_partition_alignment(tmp_path):
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+table = "mbr"
+partitions = [
+  { name = "a", type = "linux", size = "12K", align = "4K", offset = "4K" },
+  { name = "b", type = "linux", size = "100K", align = "4K" },
+  { name = "c", type = "linux", size = "1M" },
+]
+""")
+    starts = [p["start"] * 512 for p in sfdisk_parts(image)]
+    assert starts == [4096, 16384, 1 << 20]
+
+
+def test_hybrid_mbr_takes_an_explicit_mbr_type(tmp_path):
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+hybrid_mbr = ["root", "esp"]
+partitions = [
+  { name = "esp", type = "esp", size = "1M" },
+  { name = "root", type = "root-x86-64", size = "1M", mbr_type = "0x83" },
+]
+""")
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+    dos = sh(tool("fdisk"), "-t", "dos", "-l", image)
+    rows = [l for l in dos.splitlines() if l.startswith(image)]
+    assert re.search(r"\s83\s+Linux$", rows[-1]), dos
+    assert re.search(r"\see\s+GPT$", rows[0]) and re.search(r"\sef\s+EFI", rows[1]), dos
+
+
+# -- genimage side by side --------------------------------------------------------------------
+def _sanitized_dump(image: str) -> str:
+    """``sfdisk -d`` without what differs by construction: the device name, random IDs."""
+    text = sh(tool("sfdisk"), "-d", image)
+    text = text.replace(image, "IMAGE")
+    text = re.sub(r"^label-id: .*\n", "", text, flags=re.M)
+    text = re.sub(r", uuid=[0-9A-F-]+", "", text)
+    text = re.sub(r'^(device|first-lba|last-lba|sector-size): .*\n', "", text, flags=re.M)
+    return text
+
+
+@pytest.mark.skipif(shutil.which("genimage") is None, reason="genimage not installed")
+def test_prebuilt_images_match_genimage(tmp_path):
+    ext4_image(tmp_path, size_mb=6)
+    (tmp_path / "spl.bin").write_bytes(os.urandom(3000))
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+table = "mbr"
+regions = [{ name = "spl", offset = "1K", image = "spl.bin" }]
+partitions = [
+  { name = "boot", type = "fat32", size = "4M", offset = "1M" },
+  { name = "rootfs", type = "linux", image = "rootfs.ext4" },
+]
+""")
+    (tmp_path / "boot.vfat").write_bytes(b"")
+    gen = tmp_path / "genimage.cfg"
+    gen.write_text("""
+image gen.img {
+  hdimage { partition-table-type = "mbr" }
+  partition spl { image = "spl.bin" offset = 1K in-partition-table = false }
+  partition boot { partition-type = 0xc offset = 1M size = 4M }
+  partition rootfs { partition-type = 0x83 image = "rootfs.ext4" }
+}
+""")
+    for d in ("gtmp", "gout", "groot"):
+        (tmp_path / d).mkdir()
+    sh("genimage", "--config", str(gen), "--inputpath", str(tmp_path), "--outputpath",
+       str(tmp_path / "gout"), "--tmppath", str(tmp_path / "gtmp" / "t"),
+       "--rootpath", str(tmp_path / "groot"))
+    theirs = str(tmp_path / "gout" / "gen.img")
+    assert _sanitized_dump(image).replace("IMAGE", "X") == \
+        _sanitized_dump(theirs).replace("IMAGE", "X")
+    with open(image, "rb") as a, open(theirs, "rb") as b:
+        ours, gens = a.read(), b.read()
+    assert ours[1024:4024] == gens[1024:4024]
+    p = sfdisk_parts(image)[1]
+    lo, hi = p["start"] * 512, p["start"] * 512 + (6 << 20)
+    assert ours[lo:hi] == gens[lo:hi]
