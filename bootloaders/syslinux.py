@@ -20,7 +20,7 @@ from typing import Literal
 
 from imgkit import tools
 from imgkit.errors import InputError, ToolError
-from imgkit.formats.fat import _FAT_EPOCH, _FAT_LAST
+from imgkit.formats.fat.c_fat import FAT_EPOCH, FAT_LAST
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
 MBR_DIR = "/usr/lib/syslinux/mbr"
@@ -125,7 +125,7 @@ def install_syslinux(disk_image_path: PathLike, partition_offset_bytes: int, *,
     # mtools refuses some valid filesystems unless told not to second-guess the geometry.
     env = {"MTOOLS_SKIP_CHECK": "1"}
     if mtime is not None:
-        env["SOURCE_DATE_EPOCH"] = str(min(max(int(mtime), _FAT_EPOCH), _FAT_LAST))
+        env["SOURCE_DATE_EPOCH"] = str(min(max(int(mtime), FAT_EPOCH), FAT_LAST))
         env["TZ"] = "UTC0"
     proc = tools.run(argv, env=env)
     # syslinux exits 0 even when mtools could not write ldlinux.sys: read what it said.
