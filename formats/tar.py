@@ -60,7 +60,7 @@ class TarWritten:
     warnings: list[str] = field(default_factory=list)
 
 
-def _header(e: Entry, primary: Entry | None, ranges: Ranges | None,
+def _header(e: Entry, primary: Entry | None, ranges: Ranges | None, acl_text: bool,
             warnings: list[str]) -> "ffi.c_archive_entry_p":
     p = ffi.entry_new()
     meta = primary if (e.kind is Kind.HARDLINK and primary is not None) else e
@@ -86,7 +86,7 @@ def _header(e: Entry, primary: Entry | None, ranges: Ranges | None,
     for key, value in meta.xattrs:
         buf = ctypes.create_string_buffer(value, len(value))
         ffi.entry_xattr_add_entry(p, key.encode(), buf, len(value))
-        if key in _LIBARCHIVE_TYPE:
+        if acl_text and key in _LIBARCHIVE_TYPE:
             _add_acl(p, _LIBARCHIVE_TYPE[key], value, e.path, warnings)
     return p
 
@@ -146,9 +146,14 @@ def _write_body(a, blob: Blob, ranges: Ranges | None, path: str) -> None:
 
 
 def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "pax_restricted",
-              include_root: bool = True) -> TarWritten:
+              include_root: bool = True, acl_text: bool = True) -> TarWritten:
     """Write ``tree`` as a tar archive into ``out`` (left open); returns what was left out
-    or stored differently."""
+    or stored differently.
+
+    ``acl_text=False`` leaves out the ``SCHILY.acl`` records (the ACL stays in its xattr)
+    and so keeps the mask in the header mode's group bits: for a reader that takes the
+    mode from the header and the ACL from the xattr, as a filesystem builder does.
+    """
     written = TarWritten()
     tree.validate()
     tree = tree.with_canonical_hardlinks()
@@ -176,7 +181,7 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
                 primary = tree.get(e.target) if e.kind is Kind.HARDLINK and e.target else None
                 has_data = e.kind is Kind.FILE and e.size > 0
                 ranges = blob_data_ranges(e.data) if has_data else None  # type: ignore[arg-type]
-                p = _header(e, primary, ranges, written.warnings)
+                p = _header(e, primary, ranges, acl_text, written.warnings)
                 try:
                     ffi.write_header(a, p)
                     if has_data:

@@ -32,11 +32,11 @@ def blob_data_ranges(blob: Blob) -> Ranges | None:
         ranges = tuple(known())
         return ranges if sum(length for _, length in ranges) < blob.size else None
     path, offset = where
+    st = os.stat(path)
+    if st.st_blocks * 512 >= st.st_size:
+        return None
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
-        if st.st_blocks * 512 >= st.st_size:
-            return None
         ranges = file_data_ranges(fd, offset, offset + blob.size)
     finally:
         os.close(fd)

@@ -435,3 +435,17 @@ def test_compressed_tar_of_sparse_files_stores_only_their_data(tmp_path):
     sh("tar", "-xJf", str(out), "-C", str(dest))
     assert {n: sha256_file(dest / n) for n in SIZES} == digests
     assert_holes_on_disk(dest)
+
+
+def test_tar_without_acl_text_keeps_the_mask_in_the_header_mode(root_tar, tmp_path):
+    from imgkit.formats.tar import write_tar
+
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as f:
+        write_tar(read_archive(str(root_tar)), f, acl_text=False)
+    with tarfile.open(out) as t:
+        journal = t.getmember("var/log/journal")
+    assert "SCHILY.xattr.system.posix_acl_access" in journal.pax_headers
+    assert not any(k.startswith("SCHILY.acl") for k in journal.pax_headers)
+    assert stat.filemode(stat.S_IFDIR | journal.mode) == "drwxrws---"
+    assert "drwxrws---" in sh("tar", "-tvf", str(out), "var/log/journal")
