@@ -5,14 +5,22 @@ in canonical tree order, so they never depend on the host. Hard links are stored
 way: every name of the group shares one inode number and ``nlink``; all names but the last
 carry no data, the last carries it (what GNU cpio and the kernel's ``gen_init_cpio`` do, and
 what the kernel's unpacker expects).
+
+A sparse file (a sparse archive member, or a host file with holes) keeps its holes in an
+uncompressed archive written to a plain file: the writer seeks over them, so the output is
+sparse on disk too. Into a compressor or a pipe the holes go as zeros, a block at a time.
+newc has no field for xattrs: :func:`unstorable` says what a tree loses, for the caller to
+report.
 """
 from __future__ import annotations
 
 import io
 import os
+import stat
 from typing import BinaryIO, Iterator
 
 from imgkit.errors import ImageError
+from imgkit.holes import Ranges, blob_data_ranges, gaps, read_range
 from imgkit.tree import Blob, Entry, Kind, Tree, sort_key
 
 NEWC_MAGIC = b"070701"
@@ -21,6 +29,7 @@ TRAILER = "TRAILER!!!"
 HEADER_SIZE = 110
 _CHUNK = 1 << 20
 _FIRST_INO = 1
+_ZEROS = bytes(_CHUNK)
 
 
 def _pad4(n: int) -> int:
@@ -91,7 +100,10 @@ class _Sink:
     def copy(self, blob: Blob, path: str) -> None:
         size = blob.size
         where = blob.host_range()
-        if where is not None and self._fd is not None:
+        ranges = blob_data_ranges(blob)
+        if ranges is not None and where is not None:
+            self._copy_sparse(where, ranges, size, path)
+        elif where is not None and self._fd is not None:
             self.flush()
             host, offset = where
             src = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
@@ -112,6 +124,43 @@ class _Sink:
                     left -= len(chunk)
                 self.written += size
         self.write(b"\0" * _pad4(size))
+
+    def _copy_sparse(self, where: tuple[str, int], ranges: Ranges, size: int,
+                     path: str) -> None:
+        """Copy only the data ranges of ``host`` from ``base``; holes are skipped over
+        where the output is a plain file being appended to, written as zeros elsewhere."""
+        self.flush()
+        host, base = where
+        seek = self._appending_to_a_file()
+        src = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for hole, offset, length in gaps(ranges, size):
+                if seek:
+                    os.lseek(self._fd, hole, os.SEEK_CUR)  # type: ignore[arg-type]
+                else:
+                    while hole:
+                        n = min(hole, _CHUNK)
+                        self._emit(memoryview(_ZEROS)[:n])
+                        hole -= n
+                if not length:
+                    continue
+                if self._fd is not None:
+                    _copy_fd(src, self._fd, base + offset, length, path)
+                else:
+                    for chunk in read_range(src, base + offset, length, path):
+                        self._emit(chunk)
+        finally:
+            os.close(src)
+        self.written += size
+
+    def _appending_to_a_file(self) -> bool:
+        """Whether seeking forward leaves a hole that reads as zeros: the output is a
+        regular file and nothing lies past the write position (it could be an old file
+        opened for update, whose bytes a seek would let through)."""
+        if self._fd is None:
+            return False
+        st = os.fstat(self._fd)
+        return stat.S_ISREG(st.st_mode) and st.st_size <= os.lseek(self._fd, 0, os.SEEK_CUR)
 
 
 def _copy_fd(src: int, dst: int, offset: int, size: int, path: str) -> None:
@@ -134,12 +183,42 @@ def _copy_fd(src: int, dst: int, offset: int, size: int, path: str) -> None:
         left -= n
 
 
-def _blob_checksum(blob: Blob) -> int:
+def _blob_checksum(blob: Blob, path: str) -> int:
+    """The crc format's "checksum": the sum of the bytes (holes add nothing)."""
     total = 0
-    with blob.open() as f:
-        while chunk := f.read(_CHUNK):
-            total += sum(chunk)
+    ranges = blob_data_ranges(blob)
+    where = blob.host_range()
+    if ranges is not None and where is not None:
+        fd = os.open(where[0], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for offset, length in ranges:
+                for chunk in read_range(fd, where[1] + offset, length, path):
+                    total += sum(chunk)
+        finally:
+            os.close(fd)
+    else:
+        with blob.open() as f:
+            while chunk := f.read(_CHUNK):
+                total += sum(chunk)
     return total & 0xFFFFFFFF
+
+
+def unstorable(tree: Tree) -> list[str]:
+    """What of ``tree`` a newc archive cannot hold, one warning line per kind of loss.
+
+    newc has no xattrs, so file capabilities, POSIX ACLs and SELinux labels are lost; the
+    root directory is not stored at all (it exists wherever the archive is unpacked).
+    """
+    paths = [e.path for e in tree if e.path and e.xattrs]
+    if not paths:
+        return []
+    names = sorted({key for e in tree if e.path and e.xattrs for key, _ in e.xattrs})
+    shown = ", ".join("/" + p for p in paths[:5])
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    keys = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return [f"cpio newc cannot store extended attributes: {len(paths)} "
+            f"{'entry loses its' if len(paths) == 1 else 'entries lose their'} xattrs "
+            f"({keys}): {shown}{more}"]
 
 
 def _emission_order(tree: Tree) -> Iterator[list[Entry]]:
@@ -194,7 +273,8 @@ def write_cpio(tree: Tree, out: BinaryIO, *, crc: bool = False) -> int:
                 sink.write(body + b"\0" * _pad4(len(body)))
                 continue
             size = primary.size if (meta.kind is Kind.FILE and carries_data) else 0
-            check = _blob_checksum(primary.data) if (crc and size) else 0  # type: ignore[arg-type]
+            check = (_blob_checksum(primary.data, e.path)  # type: ignore[arg-type]
+                     if crc and size else 0)
             rdev = meta.rdev if meta.kind in (Kind.CHAR, Kind.BLOCK) else (0, 0)
             sink.write(header(magic=magic, ino=ino, mode=meta.st_mode, uid=meta.uid,
                               gid=meta.gid, nlink=nlink, mtime=meta.mtime, filesize=size,

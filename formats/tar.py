@@ -3,30 +3,65 @@
 libarchive-c's high-level API cannot express symlinks, hard links or xattrs of entries that
 do not exist on disk, so entries are built with its ffi layer directly. Data is streamed in
 1 MiB blocks; only a compressor's window is held in memory.
+
+Sparse files become pax sparse members (GNU format 1.0): only their data ranges are stored,
+and GNU tar and bsdtar extract them with their holes. POSIX ACLs are written twice: as the
+kernel's ``SCHILY.xattr.system.posix_acl_*`` value, which GNU tar ``--xattrs`` restores, and
+handed to libarchive as ACL entries, which it writes as ``SCHILY.acl.*`` text, the record
+bsdtar and GNU tar ``--acls`` restore. libarchive derives the ``user::``, ``group::`` and
+``other::`` entries of that text from the mode, so an entry with an access ACL carries the
+owning group's bits in its header mode (as bsdtar writes it); extraction applies the ACL,
+whose mask then becomes the group bits, as ``stat`` shows them.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
+import mmap
+import os
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import libarchive
 from libarchive import ffi
 
 from imgkit.errors import ImageError
-from imgkit.tree import Entry, Kind, Tree
+from imgkit.holes import Ranges, blob_data_ranges, gaps, read_range
+from imgkit.sources import posix_acl
+from imgkit.sources.archive import _ACL_TAGS, _ACL_XATTRS
+from imgkit.tree import Blob, Entry, Kind, Tree
 
 _CHUNK = 1 << 20
+#: How much of a hole one write call covers (libarchive skips hole bytes without reading them).
+_ZERO_SPAN = 64 << 20
 
 ffi.ffi("entry_set_symlink_utf8", [ffi.c_archive_entry_p, ctypes.c_char_p], None)
 ffi.ffi("entry_set_hardlink_utf8", [ffi.c_archive_entry_p, ctypes.c_char_p], None)
 ffi.ffi("entry_xattr_add_entry",
         [ffi.c_archive_entry_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t], None)
+ffi.ffi("entry_sparse_add_entry", [ffi.c_archive_entry_p, ctypes.c_int64, ctypes.c_int64], None)
+ffi.ffi("entry_acl_add_entry", [ffi.c_archive_entry_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                ctypes.c_int, ctypes.c_char_p], ctypes.c_int)
+
+#: Our ACL tags and xattr names -> libarchive's ACL tags and types (archive_entry.h).
+_LIBARCHIVE_TAG = {tag: number for number, tag in _ACL_TAGS.items()}
+_LIBARCHIVE_TYPE = {xattr: number for number, xattr in _ACL_XATTRS.items()}
 
 #: Our compression names -> libarchive filter names.
 FILTERS = {"none": None, "gzip": "gzip", "xz": "xz", "zstd": "zstd", "lz4": "lz4"}
 
 
-def _header(e: Entry, primary: Entry | None) -> "ffi.c_archive_entry_p":
+@dataclass
+class TarWritten:
+    """What :func:`write_tar` could not store as it was."""
+
+    skipped: list[str] = field(default_factory=list)
+    """Paths left out: tar has no way to store a socket (GNU tar skips them too)."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def _header(e: Entry, primary: Entry | None, ranges: Ranges | None, acl_text: bool,
+            warnings: list[str]) -> "ffi.c_archive_entry_p":
     p = ffi.entry_new()
     meta = primary if (e.kind is Kind.HARDLINK and primary is not None) else e
     name = (e.path + "/" if e.kind is Kind.DIR else e.path) if e.path else "./"
@@ -37,6 +72,8 @@ def _header(e: Entry, primary: Entry | None) -> "ffi.c_archive_entry_p":
     ffi.entry_set_mtime(p, meta.mtime, 0)
     if e.kind is Kind.FILE:
         ffi.entry_set_size(p, e.size)
+        if ranges is not None:
+            _add_sparse_map(p, ranges, e.size)
     else:
         ffi.entry_set_size(p, 0)
     if e.kind is Kind.SYMLINK:
@@ -49,16 +86,75 @@ def _header(e: Entry, primary: Entry | None) -> "ffi.c_archive_entry_p":
     for key, value in meta.xattrs:
         buf = ctypes.create_string_buffer(value, len(value))
         ffi.entry_xattr_add_entry(p, key.encode(), buf, len(value))
+        if acl_text and key in _LIBARCHIVE_TYPE:
+            _add_acl(p, _LIBARCHIVE_TYPE[key], value, e.path, warnings)
     return p
 
 
-def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "pax_restricted",
-              include_root: bool = True) -> list[str]:
-    """Write ``tree`` as a tar archive into ``out`` (left open).
+def _add_sparse_map(p, ranges: Ranges, size: int) -> None:
+    """Declare the data ranges (the size must be set first). A trailing hole ends the map
+    with an empty range at the end of the file, as GNU tar writes it; that also keeps a
+    file that is all hole sparse instead of a map libarchive would drop as empty."""
+    for offset, length in ranges:
+        ffi.entry_sparse_add_entry(p, offset, length)
+    end = ranges[-1][0] + ranges[-1][1] if ranges else 0
+    if end < size:
+        ffi.entry_sparse_add_entry(p, size, 0)
 
-    Returns the paths left out: tar has no way to store a socket (GNU tar skips them too).
+
+def _add_acl(p, acl_type: int, value: bytes, path: str, warnings: list[str]) -> None:
+    """Hand libarchive the ACL of a ``system.posix_acl_*`` value, by numeric id (the ids
+    are the image's; a name would be looked up on whichever host extracts it)."""
+    try:
+        entries = posix_acl.decode(value)
+    except ValueError as exc:
+        warnings.append(f"/{path}: malformed POSIX ACL xattr ({exc}): kept as an xattr only, "
+                        "bsdtar will not restore it")
+        return
+    for acl in entries:
+        qualifier = acl.qualifier if acl.tag in posix_acl.QUALIFIED else -1
+        ffi.entry_acl_add_entry(p, acl_type, acl.perm, _LIBARCHIVE_TAG[acl.tag], qualifier, None)
+
+
+@functools.cache
+def _zero_span() -> "ctypes.Array[ctypes.c_char]":
+    """A span of zeros for holes: anonymous memory nobody writes, so it never becomes
+    resident (the array keeps the mapping alive)."""
+    return (ctypes.c_char * _ZERO_SPAN).from_buffer(mmap.mmap(-1, _ZERO_SPAN))
+
+
+def _write_body(a, blob: Blob, ranges: Ranges | None, path: str) -> None:
+    """Stream the member's bytes. libarchive wants a sparse member's holes too (it skips
+    them, not storing a byte); its data ranges are read from the host file alone."""
+    if ranges is None:
+        with blob.open() as src:
+            while chunk := src.read(_CHUNK):
+                ffi.write_data(a, chunk, len(chunk))
+        return
+    host, base = blob.host_range()  # type: ignore[misc]  # ranges imply a host file
+    fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for hole, offset, length in gaps(ranges, blob.size):
+            while hole:
+                n = min(hole, _ZERO_SPAN)
+                ffi.write_data(a, ctypes.addressof(_zero_span()), n)
+                hole -= n
+            for chunk in read_range(fd, base + offset, length, path):
+                ffi.write_data(a, chunk, len(chunk))
+    finally:
+        os.close(fd)
+
+
+def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "pax_restricted",
+              include_root: bool = True, acl_text: bool = True) -> TarWritten:
+    """Write ``tree`` as a tar archive into ``out`` (left open); returns what was left out
+    or stored differently.
+
+    ``acl_text=False`` leaves out the ``SCHILY.acl`` records (the ACL stays in its xattr)
+    and so keeps the mask in the header mode's group bits: for a reader that takes the
+    mode from the header and the ACL from the xattr, as a filesystem builder does.
     """
-    skipped: list[str] = []
+    written = TarWritten()
     tree.validate()
     tree = tree.with_canonical_hardlinks()
     filt = FILTERS[compress]
@@ -80,20 +176,20 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
                 if not e.path and not include_root:
                     continue
                 if e.kind is Kind.SOCKET:
-                    skipped.append(e.path)
+                    written.skipped.append(e.path)
                     continue
                 primary = tree.get(e.target) if e.kind is Kind.HARDLINK and e.target else None
-                p = _header(e, primary)
+                has_data = e.kind is Kind.FILE and e.size > 0
+                ranges = blob_data_ranges(e.data) if has_data else None  # type: ignore[arg-type]
+                p = _header(e, primary, ranges, acl_text, written.warnings)
                 try:
                     ffi.write_header(a, p)
-                    if e.kind is Kind.FILE and e.size:
-                        with e.data.open() as src:  # type: ignore[union-attr]
-                            while chunk := src.read(_CHUNK):
-                                ffi.write_data(a, chunk, len(chunk))
+                    if has_data:
+                        _write_body(a, e.data, ranges, e.path)  # type: ignore[arg-type]
                     ffi.write_finish_entry(a)
                 finally:
                     ffi.entry_free(p)
     except libarchive.ArchiveError as exc:
         raise ImageError(f"tar writer failed: {exc}") from exc
     out.flush()
-    return skipped
+    return written

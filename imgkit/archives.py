@@ -1,12 +1,16 @@
-"""Write a finished tree as an archive file (cpio initramfs or tar), atomically."""
+"""Write a finished tree as an archive file (cpio initramfs or tar), atomically.
+
+The result says what the archive could not hold as the tree had it (``warnings``: what the
+sources already lost, then what the format cannot store), one line each for the user to see.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgkit.atomic import atomic_open
 from imgkit.compress import check_method, compressed_writer
-from imgkit.formats.cpio import write_cpio
+from imgkit.formats.cpio import unstorable, write_cpio
 from imgkit.formats.tar import write_tar
 from imgkit.tree import Tree
 
@@ -19,6 +23,7 @@ class ArchiveResult:
     archive_bytes: int
     compress: str
     skipped: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
 
 
 def write_initramfs(tree: Tree, out_path: str, *, compress: str = "zstd",
@@ -29,13 +34,15 @@ def write_initramfs(tree: Tree, out_path: str, *, compress: str = "zstd",
         with compressed_writer(f, compress, level) as w:
             write_cpio(tree, w, crc=crc)
     return ArchiveResult(out_path, len(tree) - 1, tree.data_size(),
-                         os.path.getsize(out_path), compress)
+                         os.path.getsize(out_path), compress,
+                         warnings=[*tree.warnings, *unstorable(tree)])
 
 
 def write_tarball(tree: Tree, out_path: str, *, compress: str = "none") -> ArchiveResult:
     """Write ``tree`` as a pax tar at ``out_path``, compressed by libarchive's filters."""
     check_method(compress)
     with atomic_open(out_path) as f:
-        skipped = write_tar(tree, f, compress=compress)
-    return ArchiveResult(out_path, len(tree) - len(skipped), tree.data_size(),
-                         os.path.getsize(out_path), compress, tuple(skipped))
+        written = write_tar(tree, f, compress=compress)
+    return ArchiveResult(out_path, len(tree) - len(written.skipped), tree.data_size(),
+                         os.path.getsize(out_path), compress, tuple(written.skipped),
+                         warnings=[*tree.warnings, *written.warnings])

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -110,11 +111,11 @@ def test_security_capability_survives_imgkit_tar(root_tar, tmp_path):
 def test_acls_become_kernel_xattrs_with_ids_from_the_tree(root_tar, tmp_path):
     out = tmp_path / "out.tar"
     imgkit("tar", str(root_tar), "-o", str(out))
-    # with an ACL, the group bits of the mode are the mask (as stat shows them)
-    assert bsdtar_listing(str(out))["var/log/journal"]["mode"] == "drwxrws---"
     dest = tmp_path / "x"
     dest.mkdir()
     gnu_tar_extract(out, dest, "var", "srv")
+    # with an ACL, the group bits of the mode are the mask (as stat shows them)
+    assert stat.filemode(os.stat(dest / "var/log/journal").st_mode) == "drwxrws---"
     text = gnu_acl_text(dest / "var/log/journal")
     for line in ("user:1000:rw-", "group:4:r-x", "group::r--", "mask::rwx", "other::---",
                  "default:user:1000:rw-", "default:group:4:r-x"):
@@ -192,6 +193,13 @@ def make_sparse(root) -> dict[str, str]:
     return {name: sha256_file(root / name) for name in ("big", "small")}
 
 
+def assert_holes_on_disk(root) -> None:
+    """The extracting tool made holes: the files hold a few blocks, not their size."""
+    for name in SIZES:
+        st = os.stat(root / name)
+        assert st.st_blocks * 512 <= 64 * 1024, f"{name}: {st.st_blocks} sectors, written dense"
+
+
 SPARSE_WAYS = {
     "gnu": ["tar", "-S", "-H", "gnu"],
     "pax-0.0": ["tar", "-S", "-H", "pax", "--sparse-version=0.0"],
@@ -225,10 +233,12 @@ def test_sparse_members_keep_size_bytes_and_holes(way, tmp_path):
     imgkit("tar", str(archive), "-o", str(out))
     listing = bsdtar_listing(str(out))
     assert {n: int(listing[n]["size"]) for n in SIZES} == SIZES
+    assert os.path.getsize(out) < MIB, "the holes were stored as zeros"
     dest = tmp_path / "x"
     dest.mkdir()
     sh("tar", "-xf", str(out), "-C", str(dest))
     assert {n: sha256_file(dest / n) for n in SIZES} == digests
+    assert_holes_on_disk(dest)
 
 
 def test_ext4_from_a_sparse_tar_has_the_size_and_the_holes(tmp_path):
@@ -263,3 +273,179 @@ def test_cpio_from_a_sparse_tar_has_the_size_and_bytes(tmp_path):
         subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames"], stdin=f,
                        cwd=dest, check=True)
     assert {n: sha256_file(dest / n) for n in SIZES} == digests
+
+
+# -- what the writers keep: sparse files, ACL records, and what cpio cannot hold -------------
+
+def test_tar_of_a_directory_with_sparse_files_stores_only_their_data(tmp_path):
+    digests = make_sparse(tmp_path / "src")
+    (tmp_path / "src/dense").write_bytes(os.urandom(100_000))
+    out = tmp_path / "out.tar"
+    imgkit("tar", str(tmp_path / "src"), "-o", str(out))
+    assert os.path.getsize(out) < MIB
+    listing = bsdtar_listing(str(out))
+    assert {n: int(listing[n]["size"]) for n in SIZES} == SIZES
+    assert int(listing["dense"]["size"]) == 100_000
+    with tarfile.open(out) as t:   # pax sparse 1.0, as GNU tar writes it
+        assert t.getmember("big").pax_headers["GNU.sparse.realsize"] == str(64 * MIB)
+        assert "GNU.sparse.major" not in t.getmember("dense").pax_headers
+    dest = tmp_path / "x"
+    dest.mkdir()
+    sh("bsdtar", "-xf", str(out), "-C", str(dest))
+    assert {n: sha256_file(dest / n) for n in SIZES} == digests
+    assert sha256_file(dest / "dense") == sha256_file(tmp_path / "src/dense")
+    assert_holes_on_disk(dest)
+
+
+def test_tar_of_a_file_that_is_all_hole(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "empty-disk", "wb") as f:
+        f.truncate(32 * MIB)
+    out = tmp_path / "out.tar"
+    imgkit("tar", str(src), "-o", str(out))
+    assert os.path.getsize(out) < 64 * 1024
+    dest = tmp_path / "x"
+    dest.mkdir()
+    sh("tar", "-xf", str(out), "-C", str(dest))
+    st = os.stat(dest / "empty-disk")
+    assert st.st_size == 32 * MIB and st.st_blocks * 512 <= 4096
+    assert sha256_file(dest / "empty-disk") == sha256_file(src / "empty-disk")
+
+
+def test_tar_acls_are_restored_by_bsdtar_and_by_gnu_tar_acls(root_tar, tmp_path):
+    out = tmp_path / "out.tar"
+    imgkit("tar", str(root_tar), "-o", str(out))
+    with tarfile.open(out) as t:
+        pax = t.getmember("var/log/journal").pax_headers
+    assert "SCHILY.xattr.system.posix_acl_access" in pax   # what GNU tar --xattrs restores
+    assert "user:1000:rw-" in pax["SCHILY.acl.access"].split(",")   # what bsdtar restores
+    assert "group:4:r-x" in pax["SCHILY.acl.default"].split(",")
+    for name, argv in [("bsdtar", ["bsdtar", "-xpf"]),
+                       ("gnu-acls", ["tar", "--acls", "--no-same-owner", "-xf"])]:
+        dest = tmp_path / name
+        dest.mkdir()
+        sh(*argv, str(out), "-C", str(dest), "var", "srv")
+        journal = dest / "var/log/journal"
+        text = gnu_acl_text(journal).splitlines()
+        for line in ("user::rwx", "user:1000:rw-", "group::r--", "group:4:r-x", "mask::rwx",
+                     "other::---", "default:user:1000:rw-", "default:group:4:r-x",
+                     "default:mask::rwx"):
+            assert line in text, (name, text)
+        assert stat.filemode(os.stat(journal).st_mode) == "drwxrws---", name
+        assert "user:4242:rw-" in gnu_acl_text(dest / "srv/shared").splitlines(), name
+
+
+def test_tar_of_a_directory_keeps_its_acls_for_bsdtar(tmp_path):
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    sh("setfacl", "-m", "u:1000:rwx,g:4:r-x", str(src / "dir"))
+    sh("setfacl", "-d", "-m", "u:1000:rwx", str(src / "dir"))
+    out, dest = tmp_path / "out.tar", tmp_path / "x"
+    imgkit("tar", str(src), "-o", str(out))
+    dest.mkdir()
+    sh("bsdtar", "-xpf", str(out), "-C", str(dest))
+    assert gnu_acl_text(dest / "dir") == gnu_acl_text(src / "dir")
+
+
+def cpio_extract(archive, dest, *flags: str) -> None:
+    dest.mkdir()
+    with open(archive, "rb") as f:
+        subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames", *flags], stdin=f,
+                       cwd=dest, check=True)
+
+
+def test_uncompressed_cpio_of_sparse_files_is_sparse_on_disk(tmp_path):
+    digests = make_sparse(tmp_path / "src")
+    archive = tmp_path / "sparse.tar"
+    sh("tar", "-S", "-H", "pax", "-cf", str(archive), "-C", str(tmp_path / "src"), "big", "small")
+    for name, source in [("from-tar", archive), ("from-dir", tmp_path / "src")]:
+        for fmt in ("newc", "crc"):   # GNU cpio checks the crc format's sums on extraction
+            out = tmp_path / f"{name}-{fmt}.cpio"
+            imgkit("initramfs", str(source), "-o", str(out), "--compress", "none",
+                   "--format", fmt)
+            assert os.path.getsize(out) > 74 * MIB
+            assert os.stat(out).st_blocks * 512 < MIB, f"{out.name}: holes written as zeros"
+            assert int(sh("du", "-k", str(out)).split()[0]) < 1024
+            dest = tmp_path / f"{name}-{fmt}"
+            cpio_extract(out, dest, "--sparse")
+            assert {n: sha256_file(dest / n) for n in SIZES} == digests, out.name
+            assert_holes_on_disk(dest)
+
+
+@pytest.mark.parametrize("method,decompress", [("gzip", "gzip"), ("zstd", "zstd")])
+def test_compressed_cpio_of_sparse_files_has_the_zeros(method, decompress, tmp_path):
+    digests = make_sparse(tmp_path / "src")
+    archive = tmp_path / "sparse.tar"
+    sh("tar", "-S", "-H", "gnu", "-cf", str(archive), "-C", str(tmp_path / "src"), "big", "small")
+    out = tmp_path / "out.cpio.z"
+    imgkit("initramfs", str(archive), "-o", str(out), "--compress", method)
+    assert os.path.getsize(out) < MIB
+    plain = tmp_path / "out.cpio"
+    with open(plain, "wb") as f:
+        subprocess.run([decompress, "-dc", str(out)], stdout=f, check=True)
+    listing = cpio_listing(str(plain))
+    assert {n: int(listing[n]["size"]) for n in SIZES} == SIZES
+    dest = tmp_path / "x"
+    cpio_extract(plain, dest)
+    assert {n: sha256_file(dest / n) for n in SIZES} == digests
+
+
+def test_cpio_says_which_xattrs_it_cannot_store(root_tar, tmp_path):
+    from imgkit.archives import write_initramfs, write_tarball
+
+    tree = read_archive(str(root_tar))
+    result = write_initramfs(tree, str(tmp_path / "out.cpio"), compress="none")
+    assert len(result.warnings) == 1, result.warnings
+    warning = result.warnings[0]
+    assert warning.startswith("cpio newc cannot store extended attributes: 4 entries")
+    for name in ("security.capability", "system.posix_acl_access", "/usr/bin/ping",
+                 "/var/log/journal", "/srv/shared", "/usr/bin/note"):
+        assert name in warning, warning
+    # GNU cpio agrees: the archive has the files, and nothing else to restore them from
+    assert "usr/bin/ping" in cpio_listing(str(tmp_path / "out.cpio"))
+    assert write_tarball(tree, str(tmp_path / "out.tar")).warnings == []
+
+
+def test_archive_results_carry_what_the_sources_lost(tmp_path):
+    from imgkit.archives import write_initramfs, write_tarball
+
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        add_file(t, "f", b"x", pax={"SCHILY.fflags": "nodump"})
+    tree = read_archive(str(path))
+    for result in (write_tarball(tree, str(tmp_path / "o.tar")),
+                   write_initramfs(tree, str(tmp_path / "o.cpio"), compress="none")):
+        assert len(result.warnings) == 1 and "nodump" in result.warnings[0], result.warnings
+    assert "f" in bsdtar_listing(str(tmp_path / "o.tar"))
+
+
+def test_compressed_tar_of_sparse_files_stores_only_their_data(tmp_path):
+    from imgkit.archives import write_tarball
+    from imgkit.sources import read_directory
+
+    digests = make_sparse(tmp_path / "src")
+    out = tmp_path / "a.tar.xz"
+    result = write_tarball(read_directory(str(tmp_path / "src")), str(out), compress="xz")
+    assert result.warnings == [] and result.skipped == ()
+    raw = subprocess.run(["xz", "-dc", str(out)], capture_output=True, check=True).stdout
+    assert len(raw) < MIB   # the archive itself is small, not only its compression
+    dest = tmp_path / "x"
+    dest.mkdir()
+    sh("tar", "-xJf", str(out), "-C", str(dest))
+    assert {n: sha256_file(dest / n) for n in SIZES} == digests
+    assert_holes_on_disk(dest)
+
+
+def test_tar_without_acl_text_keeps_the_mask_in_the_header_mode(root_tar, tmp_path):
+    from imgkit.formats.tar import write_tar
+
+    out = tmp_path / "out.tar"
+    with open(out, "wb") as f:
+        write_tar(read_archive(str(root_tar)), f, acl_text=False)
+    with tarfile.open(out) as t:
+        journal = t.getmember("var/log/journal")
+    assert "SCHILY.xattr.system.posix_acl_access" in journal.pax_headers
+    assert not any(k.startswith("SCHILY.acl") for k in journal.pax_headers)
+    assert stat.filemode(stat.S_IFDIR | journal.mode) == "drwxrws---"
+    assert "drwxrws---" in sh("tar", "-tvf", str(out), "var/log/journal")

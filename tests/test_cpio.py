@@ -99,3 +99,41 @@ def test_failed_write_leaves_existing_output(sample_tree, tmp_path):
         write_initramfs(bad, str(out), compress="gzip")
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["initrd.gz"]
+
+
+def _sparse_tree(tmp_path):
+    """A tree whose one file is a 16 MiB host file with 4 bytes of data in the middle."""
+    from imgkit.sources import read_directory
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "disk", "wb") as f:
+        f.truncate(16 << 20)
+        f.seek(8 << 20)
+        f.write(b"data")
+    return read_directory(str(src)), (src / "disk").read_bytes()
+
+
+def test_sparse_file_into_an_old_file_opened_for_update_gets_real_zeros(tmp_path):
+    """Seeking over a hole only works when nothing lies behind it: an existing file's bytes
+    must not show through."""
+    tree, want = _sparse_tree(tmp_path)
+    out = tmp_path / "a.cpio"
+    out.write_bytes(b"\xff" * (20 << 20))
+    with open(out, "r+b") as f:
+        n = write_cpio(tree, f)
+        f.truncate(n)
+    data = sh("cpio", "-i", "--to-stdout", "--quiet", "disk", input=out.read_bytes())
+    assert data.encode("latin-1") == want
+
+
+def test_sparse_file_into_a_pipe(tmp_path):
+    tree, want = _sparse_tree(tmp_path)
+    dest = tmp_path / "x"
+    dest.mkdir()
+    import subprocess
+    proc = subprocess.Popen(["cpio", "-id", "--quiet"], stdin=subprocess.PIPE, cwd=dest)
+    with proc.stdin as pipe:
+        write_cpio(tree, pipe)
+    assert proc.wait() == 0
+    assert (dest / "disk").read_bytes() == want
