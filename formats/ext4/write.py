@@ -671,7 +671,7 @@ def _mke2fs_from_tar(argv: list[str], env: dict[str, str], tar: Tree,
         try:
             pipe = _Pipe(proc.stdin)
             try:
-                write_tar(tar, pipe)
+                write_tar(tar, pipe, acl_text=False)
             finally:
                 try:
                     proc.stdin.close()

@@ -78,13 +78,16 @@ def report(args: argparse.Namespace, result: ArchiveResult, started: float) -> N
     """The summary: one progress line, or with ``--json`` one JSON object on stdout."""
     for path in result.skipped:
         progress(f"warning: /{path} left out: the format cannot store a socket")
+    for warning in result.warnings:
+        progress(f"warning: {warning}")
     seconds = time.monotonic() - started
     if args.json:
         import json
 
         print(json.dumps({"output": result.path, "entries": result.entries,
                           "data_bytes": result.data_bytes, "bytes": result.archive_bytes,
-                          "compression": result.compress, "seconds": round(seconds, 3)}))
+                          "compression": result.compress, "warnings": result.warnings,
+                          "seconds": round(seconds, 3)}))
     else:
         progress(f"wrote {result.path}: {result.entries} entries, {result.data_bytes:,} bytes of "
                  f"data, {result.archive_bytes:,} bytes ({result.compress}) in {seconds:.2f} s")
