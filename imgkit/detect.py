@@ -24,9 +24,7 @@ COMPRESSIONS = ("gzip", "xz", "zstd", "lz4", "lz4-legacy", "bzip2")
 
 #: Filesystems imgkit reads but cannot write yet: describe-only modules. Every other
 #: filesystem is read through its entry in the filesystem table (:mod:`imgkit.filesystems`).
-READ_ONLY_FILESYSTEMS = {
-    "squashfs": "imgkit.formats.squashfs",
-}
+READ_ONLY_FILESYSTEMS: dict[str, str] = {}
 _FILESYSTEM_OF = {"fat12": "vfat", "fat16": "vfat", "fat32": "vfat", "ext2": "ext4",
                   "ext3": "ext4", "ext4": "ext4", "iso9660": "iso9660", "squashfs": "squashfs"}
 

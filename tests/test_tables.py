@@ -179,8 +179,8 @@ def test_registered_options_are_validated(tmp_path, registered):
 
 @pytest.mark.parametrize("body,message,hint", [
     ("[filesystems.d]\ntype = 'test-tar'\n",
-     r"filesystems\.d\.type: expected one of vfat, ext4, iso9660, got 'test-tar'",
-     "allowed: vfat, ext4, iso9660"),
+     r"filesystems\.d\.type: expected one of vfat, ext4, iso9660, squashfs, got 'test-tar'",
+     "allowed: vfat, ext4, iso9660, squashfs"),
     ("[disk]\noutput = 'd.img'\nbios = 'test-marker'\n",
      r"disk\.bios: expected one of syslinux, got 'test-marker'", "allowed: syslinux"),
     ("[iso]\noutput = 'd.iso'\nbios = { loader = 'test-marker' }\n",

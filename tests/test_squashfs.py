@@ -1,0 +1,139 @@
+"""squashfs: written by mksquashfs from pseudo definitions only, checked with unsquashfs."""
+from __future__ import annotations
+
+import json
+import re
+import stat
+
+import pytest
+
+from conftest import sh
+from imgkit import detect
+from imgkit.build import build
+from imgkit.config import load_config
+from imgkit.formats.squashfs import open_tree, write_squashfs
+from imgkit.tree import BytesBlob, Entry, Kind
+
+pytestmark = pytest.mark.skipif(not __import__("shutil").which("mksquashfs"),
+                                reason="squashfs-tools is not installed")
+
+_LLN = re.compile(r"^(\S{10}) (\d+)/(\d+) +(\d+|\d+, +\d+) (\S+ \S+) squashfs-root(.*?)(?: -> (.*))?$")
+_TYPE = {"-": Kind.FILE, "d": Kind.DIR, "l": Kind.SYMLINK, "c": Kind.CHAR, "b": Kind.BLOCK,
+         "p": Kind.FIFO, "s": Kind.SOCKET}
+
+
+def lln(image: str, *extra: str) -> dict[str, tuple]:
+    """unsquashfs -lln: path -> (kind, mode string, uid, gid, size or device, target)."""
+    out = {}
+    for line in sh("unsquashfs", *extra, "-lln", image).splitlines():
+        m = _LLN.match(line)
+        if m:
+            out[m[6].lstrip("/")] = (_TYPE[m[1][0]], m[1], int(m[2]), int(m[3]),
+                                     m[4].replace(" ", ""), m[7])
+    return out
+
+
+def test_sample_tree_matches_unsquashfs_listing(tmp_path, sample_tree):
+    image = str(tmp_path / "t.sqfs")
+    info = write_squashfs(sample_tree, image, compression="zstd", block_size=64 * 1024,
+                          mtime=1700000000)
+    listing = lln(image)
+    assert set(listing) == {e.path for e in sample_tree}
+    groups = sample_tree.hardlink_groups()
+    for e in sample_tree:
+        kind, mode, uid, gid, size, target = listing[e.path]
+        real = sample_tree[e.target] if e.kind is Kind.HARDLINK else e
+        assert kind is (Kind.FILE if e.kind is Kind.HARDLINK else e.kind), e.path
+        assert mode[1:] == stat.filemode(real.st_mode)[1:], e.path
+        assert (uid, gid) == (real.uid, real.gid), e.path
+        if e.kind in (Kind.CHAR, Kind.BLOCK):
+            assert size == f"{e.rdev[0]},{e.rdev[1]}", e.path
+        elif e.kind in (Kind.FILE, Kind.HARDLINK, Kind.SYMLINK):
+            assert int(size) == real.size, e.path
+        assert target == (e.target if e.kind is Kind.SYMLINK else None), e.path
+    # hard links: unsquashfs's own pseudo-file listing names them as links of one inode
+    sh("unsquashfs", "-pf", str(tmp_path / "out.pf"), image)
+    links = dict(re.findall(r"^(\S+) L (\S+)$", (tmp_path / "out.pf").read_text(), re.M))
+    assert {k: v for k, v in links.items()} == {p: "bin/busybox" for p in groups["bin/busybox"]}
+    stats = sh("unsquashfs", "-s", image)
+    assert "Compression zstd" in stats and "Block size 65536" in stats
+    assert f"Number of inodes {len(sample_tree) - sum(map(len, groups.values()))}\n" in stats
+    assert sh("unsquashfs", "-mkfs-time", image).strip() == "1700000000"
+    assert sh("unsquashfs", "-cat", image, "bin/sh").encode() == b"\x7fELF" + b"x" * 5000
+    assert info.size % 4096 == 0
+
+
+def test_rebuild_is_bit_identical(tmp_path, sample_tree):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    write_squashfs(sample_tree, a, mtime=1700000000)
+    write_squashfs(sample_tree.map(lambda e: e), b, mtime=1700000000)
+    assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_reader_gives_back_what_unsquashfs_lists(tmp_path, sample_tree):
+    image = str(tmp_path / "t.sqfs")
+    tree = sample_tree.map(lambda e: e.replace(mtime=1234567) if e.kind is Kind.FILE else e)
+    write_squashfs(tree, image, mtime=1700000000)
+    back = open_tree(image)
+    for e in tree:
+        got = back[e.path]
+        assert (got.kind, got.mode, got.uid, got.gid, got.rdev, got.target) == \
+               (e.kind, e.mode if e.kind is not Kind.HARDLINK else tree[e.target].mode,
+                e.uid if e.kind is not Kind.HARDLINK else tree[e.target].uid,
+                e.gid if e.kind is not Kind.HARDLINK else tree[e.target].gid, e.rdev, e.target), e.path
+        if e.kind is Kind.FILE:
+            assert got.mtime == 1234567
+            assert got.data.open().read() == e.data.open().read()
+    assert detect.reader(detect.sniff_path(image).filesystem).name == "squashfs"
+
+
+def test_names_with_spaces_and_xattrs_warned(tmp_path, sample_tree):
+    sample_tree.add(Entry("a dir/a \"file\"", Kind.FILE, mode=0o640, uid=3, gid=4,
+                          data=BytesBlob(b"q"), xattrs=(("user.k", b"v"),)))
+    image = str(tmp_path / "t.sqfs")
+    info = write_squashfs(sample_tree, image)
+    assert lln(image)['a dir/a "file"'][1:4] == ("-rw-r-----", 3, 4)
+    assert any("a dir/a \"file\"" in w and "user.k" in w for w in info.warnings)
+    assert open_tree(image)['a dir/a "file"'].data.open().read() == b"q"
+
+
+CONFIG = """
+[trees.data]
+entries = ["dir /etc 0755 0 0", "dir /home/u 0700 1000 1000", "nod /dev/console 0600 0 5 c 5 1"]
+files = { "/etc/hello" = "hello.txt" }
+
+[filesystems.root]
+type = "squashfs"
+tree = "data"
+compression = "xz"
+block_size = "256K"
+
+[disk]
+output = "t.img"
+partitions = [
+  { name = "root", type = "root-x86-64", size = "auto", filesystem = "root" },
+]
+"""
+
+
+def test_disk_with_a_squashfs_partition(tmp_path):
+    (tmp_path / "hello.txt").write_text("hello from squashfs\n")
+    (tmp_path / "t.toml").write_text(CONFIG)
+    build(load_config(str(tmp_path / "t.toml")), str(tmp_path / "out"), mtime=1700000000)
+    image = str(tmp_path / "out" / "t.img")
+    parts = json.loads(sh("sfdisk", "--json", image))["partitiontable"]["partitions"]
+    assert len(parts) == 1
+    start, size = parts[0]["start"] * 512, parts[0]["size"] * 512
+    part = tmp_path / "root.sqfs"
+    with open(image, "rb") as f:
+        f.seek(start)
+        part.write_bytes(f.read(size))
+    listing = lln(str(part))
+    assert listing["etc/hello"][1:5] == ("-rw-r--r--", 0, 0, "20")
+    assert listing["home/u"][1:4] == ("drwx------", 1000, 1000)
+    assert listing["dev/console"][1:5] == ("crw-------", 0, 5, "5,1")
+    assert "Compression xz" in sh("unsquashfs", "-s", str(part))
+    assert sh("unsquashfs", "-cat", str(part), "etc/hello") == "hello from squashfs\n"
+    # the same partition read in place through the filesystem table
+    from imgkit import browse
+    assert browse.open_tree(f"{image}:1")["etc/hello"].data.open().read() == b"hello from squashfs\n"
