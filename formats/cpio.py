@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 import os
 import stat
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from imgkit.errors import ImageError
 from imgkit.holes import Ranges, blob_data_ranges, gaps, read_range

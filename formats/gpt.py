@@ -14,15 +14,31 @@ from __future__ import annotations
 import hashlib
 import uuid
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO
 
-from construct import (Adapter, Array, Bytes, Checksum, ChecksumError, Const, ConstructError,
-                       Int32ul, Int64ul, PaddedString, Padding, Pointer, RawCopy, Rebuild,
-                       Struct, Tell, this)
+from construct import (
+    Adapter,
+    Array,
+    Bytes,
+    Checksum,
+    ChecksumError,
+    Const,
+    ConstructError,
+    Int32ul,
+    Int64ul,
+    PaddedString,
+    Padding,
+    Pointer,
+    RawCopy,
+    Rebuild,
+    Struct,
+    Tell,
+    this,
+)
 
 from imgkit.errors import ImageError, InputError
-
 from imgkit.formats import mbr as _mbr
 
 HEADER_SIZE = 92
@@ -101,7 +117,8 @@ def _zero_crc(raw: bytes) -> bytes:
 GptHeader = Struct(
     "_start" / Tell,
     "fields" / RawCopy(_HeaderFields),
-    "header_crc32" / Pointer(this._start + 16, Checksum(Int32ul, zlib.crc32, lambda ctx: _zero_crc(ctx.fields.data))),
+    "header_crc32" / Pointer(this._start + 16,
+                             Checksum(Int32ul, zlib.crc32, lambda ctx: _zero_crc(ctx.fields.data))),
 )
 
 assert GptEntry.sizeof() == ENTRY_SIZE

@@ -15,11 +15,11 @@ Writers return ``(byte offset, bytes)`` regions so the disk writer can place the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO
 
-from construct import (Adapter, Array, Bytes, Const, ConstructError, Int8ul, Int16ul, Int32ul,
-                       Struct)
+from construct import Adapter, Array, Bytes, Const, ConstructError, Int8ul, Int16ul, Int32ul, Struct
 
 from imgkit.errors import ImageError, InputError
 
@@ -185,7 +185,7 @@ def build_mbr(partitions: Iterable[MbrPartition], *, disk_signature: int = 0,
     if len(ebr_lbas) != len(logicals):
         raise InputError(f"{len(logicals)} logical partitions need as many EBR positions, "
                          f"got {len(ebr_lbas)}")
-    for i, (part, ebr) in enumerate(zip(logicals, ebr_lbas)):
+    for i, (part, ebr) in enumerate(zip(logicals, ebr_lbas, strict=False)):
         if not (ext.start_lba <= ebr < part.start_lba and part.end_lba <= ext.end_lba):
             raise InputError(f"logical partition {part.number} (EBR at LBA {ebr}, sectors "
                              f"{part.start_lba}-{part.end_lba}) is not inside the extended "

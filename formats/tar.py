@@ -61,7 +61,7 @@ class TarWritten:
 
 
 def _header(e: Entry, primary: Entry | None, ranges: Ranges | None, acl_text: bool,
-            warnings: list[str]) -> "ffi.c_archive_entry_p":
+            warnings: list[str]) -> ffi.c_archive_entry_p:
     p = ffi.entry_new()
     meta = primary if (e.kind is Kind.HARDLINK and primary is not None) else e
     name = (e.path + "/" if e.kind is Kind.DIR else e.path) if e.path else "./"
@@ -117,7 +117,7 @@ def _add_acl(p, acl_type: int, value: bytes, path: str, warnings: list[str]) -> 
 
 
 @functools.cache
-def _zero_span() -> "ctypes.Array[ctypes.c_char]":
+def _zero_span() -> ctypes.Array[ctypes.c_char]:
     """A span of zeros for holes: anonymous memory nobody writes, so it never becomes
     resident (the array keeps the mapping alive)."""
     return (ctypes.c_char * _ZERO_SPAN).from_buffer(mmap.mmap(-1, _ZERO_SPAN))

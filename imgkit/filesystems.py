@@ -13,8 +13,9 @@ that needs it, so loading a config or printing ``--help`` costs no pycdlib or co
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from imgkit.errors import InputError
 from imgkit.settings import INT, SIZE, STR, setting

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from imgkit.errors import ImageError
 from imgkit.tree import Blob

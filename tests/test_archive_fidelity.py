@@ -17,8 +17,8 @@ import sys
 import tarfile
 
 import pytest
-
 from conftest import bsdtar_listing, cpio_listing, sh
+
 from imgkit.formats.ext4 import write_ext4
 from imgkit.sources import read_archive
 

@@ -5,9 +5,10 @@ import io
 import os
 
 import pytest
-
 from conftest import bsdtar_listing, cpio_listing, sh
+
 from imgkit.archives import write_initramfs
+from imgkit.errors import ImageError
 from imgkit.formats.cpio import write_cpio
 from imgkit.tree import Kind
 
@@ -47,7 +48,8 @@ def test_gnu_cpio_sees_the_tree(sample_tree, tmp_path, crc):
         if w["links"]:
             assert got["nlink"] == w["links"], path
     # GNU cpio verifies the crc checksums while extracting to stdout
-    data = sh("cpio", "-i", "--to-stdout", "--quiet", "sbin/init", input=out.read_bytes())  # the hard-link name carrying data
+    # sbin/init is the hard-link name carrying the data
+    data = sh("cpio", "-i", "--to-stdout", "--quiet", "sbin/init", input=out.read_bytes())
     assert data == "\x7fELF" + "x" * 5000
 
 
@@ -95,7 +97,7 @@ def test_failed_write_leaves_existing_output(sample_tree, tmp_path):
     out = tmp_path / "initrd.gz"
     out.write_bytes(b"previous")
     bad = sample_tree.map(lambda e: e.replace(uid=2**33) if e.path == "bin/ls" else e)
-    with pytest.raises(Exception):
+    with pytest.raises(ImageError):
         write_initramfs(bad, str(out), compress="gzip")
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["initrd.gz"]

@@ -6,8 +6,8 @@ import re
 import stat
 
 import pytest
-
 from conftest import sh
+
 from imgkit import detect
 from imgkit.build import build
 from imgkit.config import load_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from conftest import bsdtar_listing, sh
+
 from imgkit.archives import write_tarball
 
 
