@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from imgkit.errors import InputError
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree, normalize_path

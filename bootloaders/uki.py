@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError

@@ -19,23 +19,28 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from imgkit import filesystems
 from imgkit.assemble import TreeSpec, assemble
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
-from imgkit.config import Config, FilesystemConfig, TreeConfig
+from imgkit.config import Config, FilesystemConfig, PartitionConfig, TreeConfig
 from imgkit.disk import layout
-from imgkit.disk.image import write_disk_into
+from imgkit.disk.image import Content, write_disk_into
 from imgkit.errors import InputError, LayoutError
 from imgkit.filesystems import BuildContext
 from imgkit.idmap import idmap_from_options
 from imgkit.sizes import parse_size
 from imgkit.tree import Tree
 
+if TYPE_CHECKING:
+    from imgkit.vm.kernel import KernelInfo
+
 Progress = Callable[[str], None]
+_T = TypeVar("_T")
 
 
 #: The largest file a ``[[disk.regions]]`` entry holds (read into memory: boot blobs are small).
@@ -74,10 +79,14 @@ class Builder:
         self._work.cleanup()
 
     # -- helpers ----------------------------------------------------------------------------
-    def _once(self, key: str, make: Callable[[], object]):
+    def _once(self, key: str, make: Callable[[], _T]) -> _T:
+        """``make()``, called the first time ``key`` is asked for and remembered after.
+
+        Each key names one kind of artifact (``tree:NAME`` a Tree, ``fs:NAME`` a (path, size)),
+        so what the cache holds under it is what ``make`` returns."""
         if key not in self._cache:
             self._cache[key] = make()
-        return self._cache[key]
+        return cast(_T, self._cache[key])
 
     def _seed(self, *parts: str) -> str:
         return hashlib.sha256("\0".join((self.cfg.seed, *parts)).encode()).hexdigest()
@@ -88,7 +97,7 @@ class Builder:
         os.makedirs(os.path.dirname(path) or self.output_dir, exist_ok=True)
         return path
 
-    def _record(self, kind: str, name: str, path: str, **details) -> None:
+    def _record(self, kind: str, name: str, path: str, **details: object) -> None:
         size = os.path.getsize(path)
         self.outputs.append(Output(kind, name, path, size, details))
         self.progress(f"wrote {path} ({size:,} bytes)")
@@ -103,12 +112,13 @@ class Builder:
         self._record(kind, name, dest)
 
     # -- kernel -----------------------------------------------------------------------------
-    def kernel(self):
-        def make():
+    def kernel(self) -> KernelInfo:
+        def make() -> KernelInfo:
             from imgkit.vm import kernel as k
             kc = self.cfg.kernel
             if kc.source == "path":
-                return k.find_kernel(kc.path, kc.moddir)  # type: ignore[arg-type]
+                assert kc.path, "load_config requires path with source = 'path'"
+                return k.find_kernel(kc.path, kc.moddir)
             if kc.source == "host":
                 info = k.host_kernel()
                 if info is None:
@@ -144,7 +154,7 @@ class Builder:
 
     # -- trees ------------------------------------------------------------------------------
     def tree(self, name: str) -> Tree:
-        return self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))  # type: ignore[return-value]
+        return self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))
 
     def _make_tree(self, tc: TreeConfig) -> Tree:
         moddir = None
@@ -175,7 +185,7 @@ class Builder:
             self.progress(f"initramfs {name}: {os.path.getsize(path):,} bytes ({ic.compress})")
             self._publish("initramfs", name, path, ic.output)
             return path
-        return self._once(f"initramfs:{name}", make)  # type: ignore[return-value]
+        return self._once(f"initramfs:{name}", make)
 
     def uki(self, name: str) -> str:
         def make() -> str:
@@ -191,12 +201,12 @@ class Builder:
             self.progress(f"uki {name}: {os.path.getsize(path):,} bytes")
             self._publish("uki", name, path, uc.output)
             return path
-        return self._once(f"uki:{name}", make)  # type: ignore[return-value]
+        return self._once(f"uki:{name}", make)
 
     # -- filesystems ------------------------------------------------------------------------
     def context(self) -> BuildContext:
         """What filesystem and boot path handlers may use of this build."""
-        return self._once("context", lambda: BuildContext(  # type: ignore[return-value]
+        return self._once("context", lambda: BuildContext(
             config_path=self.cfg.path, work=self.work, mtime=self.mtime, resolve=self.resolve,
             seed=self._seed, progress=self.progress))
 
@@ -212,7 +222,7 @@ class Builder:
                 if files is not None:
                     tree.overlay(files)
             return tree
-        return self._once(f"fstree:{fc.name}", make)  # type: ignore[return-value]
+        return self._once(f"fstree:{fc.name}", make)
 
     def min_fs_size(self, fc: FilesystemConfig) -> int:
         """Smallest size of the filesystem (explicit sizes are taken as they are)."""
@@ -235,7 +245,7 @@ class Builder:
             self._publish("filesystem", name, path, fc.output)
             return path, os.path.getsize(path)
         key = f"fs:{name}" if size is None else f"fs:{name}@{size}+{disk_offset}"
-        return self._once(key, make)  # type: ignore[return-value]
+        return self._once(key, make)
 
     # -- disk -------------------------------------------------------------------------------
     def _bios_holder(self, bp: boot.BootPath) -> tuple[str | None, object]:
@@ -244,16 +254,16 @@ class Builder:
         assert dc is not None
         if not bp.fs_types:
             return None, bp.options()
-        holders = [p for p in dc.partitions if p.filesystem
-                   and bp.name in self.cfg.filesystems[p.filesystem].boot]
+        holders = [(p.name, self.cfg.filesystems[p.filesystem]) for p in dc.partitions
+                   if p.filesystem and bp.name in self.cfg.filesystems[p.filesystem].boot]
         if len(holders) != 1:
             types = " or ".join(bp.fs_types)
             raise InputError(f"{self.cfg.path}: [disk] bios = {bp.name!r} needs exactly one {types} "
                              f"partition whose filesystem has a {bp.name} table, found {len(holders)}",
                              hint=f"add {bp.name} = {{ ... }} to the [filesystems.NAME] of the "
                                   "partition it boots from")
-        fs = self.cfg.filesystems[holders[0].filesystem]  # type: ignore[index]
-        return holders[0].name, fs.boot[bp.name]
+        name, fs = holders[0]
+        return name, fs.boot[bp.name]
 
     def disk(self) -> str:
         dc = self.cfg.disk
@@ -269,7 +279,7 @@ class Builder:
                                  hint="types that can: " + ", ".join(filesystems.names(partition=True)))
             content = self.min_fs_size(self.cfg.filesystems[p.filesystem]) if p.filesystem else None
             if p.image:
-                content = self._image_offset(p) + os.path.getsize(self._partition_image(p))
+                content = self._image_offset(p) + os.path.getsize(self._partition_image(p.image, p.name))
             if p.size == "auto" and content is None:
                 raise LayoutError(f"{self.cfg.path}: partition {p.name!r} has size 'auto' but no "
                                   "filesystem or image to measure",
@@ -283,7 +293,7 @@ class Builder:
                 guid=p.guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr,
                 mbr_type=p.mbr_type, align=p.align))
         blobs = self._regions()
-        plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),  # type: ignore[arg-type]
+        plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),
                                            size=None if dc.size == "auto" else dc.size,
                                            alignment=dc.alignment, seed=self._seed("disk"),
                                            disk_guid=dc.guid, disk_signature=dc.signature,
@@ -296,12 +306,12 @@ class Builder:
             raw = tmp if dc.format == "raw" else os.path.join(self.work, "disk.raw")
             with open(raw, "wb") as f:
                 f.truncate(plan.disk_size)
-            contents: dict[str, str | None] = dict(regions.contents)
+            contents: dict[str, Content] = dict(regions.contents)
             for p in dc.partitions:
                 if p.filesystem:
                     contents[p.name] = self._partition_content(p.name, p.filesystem, plan, raw)
                 elif p.image:
-                    contents[p.name] = (self._partition_image(p), self._image_offset(p))
+                    contents[p.name] = (self._partition_image(p.image, p.name), self._image_offset(p))
             write_disk_into(plan, contents, raw, boot_code=regions.boot_code,
                             extra_regions=list(regions.regions) + [(r.start, data) for r, data in blobs])
             if bios:
@@ -315,11 +325,11 @@ class Builder:
                                   "number": p.number} for p in plan.partitions])
         return out
 
-    def _partition_image(self, p) -> str:
-        """The host file a partition's ``image`` names (a reference is built first)."""
-        return self.resolve(p.image, f"partition {p.name!r} image")
+    def _partition_image(self, image: str, part: str) -> str:
+        """The host file partition ``part``'s ``image`` names (a reference is built first)."""
+        return self.resolve(image, f"partition {part!r} image")
 
-    def _image_offset(self, p) -> int:
+    def _image_offset(self, p: PartitionConfig) -> int:
         return parse_size(p.image_offset, what=f"image_offset of partition {p.name!r}")
 
     def _regions(self) -> list[tuple[layout.Reserved, bytes]]:
@@ -348,7 +358,7 @@ class Builder:
             out.append((layout.Reserved(offset, offset + size, f"region {r.name!r}"), data))
         return out
 
-    def _partition_content(self, part: str, fs_name: str, plan, disk: str) -> str | None:
+    def _partition_content(self, part: str, fs_name: str, plan: layout.Plan, disk: str) -> str | None:
         """Put filesystem ``fs_name`` into partition ``part``: a type that can is written in
         place in the disk file (no copy of hundreds of MB); others are built apart and copied
         in (returns the image to copy, or ``None`` when already in place)."""
@@ -415,9 +425,10 @@ def build(cfg: Config, output_dir: str, *, progress: Progress | None = None,
             b.iso()
         for key in wanted:
             kind, _, name = key.partition(":")
+            named: Mapping[str, Mapping[str, object]] = {
+                "initramfs": cfg.initramfs, "uki": cfg.uki, "fs": cfg.filesystems}
             if kind not in ("disk", "iso", "initramfs", "uki", "fs") or (
-                    name and name not in {"initramfs": cfg.initramfs, "uki": cfg.uki,
-                                          "fs": cfg.filesystems}.get(kind, {})):
+                    name and name not in named.get(kind, {})):
                 raise InputError(f"nothing named {key!r} in {cfg.path}")
         if not b.outputs:
             raise InputError(f"{cfg.path} declares no output",

@@ -17,15 +17,39 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from imgkit import filesystems
 from imgkit.bootloaders import table as boot
 from imgkit.errors import InputError
-from imgkit.settings import (BOOL, INT, OUTPUT_NAME, REF_KINDS, SIZE, STR, STR_OR_INT, STRING_MAP, STRINGS, Row, ValueType,
-                             Where, is_ref, markdown_table, parse_table, parse_values,
-                             reference_rows, setting, settings_of, table_of, tables_of)
+from imgkit.settings import (
+    BOOL,
+    INT,
+    OUTPUT_NAME,
+    REF_KINDS,
+    SIZE,
+    STR,
+    STR_OR_INT,
+    STRING_MAP,
+    STRINGS,
+    Row,
+    ValueType,
+    Where,
+    is_ref,
+    markdown_table,
+    parse_table,
+    parse_values,
+    reference_rows,
+    setting,
+    settings_of,
+    table_of,
+    tables_of,
+)
+
+if TYPE_CHECKING:
+    from imgkit.disk.layout import Table
 
 __all__ = ["Config", "KernelConfig", "TreeConfig", "InitramfsConfig", "UkiConfig",
            "FilesystemConfig", "PartitionConfig", "DiskConfig", "IsoConfig", "load_config",
@@ -59,8 +83,8 @@ class KernelConfig:
 @dataclass(frozen=True)
 class TreeConfig:
     name: str
-    sources: tuple[str, ...] = setting(STRINGS, (), path=True,
-                                       help="directories and archives (tar, cpio, initramfs lists); later wins")
+    sources: tuple[str, ...] = setting(
+        STRINGS, (), path=True, help="directories and archives (tar, cpio, initramfs lists); later wins")
     entries: tuple[str, ...] = setting(STRINGS, (), help="initramfs-list lines (dir, nod, slink, file...)")
     files: tuple[tuple[str, str], ...] = setting(STRING_MAP, (), path=True,
                                                  help="tree path = host path or reference")
@@ -146,7 +170,7 @@ def _disk_bios_paths() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class DiskConfig:
     output: str = setting(OUTPUT_NAME, help="the image file name (in -O)")
-    table: str = setting(STR, "gpt", choices=_partition_tables, help="the partition table")
+    table: Table = setting(STR, "gpt", choices=_partition_tables, help="the partition table")
     size: str = setting(SIZE, "auto", help="bytes or \"2G\"; \"auto\": what the partitions need")
     format: str = setting(STR, "raw", choices=_disk_formats, help="the image format")
     alignment: str = setting(SIZE, "1M", help="partition alignment")
@@ -354,7 +378,7 @@ def _check_outputs(cfg: Config) -> None:
 
 def _check_names(cfg: Config) -> None:
     """Every name a table uses must be defined: catch typos before building anything."""
-    def need(kind: str, name: str | None, table: dict, where: str) -> None:
+    def need(kind: str, name: str | None, table: Mapping[str, object], where: str) -> None:
         if name is not None and name not in table:
             known = ", ".join(sorted(table)) or "none defined"
             raise InputError(f"{cfg.path}: {where} names {kind} {name!r}, which is not defined",
@@ -377,10 +401,12 @@ def _check_names(cfg: Config) -> None:
     if cfg.disk:
         refs += [(p.image, f"partition {p.name!r}") for p in cfg.disk.partitions if p.image]
         refs += [(r.image, f"disk.regions ({r.name!r})") for r in cfg.disk.regions]
+    tables: dict[str, Mapping[str, object]] = {
+        "initramfs": cfg.initramfs, "uki": cfg.uki, "fs": cfg.filesystems}
     for value, where in refs:
         if is_ref(value) and value not in ("kernel", "kernel:vmlinuz", "kernel:vmlinux"):
             kind, name = value.split(":", 1)
-            table = {"initramfs": cfg.initramfs, "uki": cfg.uki, "fs": cfg.filesystems}.get(kind)
+            table = tables.get(kind)
             if table is not None:
                 need(kind, name, table, where)
 
@@ -390,7 +416,7 @@ def _check_names(cfg: Config) -> None:
 def _rows(table: str, cls: type, when: str = "") -> list[Row]:
     """Rows for ``cls`` and, after each nested table's key, that table's rows."""
     rows = []
-    for row, (key, s, _) in zip(reference_rows(table, cls), settings_of(cls)):
+    for row, (key, s, _) in zip(reference_rows(table, cls), settings_of(cls), strict=True):
         rows.append(Row(row.table, row.key, row.type, row.default, row.choices, row.help, when))
         if s.type.nested is FilesystemConfig:
             rows += _filesystem_rows()

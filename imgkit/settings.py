@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from imgkit.errors import InputError
 
@@ -34,7 +35,7 @@ class Where:
     table: str
     base_dir: str
 
-    def sub(self, name: str) -> "Where":
+    def sub(self, name: str) -> Where:
         table = name if self.table == "top level" else f"{self.table}.{name}"
         return Where(self.file, table, self.base_dir)
 

@@ -240,11 +240,12 @@ def test_syslinux_disk_builds_are_bit_identical(tmp_path):
     time.sleep(2.1)      # FAT times have 2 s steps: a stamp of "now" would differ
     assert _build_syslinux_disk(tmp_path, "b", mtime) == first
     image = str(tmp_path / "a" / "bios.img")
-    start = json.loads(subprocess_out([_tool("sfdisk"), "--json", image]))["partitiontable"]["partitions"][0]["start"]
+    table = json.loads(subprocess_out([_tool("sfdisk"), "--json", image]))["partitiontable"]
+    start = table["partitions"][0]["start"]
     # mtools' own listing shows the installer's files with the build's time, in UTC.
     listing = subprocess_out(["mdir", "-a", "-i", f"{image}@@{start * 512}", "::/"])
     for name in ("ldlinux  sys", "ldlinux  c32"):
-        line = next(l for l in listing.splitlines() if l.lower().startswith(name))
+        line = next(row for row in listing.splitlines() if row.lower().startswith(name))
         assert "2023-11-14  22:13" in line, line
     # The partition as a file, checked by dosfstools.
     part = tmp_path / "part.img"

@@ -9,10 +9,11 @@ import pytest
 
 from imgkit import tools
 from imgkit.disk.image import write_disk
+from imgkit.disk.layout import DiskSpec, plan
+from imgkit.disk.layout import PartitionSpec as P
 from imgkit.errors import LayoutError
 from imgkit.formats import gpt as gptfmt
 from imgkit.formats import mbr as mbrfmt
-from imgkit.disk.layout import DiskSpec, PartitionSpec as P, plan
 from imgkit.sizes import MiB
 
 SFDISK_ATTR_NAMES = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIOSBootable"}
@@ -80,7 +81,7 @@ def test_gpt_verified_by_sgdisk_and_sfdisk(gpt_disk):
     assert table["id"] == str(p.disk_guid).upper()
     assert (table["firstlba"], table["lastlba"]) == (p.first_usable_lba, p.last_usable_lba)
     assert len(table["partitions"]) == len(p.partitions)
-    for want, got in zip(p.partitions, table["partitions"]):
+    for want, got in zip(p.partitions, table["partitions"], strict=True):
         assert got["node"].endswith(str(want.number))
         assert (got["start"], got["size"]) == (want.start_lba, want.num_sectors)
         assert got["type"] == str(want.type_guid).upper()
@@ -140,7 +141,7 @@ def test_read_gpt_of_sgdisk_image(tmp_path):
     with open(img, "rb") as f:
         t = gptfmt.read_gpt(f)
     assert str(t.disk_guid).upper() == ref["id"] and t.backup_ok
-    for got, want in zip(t.partitions, ref["partitions"]):
+    for got, want in zip(t.partitions, ref["partitions"], strict=True):
         assert (got.first_lba, got.num_sectors) == (want["start"], want["size"])
         assert str(got.type_guid).upper() == want["type"]
         assert str(got.guid).upper() == want["uuid"]
@@ -290,8 +291,8 @@ def test_mbr_entries_byte_identical_to_sfdisk(tmp_path):
     with open(img, "wb") as f:
         f.truncate(10 << 30)                     # sparse; needed for the > 8 GiB CHS case
     tools.run(["sfdisk", "-q", str(img)], input=(
-        "label: dos\nlabel-id: 0x01020304\nstart=2048, size=16384, type=c, bootable\n"
-        "start=18432, size=18000000, type=83\n").encode())
+        b"label: dos\nlabel-id: 0x01020304\nstart=2048, size=16384, type=c, bootable\n"
+        b"start=18432, size=18000000, type=83\n"))
     ours = mbrfmt.build_mbr([mbrfmt.MbrPartition(1, 0x0C, 2048, 16384, True),
                              mbrfmt.MbrPartition(2, 0x83, 18432, 18000000)],
                             disk_signature=0x01020304)[0][1]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import sh
 
 SBIN = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
@@ -279,7 +278,7 @@ partitions = [
 """)
     assert "No problems found" in sh(tool("sgdisk"), "-v", image)
     dos = sh(tool("fdisk"), "-t", "dos", "-l", image)
-    rows = [l for l in dos.splitlines() if l.startswith(image)]
+    rows = [row for row in dos.splitlines() if row.startswith(image)]
     assert re.search(r"\s83\s+Linux$", rows[-1]), dos
     assert re.search(r"\see\s+GPT$", rows[0]) and re.search(r"\sef\s+EFI", rows[1]), dos
 

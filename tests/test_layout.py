@@ -6,11 +6,12 @@ import uuid
 
 import pytest
 
-from imgkit.disk import parttypes
 from imgkit import tools
+from imgkit.disk import parttypes
+from imgkit.disk.layout import DiskSpec, Reserved, plan
+from imgkit.disk.layout import PartitionSpec as P
 from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as gptfmt
-from imgkit.disk.layout import DiskSpec, PartitionSpec as P, Reserved, plan
 from imgkit.sizes import AUTO, GROW, MiB, Percent, parse_size, parse_size_spec
 
 # -- sizes ------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import tarfile
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import sh
+
 from imgkit import filesystems
 from imgkit.bootloaders import table as boot
 from imgkit.build import build

@@ -14,19 +14,19 @@ import contextlib
 import errno
 import os
 import tempfile
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 from imgkit import tools
 from imgkit.atomic import atomic_path
+from imgkit.disk.layout import Plan
 from imgkit.errors import ImageError, InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
-from imgkit.disk.layout import Plan
 from imgkit.sizes import format_size
 
 FORMATS = ("raw", "qcow2")
 #: What goes into a partition: a host file at its start, or (host file, byte offset in it).
-Content = Union[str, os.PathLike, tuple[Union[str, os.PathLike], int], None]
+Content = str | os.PathLike | tuple[str | os.PathLike, int] | None
 _CHUNK = 1 << 20
 
 
@@ -61,7 +61,8 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
     """Write the disk image ``out_path`` for ``plan``.
 
     ``contents`` maps partition names to host files (partition images) copied to the start of
-    the partition, or to ``(host file, offset)`` to copy it that many bytes into it; partitions that are missing or ``None`` stay empty (zero, sparse).
+    the partition, or to ``(host file, offset)`` to copy it that many bytes into it;
+    partitions that are missing or ``None`` stay empty (zero, sparse).
     ``boot_code`` goes into the first 440 bytes of the MBR. ``extra_regions`` are
     ``(byte offset, bytes)`` written last, e.g. bootloader stages in reserved ranges; they may
     not touch partitions or table structures. ``format`` is ``"raw"`` or ``"qcow2"``.

@@ -18,14 +18,16 @@ Placement rules:
 """
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
+from imgkit.disk import parttypes
 from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
-from imgkit.disk import parttypes
 from imgkit.sizes import AUTO, GROW, MiB, Percent, format_size, parse_size, parse_size_spec
 
 Table = Literal["gpt", "mbr"]
@@ -485,7 +487,7 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
                         f"lies inside the extended partition {_rng(ext_start, ext_end)} that "
                         "holds the logical ones",
                         hint="give it an offset before or after the logical partitions")
-            for a, b in zip(logicals, logicals[1:]):
+            for a, b in itertools.pairwise(logicals):
                 if b.ebr < a.start:
                     raise LayoutError(f"logical partition {b.spec.name!r} comes before "
                                       f"{a.spec.name!r} on disk; the EBR chain must go forward",
