@@ -173,7 +173,10 @@ class Builder:
                         entries_origin=f"{self.cfg.path}: [trees.{tc.name}] entries line",
                         init=tc.init, modules=tc.modules, moddir=moddir, rc=tc.rc,
                         file_mask=0o755)
-        return assemble(spec, progress=lambda msg: self.progress(f"tree {tc.name}: {msg}"))
+        tree = assemble(spec, progress=lambda msg: self.progress(f"tree {tc.name}: {msg}"))
+        for warning in tree.warnings:
+            self.progress(f"warning: tree {tc.name}: {warning}")
+        return tree
 
     # -- archives and UKIs ------------------------------------------------------------------
     def initramfs(self, name: str) -> str:
@@ -181,7 +184,11 @@ class Builder:
             from imgkit.archives import write_initramfs
             ic = self.cfg.initramfs[name]
             path = os.path.join(self.work, f"initramfs-{name}.cpio")
-            write_initramfs(self.tree(ic.tree), path, compress=ic.compress)
+            tree = self.tree(ic.tree)
+            result = write_initramfs(tree, path, compress=ic.compress)
+            for warning in result.warnings:
+                if warning not in tree.warnings:  # the tree's own are reported once, when built
+                    self.progress(f"warning: initramfs {name}: {warning}")
             self.progress(f"initramfs {name}: {os.path.getsize(path):,} bytes ({ic.compress})")
             self._publish("initramfs", name, path, ic.output)
             return path
