@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from imgkit.errors import InputError
+from imgkit.formats import qcow2
 from imgkit.vm.qemu import Drive, QemuSpec
 
 
@@ -31,6 +32,7 @@ def classify(path: str) -> ImageKind:
         raise InputError(f"cannot read {path!r}: {exc.strerror}") from None
     fmt = found.format
     if fmt == "qcow2":
+        qcow2.check_self_contained(path)  # QEMU would open what the image names
         return ImageKind("disk", "bios", "qcow2", "qcow2 image (firmware: bios unless --firmware)")
     if fmt == "iso9660":
         return ImageKind("iso", "bios", why="ISO 9660 image")

@@ -319,8 +319,14 @@ def write_run_initrd(spec: VirtSpec, cached: str, dest: str) -> None:
 
 # -- QEMU ------------------------------------------------------------------------------------
 def _image_format(path: str) -> str:
+    """``qcow2`` or ``raw``; a qcow2 naming a backing file, data file or URL is refused."""
     from imgkit.detect import sniff_path
-    return "qcow2" if sniff_path(path).format == "qcow2" else "raw"
+    from imgkit.formats import qcow2
+
+    if sniff_path(path).format != "qcow2":
+        return "raw"
+    qcow2.check_self_contained(path)
+    return "qcow2"
 
 
 def vm_argv(spec: VirtSpec, prepared: Prepared, initrd: str, sockets: dict[str, str], *,
