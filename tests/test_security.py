@@ -3,9 +3,12 @@ read a host file or open a connection it names."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -116,3 +119,95 @@ def test_plain_qcow2_still_reads(tmp_path):
     assert r.returncode == 0, r.stderr
     parts = json.loads(r.stdout)["qcow2"]["contents"]["table"]["partitions"]
     assert len(parts) == 1
+
+
+# -- setuid bits under the default owner policy ------------------------------------------------
+
+BUILDER = 65534  # who builds when the suite runs as root: nobody, as in CI
+
+
+def _as_builder(argv: list[str]) -> list[str]:
+    if os.getuid() != 0:
+        return argv
+    return ["setpriv", f"--reuid={BUILDER}", f"--regid={BUILDER}", "--clear-groups", *argv]
+
+
+@pytest.fixture
+def builder_dir():
+    """A directory owned by the builder (the invoking user, or nobody when run as root) with a
+    setuid and a setgid program and a plain one, all writable by the builder."""
+    top = tempfile.mkdtemp(prefix="imgkit-suid-", dir="/tmp")
+    os.chmod(top, 0o755)
+    src = os.path.join(top, "src")
+    os.mkdir(src)
+    modes = {"suid": 0o4755, "sgid": 0o2755, "plain": 0o755}
+    for name in modes:
+        with open(os.path.join(src, name), "w") as f:
+            f.write("#!/bin/sh\n")
+    if os.getuid() == 0:
+        for n in (top, src, *(os.path.join(src, x) for x in modes)):
+            os.chown(n, BUILDER, BUILDER)
+    for name, mode in modes.items():  # after chown, which clears setuid bits
+        os.chmod(os.path.join(src, name), mode)
+    yield top, src
+    shutil.rmtree(top)
+
+
+def _bsdtar_modes(path: str) -> dict[str, tuple[str, str, str]]:
+    out = subprocess.run(["bsdtar", "-tvnf", path], capture_output=True, text=True,
+                         check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        f = line.split()
+        rows[f[-1].lstrip("./")] = (f[0], f[2], f[3])
+    return rows
+
+
+def test_default_owner_drops_setuid_of_builder_files(builder_dir):
+    top, src = builder_dir
+    out = os.path.join(top, "out.tar")
+    r = subprocess.run(_as_builder([sys.executable, "-m", "imgkit", "tar", src, "-o", out]),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = _bsdtar_modes(out)
+    assert rows["suid"] == ("-rwxr-xr-x", "0", "0")
+    assert rows["sgid"] == ("-rwxr-xr-x", "0", "0")
+    assert rows["plain"] == ("-rwxr-xr-x", "0", "0")
+
+
+def test_explicit_owner_keeps_setuid(builder_dir):
+    top, src = builder_dir
+    out = os.path.join(top, "out.tar")
+    uid = BUILDER if os.getuid() == 0 else os.getuid()
+    gid = BUILDER if os.getuid() == 0 else os.getgid()
+    r = subprocess.run(_as_builder([sys.executable, "-m", "imgkit", "tar", src, "-o", out,
+                                    "--host-owners", "--root-uid", str(uid),
+                                    "--root-gid", str(gid)]), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = _bsdtar_modes(out)
+    assert rows["suid"] == ("-rwsr-xr-x", "0", "0")
+    assert rows["sgid"] == ("-rwxr-sr-x", "0", "0")
+
+
+def test_dropped_bits_are_listed(builder_dir, monkeypatch):
+    from imgkit.sources.directory import read_directory
+
+    _, src = builder_dir
+    if os.getuid() == 0:  # read as the builder would
+        monkeypatch.setattr(os, "getuid", lambda: BUILDER)
+        monkeypatch.setattr(os, "getgid", lambda: BUILDER)
+    tree = read_directory(src)
+    assert [w for w in tree.warnings if "/suid" in w and "/sgid" in w and "/plain" not in w]
+    assert read_directory(src, host_owners=True).warnings == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="privilege: needs root to own a setuid-root file")
+def test_root_owned_setuid_is_kept_for_root(tmp_path):
+    (tmp_path / "src").mkdir()
+    prog = tmp_path / "src" / "su"
+    prog.write_text("#!/bin/sh\n")
+    os.chmod(prog, 0o4755)
+    out = tmp_path / "out.tar"
+    r = imgkit("tar", str(tmp_path / "src"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert _bsdtar_modes(str(out))["su"] == ("-rwsr-xr-x", "0", "0")
