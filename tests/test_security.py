@@ -211,3 +211,45 @@ def test_root_owned_setuid_is_kept_for_root(tmp_path):
     r = imgkit("tar", str(tmp_path / "src"), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert _bsdtar_modes(str(out))["su"] == ("-rwsr-xr-x", "0", "0")
+
+
+# -- firmware of a qcow2, read from the disk inside it ------------------------------------------
+
+def _qcow2_of(tmp_path, name, setup):
+    raw = tmp_path / f"{name}.raw"
+    subprocess.run(["truncate", "-s", "8M", str(raw)], check=True)
+    setup(str(raw))
+    img = tmp_path / f"{name}.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(img))
+    return str(img)
+
+
+def _gpt_esp(raw):
+    subprocess.run(["sgdisk", "-n", "1:2048:0", "-t", "1:ef00", raw], check=True,
+                   capture_output=True)
+
+
+def _mbr_with_code(raw):
+    subprocess.run(["sfdisk", "-q", raw], input="2048,,83,*\n", text=True, check=True)
+    with open(raw, "r+b") as f:
+        f.write(b"\xfa\xeb\xfe" + b"\x90" * 61)  # boot code in the first 440 bytes
+
+
+@pytest.mark.parametrize(("setup", "firmware"), [(_gpt_esp, "uefi"), (_mbr_with_code, "bios")])
+def test_run_picks_firmware_from_the_disk_inside_a_qcow2(tmp_path, setup, firmware):
+    from imgkit.vm.runimage import spec_for
+
+    img = _qcow2_of(tmp_path, firmware, setup)
+    spec, kind = spec_for(img)
+    assert (spec.firmware, kind.format, spec.drives[0].format) == (firmware, "qcow2", "qcow2")
+    assert spec_for(img, firmware="bios")[0].firmware == "bios"
+
+
+def test_run_firmware_read_refuses_a_backing_file(tmp_path, listener):
+    from imgkit.errors import ImageError
+    from imgkit.vm.runimage import classify
+
+    img = _hostile(tmp_path, "nbd", listener.getsockname()[1])
+    with pytest.raises(ImageError, match="backing file"):
+        classify(str(img))
+    assert _nothing_connected(listener)
