@@ -26,6 +26,7 @@ from imgkit import tools
 from imgkit.detect import ARCHIVE_FORMATS, DISK_FORMATS, FORMATS, FS_FORMATS
 from imgkit.disk import probe
 from imgkit.errors import ImageError, InputError
+from imgkit.formats import qcow2
 
 
 @contextlib.contextmanager
@@ -156,10 +157,11 @@ class _TempRaw:
     """A temporary raw image converted from qcow2, removed when nothing refers to it."""
 
     def __init__(self, src: str) -> None:
+        qcow2.check_self_contained(src)
         fd, self.path = tempfile.mkstemp(prefix="imgkit-raw-", suffix=".img")
         os.close(fd)
         weakref.finalize(self, _unlink, self.path)
-        tools.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, self.path])
+        tools.run(["qemu-img", "convert", "-U", qcow2.qemu_filename(src), "-O", "raw", self.path])
 
 
 def _unlink(path: str) -> None:
@@ -168,12 +170,16 @@ def _unlink(path: str) -> None:
 
 
 def qcow2_raw(path: str) -> _TempRaw:
-    """``path`` (qcow2) converted to a sparse temporary raw image (``.path``)."""
+    """``path`` (qcow2) converted to a sparse temporary raw image (``.path``).
+
+    An image naming a backing file, a data file or a URL is refused (:class:`ImageError`)."""
     return _TempRaw(path)
 
 
 def _qcow2_info(path: str) -> dict:
-    info = json.loads(tools.run(["qemu-img", "info", "--output=json", "-f", "qcow2", path]).stdout)
+    qcow2.check_self_contained(path)
+    info = json.loads(tools.run(["qemu-img", "info", "-U", "--output=json",
+                                 qcow2.qemu_filename(path)]).stdout)
     spec = (info.get("format-specific") or {}).get("data") or {}
     out = {"virtual_size": info.get("virtual-size"), "cluster_size": info.get("cluster-size"),
            "compat": spec.get("compat"), "backing_file": info.get("backing-filename"),

@@ -34,7 +34,8 @@ def test_argv_direct_kernel():
     assert _pairs(qemu.build_argv(spec, accel="kvm"), "-cpu") == ["host"]
 
 
-def test_argv_drives_shares_uefi():
+def test_argv_drives_shares_uefi(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the share model of an ordinary user
     spec = QemuSpec(
         drives=(Drive("/img/a,b.img"), Drive("/img/c.qcow2", "ide", "qcow2", readonly=True),
                 Drive("/img/d.iso", "cdrom")),
@@ -245,3 +246,15 @@ def test_missing_qemu_is_a_tool_error(monkeypatch):
 def test_missing_input_file(tmp_path):
     with pytest.raises(InputError):
         qemu.boot(QemuSpec(kernel=str(tmp_path / "nope")), timeout=1)
+
+
+@pytest.mark.parametrize(("euid", "model"), [(1000, "none"), (0, "mapped-xattr")])
+def test_share_security_model_follows_the_user(monkeypatch, euid, model):
+    """As root, security_model=none would let the guest make setuid-root files on the host."""
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    argv = qemu.build_argv(QemuSpec(shares=(Share("/srv/w", "work"),)))
+    assert _pairs(argv, "-virtfs") == [f"local,path=/srv/w,mount_tag=work,security_model={model}"]
+    explicit = qemu.build_argv(QemuSpec(shares=(Share("/srv/w", "w", security_model="none"),)))
+    assert _pairs(explicit, "-virtfs")[0].endswith("security_model=none")
+    with pytest.raises(InputError, match="security model"):
+        qemu.build_argv(QemuSpec(shares=(Share("/srv/w", "w", security_model="passthrough"),)))

@@ -76,6 +76,33 @@ def test_vm_argv_is_minimal(tmp_path):
     assert "-bios" not in argv and "-drive" not in argv
 
 
+def test_root_shares_with_mapped_xattr(tmp_path, monkeypatch):
+    """As root, the guest's chmod u+s or mknod must not reach the host directory."""
+    prepared = virt.Prepared("/k/vmlinux", "/c/initrd.cpio",
+                             kernel.KernelInfo("/k/vmlinuz", None, "x"), True)
+    socks = {n: str(tmp_path / n) for n in ("out", "err", "ctl")}
+    spec = virt.VirtSpec(command=("true",), workdir=str(tmp_path), memory=256)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    share = virt.vm_argv(spec, prepared, "/r/initrd", socks, accel="tcg")
+    assert "security_model=mapped-xattr" in share[share.index("-virtfs") + 1]
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    share = virt.vm_argv(spec, prepared, "/r/initrd", socks, accel="tcg")
+    assert "security_model=none" in share[share.index("-virtfs") + 1]
+
+
+@pytest.mark.boot
+@pytest.mark.skipif(os.geteuid() != 0, reason="privilege: the escape exists only as root")
+def test_guest_setuid_does_not_reach_the_host_as_root(debian_kernel, tmp_path):
+    work = tmp_path / "suid-work"
+    work.mkdir()
+    proc = virt_cli(["--kernel", debian_kernel.vmlinuz, "--", "sh", "-c",
+                     "echo x > prog && chmod 4755 prog && ls -l prog"], work)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().startswith("-rwsr-xr-x")  # the guest sees its own bits
+    st = (work / "prog").stat()
+    assert not st.st_mode & 0o6000, oct(st.st_mode)
+
+
 def test_memory_sizes():
     from imgkit.cli.virt import parse_memory
     assert parse_memory("512") == 512 and parse_memory("512M") == 512

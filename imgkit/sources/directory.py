@@ -4,6 +4,12 @@ Symlinks are never followed, so nothing outside the directory leaks in. Hard lin
 detected by ``(st_dev, st_ino)``. Owners: by default the invoking user's files become root's
 (as inside ``unshare -r``) and other owners are kept; ``host_owners=True`` keeps every owner
 as it is on disk.
+
+That default is imgkit's guess, not the user's word, and it must not turn a file the builder
+can write into a setuid-root (or setgid-root) program of the image: a file whose owner (group)
+is changed to root by the default loses its setuid (setgid) bit, and the paths are listed on
+:attr:`Tree.warnings`. Bits are kept when the owner was given explicitly (``host_owners=True``,
+then a ``--root-uid``/``--uid-map`` in the id map) or when the file already belongs to root.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
     tree = Tree()
     uid, gid = os.getuid(), os.getgid()
     seen_inodes: dict[tuple[int, int], str] = {}
+    dropped: list[str] = []
 
     def owner(st: os.stat_result) -> tuple[int, int]:
         if host_owners:
@@ -31,10 +38,23 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
 
     kinds = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.SYMLINK}
 
+    def special_bits(st: os.stat_result, rel: str) -> int:
+        """The permission bits of ``st``, without setuid/setgid the default owner would make
+        root's."""
+        bits = stat.S_IMODE(st.st_mode)
+        if host_owners or not stat.S_ISREG(st.st_mode):
+            return bits
+        drop = (stat.S_ISUID if uid != 0 and st.st_uid == uid else 0) | (
+            stat.S_ISGID if gid != 0 and st.st_gid == gid else 0)
+        if bits & drop:
+            dropped.append(rel)
+        return bits & ~drop
+
     def add(host: str, rel: str, st: os.stat_result) -> None:
         mode = st.st_mode
         kind = kinds.get(stat.S_IFMT(mode)) or Kind.from_mode(mode)
         u, g = owner(st)
+        perms = special_bits(st, rel)
         target = None
         data = None
         rdev = (0, 0)
@@ -43,7 +63,7 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
                 key = (st.st_dev, st.st_ino)
                 first = seen_inodes.get(key)
                 if first is not None:
-                    tree.add_in_order(Entry(rel, Kind.HARDLINK, stat.S_IMODE(mode), u, g,
+                    tree.add_in_order(Entry(rel, Kind.HARDLINK, perms, u, g,
                                             int(st.st_mtime), first, origin=host))
                     return
                 seen_inodes[key] = rel
@@ -53,7 +73,7 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
         elif kind in (Kind.CHAR, Kind.BLOCK):
             rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
         xa = _read_xattrs(host) if xattrs and kind is not Kind.SYMLINK else ()
-        tree.add_in_order(Entry(rel, kind, stat.S_IMODE(mode), u, g, int(st.st_mtime), target,
+        tree.add_in_order(Entry(rel, kind, perms, u, g, int(st.st_mtime), target,
                                 rdev, xa, data, host))
 
     root_st = os.lstat(path)
@@ -79,6 +99,13 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
                 walk(item.path, rel)
 
     walk(path, prefix)
+    if dropped:
+        shown = ", ".join("/" + p for p in dropped[:5]) + (
+            f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        tree.warnings.append(
+            f"setuid/setgid bits dropped from {len(dropped)} file(s) of {path} owned by you, "
+            f"which the default owner policy makes root's: {shown}; to keep them, give the "
+            f"owner explicitly: --host-owners --root-uid {uid} --root-gid {gid}")
     return tree
 
 

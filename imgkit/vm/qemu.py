@@ -33,6 +33,7 @@ from imgkit.vm.firmware import UefiFirmware, find_uefi
 QEMU = "qemu-system-x86_64"
 INTERFACES = ("virtio", "ide", "cdrom", "scsi")
 FORMATS = ("raw", "qcow2")
+SECURITY_MODELS = ("none", "mapped-xattr", "mapped-file")
 FIRMWARES = ("bios", "uefi")
 DISPLAYS = ("serial", "gtk", "none")
 DEFAULT_FAIL_PATTERNS = ("Kernel panic", "imgkit-init: ERROR")
@@ -54,11 +55,28 @@ class Drive:
 
 @dataclass(frozen=True)
 class Share:
-    """A host directory shared over 9p (``mount -t 9p -o trans=virtio TAG /mnt``)."""
+    """A host directory shared over 9p (``mount -t 9p -o trans=virtio TAG /mnt``).
+
+    ``security_model`` ``None`` picks :func:`share_security_model` for the running user."""
 
     path: str
     tag: str
     readonly: bool = False
+    security_model: str | None = None
+
+
+def share_security_model(euid: int | None = None) -> str:
+    """How a 9p share maps the guest's file metadata onto the host.
+
+    ``none`` passes the guest's chmod, chown and mknod through with QEMU's own credentials:
+    rootless, the guest cannot do more than the user, and what it creates belongs to the user.
+    Run by root, the same would let the guest make setuid-root programs and device nodes in
+    the host directory, so as root the share is ``mapped-xattr``: the guest's owners, modes
+    and device nodes are kept in ``user.virtfs.*`` xattrs of plain files (created 0600 on the
+    host), and no setuid bit or device node ever reaches the host. Refusing would break root
+    CI jobs, and stripping bits is not something QEMU offers for ``none``.
+    """
+    return "mapped-xattr" if (os.geteuid() if euid is None else euid) == 0 else "none"
 
 
 @dataclass(frozen=True)
@@ -210,7 +228,11 @@ def build_argv(spec: QemuSpec, *, accel: str = "tcg", qemu: str = QEMU,
         if not s.tag or len(s.tag) > 31 or "," in s.tag:
             raise InputError(f"9p share {s.path}: mount tag {s.tag!r} must be 1-31 "
                              "characters without commas")
-        opts = f"local,path={escape_option(s.path)},mount_tag={s.tag},security_model=none"
+        model = s.security_model or share_security_model()
+        if model not in SECURITY_MODELS:
+            raise InputError(f"9p share {s.path}: security model {model!r}, expected one of "
+                             f"{', '.join(SECURITY_MODELS)}")
+        opts = f"local,path={escape_option(s.path)},mount_tag={s.tag},security_model={model}"
         argv += ["-virtfs", opts + (",readonly=on" if s.readonly else "")]
     argv += list(spec.extra_args)
     return argv

@@ -7,10 +7,20 @@ ESP holding it as ``EFI/BOOT/BOOTX64.EFI``.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from imgkit import tools
 from imgkit.errors import InputError
+from imgkit.formats import qcow2
 from imgkit.vm.qemu import Drive, QemuSpec
+
+if TYPE_CHECKING:
+    from imgkit.detect import Detected
+
+
+_TABLE_BYTES = 1 << 20  # the head of a disk that holds its MBR and primary GPT
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,7 @@ def classify(path: str) -> ImageKind:
         raise InputError(f"cannot read {path!r}: {exc.strerror}") from None
     fmt = found.format
     if fmt == "qcow2":
-        return ImageKind("disk", "bios", "qcow2", "qcow2 image (firmware: bios unless --firmware)")
+        return _qcow2_kind(path)
     if fmt == "iso9660":
         return ImageKind("iso", "bios", why="ISO 9660 image")
     if fmt == "bzimage":
@@ -39,11 +49,38 @@ def classify(path: str) -> ImageKind:
     if fmt in ("pe", "uki"):
         return ImageKind("uki", "uefi", why="PE/COFF EFI binary (UKI)")
     if found.boot_signature:
-        if fmt == "gpt" and not found.boot_code:
-            return ImageKind("disk", "uefi", why="GPT disk without BIOS boot code")
-        return ImageKind("disk", "bios", why=("GPT" if fmt == "gpt" else "MBR") + " disk with boot code")
+        return _disk_kind(found)
     raise InputError(f"{path!r} is not something imgkit can boot",
                      hint="expected a Linux kernel, a UKI, a raw or qcow2 disk image, or an ISO")
+
+
+def _disk_kind(found: Detected, format: str = "raw", what: str = "") -> ImageKind:
+    """A GPT disk without BIOS boot code in its MBR boots with UEFI, any other with BIOS."""
+    if found.format == "gpt" and not found.boot_code:
+        return ImageKind("disk", "uefi", format, what + "GPT disk without BIOS boot code")
+    return ImageKind("disk", "bios", format,
+                     what + ("GPT" if found.format == "gpt" else "MBR") + " disk with boot code")
+
+
+def _qcow2_kind(path: str) -> ImageKind:
+    """The firmware of a qcow2 from the disk inside it, read without following anything the
+    image names (a backing file, a data file or a URL makes it an :class:`ImageError`)."""
+    from imgkit.detect import sniff_path
+
+    header = qcow2.check_self_contained(path)
+    block = 4096 if header.virtual_size >= _TABLE_BYTES else 512
+    count = min(header.virtual_size, _TABLE_BYTES) // block
+    if count == 0:
+        raise InputError(f"{path!r}: qcow2 image of {header.virtual_size} bytes holds no disk")
+    with tempfile.TemporaryDirectory(prefix="imgkit-run-") as tmp:
+        head = os.path.join(tmp, "head.img")
+        tools.run(["qemu-img", "dd", "-U", "-O", "raw", f"bs={block}", f"count={count}",
+                   f"if={qcow2.qemu_filename(path)}", f"of={head}"])
+        found = sniff_path(head)
+    if not found.boot_signature:
+        return ImageKind("disk", "bios", "qcow2",
+                         "qcow2 image without a partition table (firmware: bios)")
+    return _disk_kind(found, "qcow2", "qcow2 image of a ")
 
 
 def spec_for(path: str, *, firmware: str | None = None, memory: int = 512, cpus: int = 1,

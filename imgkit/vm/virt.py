@@ -10,7 +10,9 @@ so the command line reaches the guest byte for byte as shell-quoted words in a f
 never through the kernel command line.
 
 The host directory is shared over 9p (``security_model=none``: rootless, and files the
-guest creates belong to the invoking user). The guest talks back over serial ports wired
+guest creates belong to the invoking user; run by root, ``mapped-xattr``, so that the guest
+cannot make setuid-root files or device nodes on the host: see
+:func:`imgkit.vm.qemu.share_security_model`). The guest talks back over serial ports wired
 to Unix sockets: ttyS1 is the command's stdout, ttyS2 its stderr, ttyS3 a control channel
 (start, not found, exit status), ttyS0 the kernel console, kept only for error reports.
 Serial ports are built into the kernel (no module, no discovery), and closing a serial tty
@@ -319,8 +321,14 @@ def write_run_initrd(spec: VirtSpec, cached: str, dest: str) -> None:
 
 # -- QEMU ------------------------------------------------------------------------------------
 def _image_format(path: str) -> str:
+    """``qcow2`` or ``raw``; a qcow2 naming a backing file, data file or URL is refused."""
     from imgkit.detect import sniff_path
-    return "qcow2" if sniff_path(path).format == "qcow2" else "raw"
+    from imgkit.formats import qcow2
+
+    if sniff_path(path).format != "qcow2":
+        return "raw"
+    qcow2.check_self_contained(path)
+    return "qcow2"
 
 
 def vm_argv(spec: VirtSpec, prepared: Prepared, initrd: str, sockets: dict[str, str], *,
