@@ -67,7 +67,7 @@ class IdMap:
         where = f" (from {e.origin})" if e.origin else ""
         raise InputError(
             f"{what} {value} of /{e.path} is outside every mapped range{where}",
-            hint="add a range covering it, e.g. '--uid-map 0 %d 1'" % value)
+            hint=f"add a range covering it, e.g. '--uid-map 0 {value} 1'")
 
 
 def parse_ranges(text: str) -> tuple[IdRange, ...]:

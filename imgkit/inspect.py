@@ -19,7 +19,8 @@ import os
 import struct
 import tempfile
 import weakref
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from imgkit import detect as _detect
 from imgkit import tools
@@ -301,7 +302,8 @@ def _table_lines(table: dict) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     right = {0, 1, 2, 3, 4}
     for r in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=False))]
         lines.append("  ".join(cells + [r[-1]]).rstrip())
     if table["table"] == "gpt":
         lines.append("")

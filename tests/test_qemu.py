@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from imgkit.vm import firmware, qemu
 from imgkit import tools
 from imgkit.errors import BootError, InputError, ToolError
+from imgkit.vm import firmware, qemu
 from imgkit.vm.qemu import Drive, QemuSpec, Share
 
 

@@ -23,8 +23,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Pattern
+from re import Pattern
+from typing import IO
 
 from imgkit import tools
 from imgkit.errors import BootError, InputError

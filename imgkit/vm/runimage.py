@@ -114,8 +114,8 @@ def spec_for(path: str, *, firmware: str | None = None, memory: int = 512, cpus:
 
 
 def _wrap_uki(uki: str, workdir: str) -> str:
-    from imgkit.disk import layout
     from imgkit.bootloaders.systemd_boot import uki_esp_tree
+    from imgkit.disk import layout
     from imgkit.disk.image import write_disk
     from imgkit.formats.fat import write_fat
 

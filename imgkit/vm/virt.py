@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO
 
-from imgkit.vm import kernel as kernels
-from imgkit.vm import qemu
 from imgkit import tools
 from imgkit.atomic import atomic_open
 from imgkit.errors import BootError, ImgkitError, InputError, ToolError
 from imgkit.tree import BytesBlob, Entry, Kind, Tree
+from imgkit.vm import kernel as kernels
+from imgkit.vm import qemu
 
 #: Modules for the 9p share over virtio-pci (dependencies are resolved from the kernel).
 BASE_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
@@ -188,7 +188,8 @@ def cache_key(kinfo: kernels.KernelInfo, busybox: str, compress: str) -> str:
 def initramfs_tree(kinfo: kernels.KernelInfo, busybox: str = "/bin/busybox") -> Tree:
     """The VM's initramfs: busybox, the virt ``/init``, and the modules for 9p (loaded at
     every boot) and for a virtio-blk ext4 root (loaded only with an image)."""
-    from imgkit.vm import guest_init as initrd_init, kmod
+    from imgkit.vm import guest_init as initrd_init
+    from imgkit.vm import kmod
 
     base: list = []
     extra: list = []
