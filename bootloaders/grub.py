@@ -399,7 +399,8 @@ class Grub(BootPath):
     firmware = "bios"
     options = GrubConfig
     help = "GRUB: BIOS (boot.img + core image) and, with efi = true, UEFI (BOOTX64.EFI)"
-    fs_types = ("vfat",)
+    #: GRUB 2.06 reads both (including mke2fs 1.47's metadata_csum ext4); UEFI needs the vfat.
+    fs_types = ("vfat", "ext4")
     on_disk = True
     packages = ("grub-common", "grub-pc-bin", "grub-efi-amd64-bin")
 

@@ -202,6 +202,50 @@ def test_mbr_disk_core_in_the_gap(tmp_path):
     assert "grub.cfg" in fstest(image, "ls", "(loop0,msdos1)/boot/grub/")
 
 
+EXT4_ROOT = """
+seed = "grub-ext4"
+
+[trees.initrd]
+init = "busybox"
+rc = "echo 'grub from ext4 booted'; poweroff -f"
+
+[initramfs.main]
+tree = "initrd"
+compress = "gzip"
+
+[filesystems.root]
+type = "ext4"
+label = "root"
+grub = { entries = [{ kernel = "kernel", initrd = ["initramfs:main"], cmdline = "console=ttyS0 panic=-1" }], root = "label:root" }
+
+[disk]
+output = "ext4.img"
+table = "mbr"
+bios = "grub"
+partitions = [{ name = "root", type = "linux", size = "auto", filesystem = "root" }]
+"""
+
+
+@pytest.fixture(scope="module")
+def ext4_mbr_disk(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ext4")
+    (tmp / "ext4.toml").write_text(EXT4_ROOT)
+    build(load_config(str(tmp / "ext4.toml")), str(tmp / "out"), mtime=1700000000)
+    return str(tmp / "out" / "ext4.img")
+
+
+def test_ext4_holder_on_mbr_read_by_grub_and_e2fsck(ext4_mbr_disk, tmp_path):
+    image = ext4_mbr_disk
+    cfg = fstest(image, "cat", "(loop0,msdos1)/boot/grub/grub.cfg")
+    script_check(cfg)
+    assert "search --no-floppy --set=root --label root" in cfg
+    assert "vmlinuz" in fstest(image, "ls", "(loop0,msdos1)/boot/")
+    start = int(sh("sfdisk", "--dump", image).split("img1 : start=")[1].split(",")[0])
+    part = tmp_path / "root.img"
+    sh("dd", f"if={image}", f"of={part}", "bs=512", f"skip={start}", "status=none")
+    sh("e2fsck", "-fn", str(part))
+
+
 def test_mbr_gap_too_small_says_how_big(tmp_path):
     def small_gap(text):
         return text.replace('bios = "grub"', 'bios = "grub"\ntable = "mbr"\nalignment = "32K"').replace(
@@ -297,7 +341,7 @@ def test_gnumach_is_a_multiboot_kernel_grub_will_load(gnumach_disk, tmp_path):
 
 
 # -- real boots ---------------------------------------------------------------------------------
-def run_expect(image: str, firmware: str, expect: str, timeout: int = 90):
+def run_expect(image: str, firmware: str, expect: str, timeout: int = 60):
     r = subprocess.run([sys.executable, "-m", "imgkit", "run", image, "--firmware", firmware,
                         "--expect", expect, "--timeout", str(timeout), "--quiet", "--snapshot"],
                        capture_output=True, text=True)
@@ -308,6 +352,11 @@ def run_expect(image: str, firmware: str, expect: str, timeout: int = 90):
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_one_gpt_disk_boots_linux_under_both_firmwares(bios_uefi_disk, firmware):
     run_expect(bios_uefi_disk, firmware, "imgkit example: grub booted")
+
+
+@pytest.mark.boot
+def test_mbr_disk_with_ext4_boots_under_seabios(ext4_mbr_disk):
+    run_expect(ext4_mbr_disk, "bios", "grub from ext4 booted", timeout=60)
 
 
 @pytest.mark.boot
