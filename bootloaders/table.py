@@ -316,3 +316,6 @@ class Uki(BootPath):
 
 for _path in (Syslinux(), Isolinux(), SystemdBoot(), Uki()):
     register(_path)
+
+# -- GRUB: its module registers its boot path -------------------------------------------------
+import imgkit.bootloaders.grub  # noqa: E402,F401

@@ -182,7 +182,7 @@ def test_registered_options_are_validated(tmp_path, registered):
      r"filesystems\.d\.type: expected one of vfat, ext4, iso9660, squashfs, got 'test-tar'",
      "allowed: vfat, ext4, iso9660, squashfs"),
     ("[disk]\noutput = 'd.img'\nbios = 'test-marker'\n",
-     r"disk\.bios: expected one of syslinux, got 'test-marker'", "allowed: syslinux"),
+     r"disk\.bios: expected one of syslinux, grub, got 'test-marker'", "allowed: syslinux, grub"),
     ("[iso]\noutput = 'd.iso'\nbios = { loader = 'test-marker' }\n",
      r"iso\.bios: expected one of isolinux, got 'test-marker'", "allowed: isolinux"),
     ("[filesystems.esp]\ntype = 'vfat'\ntest-marker = { text = 'x' }\n",

@@ -1,0 +1,427 @@
+"""GRUB for BIOS (``i386-pc``) and UEFI (``x86_64-efi``), made without grub-install or root.
+
+GRUB starts differently on each firmware, and every piece is made here from GRUB's own
+images with ``grub-mkimage`` (which only writes a file) and a few patched bytes:
+
+- **UEFI**: one PE image with every module it needs built in, stored as the removable-media
+  path ``EFI/BOOT/BOOTX64.EFI`` of a FAT filesystem. Its prefix ``/boot/grub`` has no device,
+  so GRUB takes the device it was loaded from: the ESP holding ``/boot/grub/grub.cfg``.
+- **BIOS**: ``boot.img`` (GRUB's MBR code) goes in the disk's first 440 bytes with the LBA of
+  the core image's first sector patched in at :data:`KERNEL_SECTOR`; the core image
+  (``diskboot.img`` + the compressed kernel and modules) goes in a GPT BIOS-boot partition or
+  in the gap between an MBR and its first partition, with the block list at the end of its
+  first sector patched to where the rest of it lies. Its prefix ``(,gptN)/boot/grub`` names
+  the partition holding ``grub.cfg`` on whichever disk the BIOS booted.
+
+``grub.cfg`` is made from entries (Linux: kernel, initrds, command line; multiboot and
+multiboot2: a kernel and modules with their command lines), or is a user's file taken as is.
+Kernels and modules go under ``/boot`` of the same filesystem. With fixed inputs every piece is
+bit-identical between builds: grub-mkimage writes no timestamp.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+from imgkit import tools
+from imgkit.bootloaders.table import BootPath, DiskBoot, register
+from imgkit.errors import ImageError, InputError, LayoutError, ToolError
+from imgkit.settings import BOOL, INT, STR, STRINGS, setting, tables_of
+from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
+
+GRUB_LIB = "/usr/lib/grub"
+PLATFORM_DIRS = {"i386-pc": f"{GRUB_LIB}/i386-pc", "x86_64-efi": f"{GRUB_LIB}/x86_64-efi"}
+PLATFORM_PACKAGES = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
+REMOVABLE_PATH = "EFI/BOOT/BOOTX64.EFI"
+CONFIG_DIR = "boot/grub"
+BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
+SECTOR = 512
+
+#: Modules both images carry: partition tables, filesystems, the loaders, the commands a
+#: generated grub.cfg uses, gzip for ``.gz`` kernels (GNU Mach) and the serial terminal.
+COMMON_MODULES = ("part_gpt", "part_msdos", "fat", "ext2", "iso9660", "normal", "configfile",
+                  "linux", "multiboot", "multiboot2", "boot", "search", "search_fs_uuid",
+                  "search_fs_file", "search_label", "test", "echo", "serial", "terminal",
+                  "gzio", "halt", "reboot")
+PLATFORM_MODULES = {"i386-pc": ("biosdisk",), "x86_64-efi": ()}
+
+# -- boot.img (GRUB's MBR code): offsets from include/grub/i386/pc/boot.h ---------------------
+BOOT_IMG_SIZE = 512
+BPB_START, BPB_END = 0x03, 0x5A
+#: The LBA (little-endian u64) of the core image's first sector.
+KERNEL_SECTOR = 0x5C
+#: The boot drive (0xff: the one the BIOS passes in DL).
+BOOT_DRIVE = 0x64
+#: A 2-byte ``jmp`` that skips forcing DL to a hard disk; grub-setup nops it for hard disks
+#: (some BIOSes pass 0x00 when they booted 0x80).
+DRIVE_CHECK = 0x66
+JMP_SHORT = 0xEB
+NOP2 = b"\x90\x90"
+
+# -- diskboot.img (the core image's first sector): its first block list ---------------------
+#: ``struct grub_pc_bios_boot_blocklist { u64 start; u16 len; u16 segment; }``, the last
+#: entry of the sector (lists grow downwards); grub-mkimage fills ``len``, setup ``start``.
+BLOCKLIST = struct.Struct("<QHH")
+assert BLOCKLIST.size == 12
+FIRST_BLOCKLIST = SECTOR - BLOCKLIST.size
+#: Where diskboot loads the rest of the core: GRUB_BOOT_MACHINE_KERNEL_SEG + 0x20.
+CORE_SEGMENT = 0x820
+
+
+def _need(path: str, platform: str) -> str:
+    if not os.path.exists(path):
+        raise ToolError(f"GRUB {platform} file {path} not found",
+                        hint=f"install it: apt-get install {PLATFORM_PACKAGES[platform]}")
+    return path
+
+
+# -- grub.cfg ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GrubModule:
+    """A multiboot module: a path on the boot filesystem and its command line."""
+
+    path: str
+    args: str = ""
+
+
+@dataclass(frozen=True)
+class GrubEntry:
+    """A menu entry; paths are on the boot filesystem (``/boot/vmlinuz``).
+
+    ``kind`` ``linux`` boots ``kernel`` with ``initrds``; ``multiboot``/``multiboot2`` boot
+    ``kernel`` with ``modules``. ``cmdline`` is the kernel's command line either way."""
+
+    title: str
+    kernel: str
+    kind: str = "linux"
+    cmdline: str = ""
+    initrds: Sequence[str] = ()
+    modules: Sequence[GrubModule] = ()
+
+
+KINDS = {"linux": ("linux", "initrd"), "multiboot": ("multiboot", "module"),
+         "multiboot2": ("multiboot2", "module2")}
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=,+@%^-]+")
+SEARCH_KINDS = ("label", "fs-uuid", "file")
+
+
+def _words(text: str, what: str) -> str:
+    """``text`` as GRUB script words: split at blanks, each word quoted unless plain, so the
+    kernel gets exactly these words (GRUB would expand ``$`` and eat quotes)."""
+    if "\n" in text or "'" in text:
+        raise InputError(f"GRUB {what} {text!r} must be one line without single quotes")
+    return " ".join(w if _PLAIN_WORD.fullmatch(w) else f"'{w}'" for w in text.split())
+
+
+def search_line(kind: str, value: str) -> str:
+    """``search`` that sets ``root`` to the filesystem with this label, UUID or file."""
+    if kind not in SEARCH_KINDS:
+        raise InputError(f"GRUB root search {kind!r} unknown, expected one of "
+                         f"{', '.join(SEARCH_KINDS)}")
+    return f"search --no-floppy --set=root --{kind} {_words(value, 'search value')}"
+
+
+def grub_cfg(entries: Sequence[GrubEntry], *, default: int = 0, timeout: int = 0,
+             root: tuple[str, str] | None = None, serial: bool = True) -> str:
+    """A ``grub.cfg`` that boots ``entries[default]`` after ``timeout`` seconds (0: at once),
+    on the first serial port at 115200 baud (how a headless VM shows it) when ``serial``,
+    with ``root`` found by ``search`` (``("label", "ESP")``, ``("fs-uuid", ...)``,
+    ``("file", "/boot/grub/x")``) when given."""
+    if not entries:
+        raise InputError("GRUB needs at least one menu entry")
+    if not 0 <= default < len(entries):
+        raise InputError(f"GRUB default entry {default} does not exist: there are "
+                         f"{len(entries)} entries (counted from 0)")
+    lines = []
+    if serial:
+        lines += ["serial --unit=0 --speed=115200", "terminal_input serial",
+                  "terminal_output serial"]
+    lines += [f"set default={default}", f"set timeout={int(timeout)}"]
+    if root:
+        lines.append(search_line(*root))
+    for e in entries:
+        if e.kind not in KINDS:
+            raise InputError(f"GRUB entry {e.title!r}: kind {e.kind!r} is not one of "
+                             f"{', '.join(KINDS)}")
+        loader, extra = KINDS[e.kind]
+        if e.kind == "linux" and e.modules or e.kind != "linux" and e.initrds:
+            raise InputError(f"GRUB entry {e.title!r}: a {e.kind} entry takes "
+                             f"{'initrds' if e.kind == 'linux' else 'modules'}, not "
+                             f"{'modules' if e.kind == 'linux' else 'initrds'}")
+        lines.append(f"menuentry {_title(e.title)} {{")
+        lines.append(f"    {loader} {_words(' '.join([e.kernel, e.cmdline]), 'kernel line')}")
+        if e.initrds:
+            lines.append(f"    {extra} {_words(' '.join(e.initrds), 'initrd line')}")
+        for m in e.modules:
+            lines.append(f"    {extra} {_words(' '.join([m.path, m.args]), 'module line')}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _title(title: str) -> str:
+    if "\n" in title or "'" in title:
+        raise InputError(f"GRUB entry title {title!r} must be one line without single quotes")
+    return f"'{title}'"
+
+
+# -- the boot filesystem's files --------------------------------------------------------------
+def _add_host(tree: Tree, path: str, host: str, mtime: int, origin: str) -> None:
+    try:
+        size = os.stat(host).st_size
+    except OSError as exc:
+        raise InputError(f"{origin}: cannot read {host!r}: {exc.strerror}") from exc
+    if path in tree and getattr(tree[path].data, "path", None) != host:
+        raise InputError(f"{origin}: two different files want /{path}",
+                         hint="give them different base names")
+    tree.add(Entry(path, Kind.FILE, mode=0o644, mtime=mtime, data=FileBlob(host, size),
+                   origin=origin))
+
+
+def _add_text(tree: Tree, path: str, text: str | bytes, mtime: int, origin: str) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    tree.add(Entry(path, Kind.FILE, mode=0o644, mtime=mtime, data=BytesBlob(data), origin=origin))
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """A menu entry whose files are host paths; :func:`grub_tree` places them in ``/boot``."""
+
+    title: str
+    kernel: str
+    kind: str = "linux"
+    cmdline: str = ""
+    initrds: Sequence[str] = ()
+    modules: Sequence[tuple[str, str]] = ()  # (host path, args)
+
+
+def grub_tree(entries: Sequence[HostEntry] = (), *, config: str | None = None, default: int = 0,
+              timeout: int = 0, root: tuple[str, str] | None = None, marker: str | None = None,
+              serial: bool = True, efi_image: str | None = None, mtime: int = 0) -> Tree:
+    """The boot filesystem's GRUB files: ``boot/grub/grub.cfg`` (from ``entries``, or the host
+    file ``config`` as it is), the entries' kernels, initrds and modules as
+    ``/boot/BASENAME``, and ``efi_image`` as ``EFI/BOOT/BOOTX64.EFI``.
+
+    Without ``root``, a ``marker`` file name (unique to the build) is written under
+    ``boot/grub`` and the generated grub.cfg finds its filesystem by it."""
+    tree = Tree(default_mtime=mtime)
+    if config is not None:
+        if entries:
+            raise InputError("GRUB takes either a grub.cfg or entries, not both")
+        _add_host(tree, f"{CONFIG_DIR}/grub.cfg", config, mtime, "GRUB config")
+    else:
+        if root is None and marker:
+            _add_text(tree, f"{CONFIG_DIR}/{marker}", b"", mtime, "GRUB")
+            root = ("file", f"/{CONFIG_DIR}/{marker}")
+        placed = []
+        for e in entries:
+            origin = f"GRUB entry {e.title!r}"
+
+            def place(host: str) -> str:
+                path = posixpath.join("boot", os.path.basename(host))
+                _add_host(tree, path, host, mtime, origin)
+                return "/" + path
+
+            placed.append(GrubEntry(e.title, place(e.kernel), e.kind, e.cmdline,
+                                    [place(i) for i in e.initrds],
+                                    [GrubModule(place(h), a) for h, a in e.modules]))
+        _add_text(tree, f"{CONFIG_DIR}/grub.cfg",
+                  grub_cfg(placed, default=default, timeout=timeout, root=root, serial=serial),
+                  mtime, "GRUB")
+    if efi_image is not None:
+        _add_host(tree, REMOVABLE_PATH, efi_image, mtime, "GRUB for UEFI")
+    return tree
+
+
+# -- grub-mkimage -----------------------------------------------------------------------------
+#: Run first by both images: if the prefix holds no grub.cfg (another disk layout than the
+#: one planned), look for the filesystem that has one.
+EARLY_CONFIG = f"""\
+if [ ! -e "$prefix/grub.cfg" ]; then
+    search --no-floppy --set=root --file /{CONFIG_DIR}/grub.cfg
+    set prefix=($root)/{CONFIG_DIR}
+fi
+"""
+
+
+def mkimage(platform: str, output: str, prefix: str, *, modules: Sequence[str] = (),
+            early_config: str = EARLY_CONFIG) -> str:
+    """``grub-mkimage -O PLATFORM`` with the common modules, ``modules`` and an embedded
+    early config, into ``output`` (a plain file: no device, no root)."""
+    if platform not in PLATFORM_DIRS:
+        raise InputError(f"GRUB platform {platform!r} unknown, expected "
+                         f"{' or '.join(PLATFORM_DIRS)}")
+    directory = _need(PLATFORM_DIRS[platform], platform)
+    all_modules = list(dict.fromkeys([*COMMON_MODULES, *PLATFORM_MODULES[platform], *modules]))
+    missing = [m for m in all_modules if not os.path.exists(f"{directory}/{m}.mod")]
+    if missing:
+        raise InputError(f"GRUB {platform} has no module {missing[0]!r} in {directory}")
+    early = output + ".early.cfg"
+    with open(early, "w") as f:
+        f.write(early_config)
+    tools.run(["grub-mkimage", "-O", platform, "-d", directory, "-p", prefix, "-c", early,
+               "-o", output, *all_modules])
+    return output
+
+
+def efi_image(work: str, *, modules: Sequence[str] = ()) -> str:
+    """GRUB for UEFI with its modules built in, in ``work`` (named by its inputs)."""
+    key = hashlib.sha256("\0".join(["x86_64-efi", *modules]).encode()).hexdigest()[:12]
+    return mkimage("x86_64-efi", os.path.join(work, f"grub-{key}.efi"), f"/{CONFIG_DIR}",
+                   modules=modules)
+
+
+# -- BIOS: boot.img and the core image --------------------------------------------------------
+def boot_img(core_lba: int) -> bytes:
+    """GRUB's MBR code (the 440 bytes before the disk signature) that loads the core image
+    whose first sector is at ``core_lba``, as grub-setup writes it for a hard disk: BPB area
+    cleared, kernel sector set, boot drive left to the BIOS (0xff), the drive check nopped."""
+    path = _need(f"{PLATFORM_DIRS['i386-pc']}/boot.img", "i386-pc")
+    with open(path, "rb") as f:
+        img = bytearray(f.read())
+    if len(img) != BOOT_IMG_SIZE or img[510:512] != b"\x55\xaa" or img[DRIVE_CHECK] != JMP_SHORT:
+        raise ImageError(f"{path} is not GRUB 2's boot.img: expected 512 bytes with a "
+                         f"jmp at {DRIVE_CHECK:#x} and the 55 aa signature")
+    img[BPB_START:BPB_END] = bytes(BPB_END - BPB_START)
+    struct.pack_into("<Q", img, KERNEL_SECTOR, core_lba)
+    img[DRIVE_CHECK:DRIVE_CHECK + 2] = NOP2
+    return bytes(img[:440])
+
+
+def place_core(core: bytes, core_lba: int) -> bytes:
+    """The core image with its first block list pointing at the sectors after ``core_lba``
+    (the core is stored contiguously there)."""
+    sectors = -(-len(core) // SECTOR)
+    start, length, segment = BLOCKLIST.unpack_from(core, FIRST_BLOCKLIST)
+    if segment != CORE_SEGMENT or length != sectors - 1:
+        raise ImageError(f"the core image's first block list at {FIRST_BLOCKLIST:#x} reads "
+                         f"start {start}, len {length}, segment {segment:#x}; expected len "
+                         f"{sectors - 1} and segment {CORE_SEGMENT:#x} (is it diskboot-based?)")
+    out = bytearray(core) + bytes(sectors * SECTOR - len(core))
+    BLOCKLIST.pack_into(out, FIRST_BLOCKLIST, core_lba + 1, sectors - 1, CORE_SEGMENT)
+    return bytes(out)
+
+
+def bios_disk_boot(table: str, plan, holder_number: int, work: str, *,
+                   modules: Sequence[str] = ()) -> DiskBoot:
+    """boot.img and the placed core image for a disk whose partition ``holder_number`` holds
+    ``/boot/grub``: in the GPT BIOS-boot partition, or the MBR gap before the first partition."""
+    if table not in ("gpt", "mbr"):
+        raise InputError(f"partition table {table!r} unknown, expected 'gpt' or 'mbr'")
+    scheme = "gpt" if table == "gpt" else "msdos"
+    core_path = os.path.join(work, f"grub-core-{scheme}{holder_number}.img")
+    mkimage("i386-pc", core_path, f"(,{scheme}{holder_number})/{CONFIG_DIR}", modules=modules)
+    with open(core_path, "rb") as f:
+        core = f.read()
+    sectors = -(-len(core) // SECTOR)
+    if table == "gpt":
+        parts = [p for p in plan.partitions if p.type_guid and str(p.type_guid) == BIOS_BOOT_GUID]
+        if len(parts) != 1:
+            raise LayoutError(f"GRUB on a GPT disk needs one BIOS boot partition for its core "
+                              f"image ({sectors * SECTOR:,} bytes), found {len(parts)}",
+                              hint='add { name = "bios", type = "bios-boot", size = "1M" } '
+                                   "to [disk] partitions")
+        part = parts[0]
+        if part.size < sectors * SECTOR:
+            raise LayoutError(f"BIOS boot partition {part.name!r} holds {part.size:,} bytes; "
+                              f"GRUB's core image needs {sectors * SECTOR:,}",
+                              hint="make it 1M")
+        placed = os.path.join(work, f"grub-core-{part.name}.placed")
+        with open(placed, "wb") as f:
+            f.write(place_core(core, part.start_lba))
+        return DiskBoot(boot_code=boot_img(part.start_lba), contents={part.name: placed})
+    first = min((p.start_lba for p in plan.partitions), default=plan.disk_sectors)
+    gap = first - 1
+    if sectors > gap:
+        raise LayoutError(f"GRUB's core image needs {sectors} sectors ({sectors * SECTOR:,} "
+                          f"bytes) between the MBR and the first partition; the gap has {gap} "
+                          f"(first partition at sector {first})",
+                          hint=f"start the first partition at sector {sectors + 1} or later "
+                               '(alignment = "1M" leaves 2047 sectors)')
+    return DiskBoot(boot_code=boot_img(1), regions=((SECTOR, place_core(core, 1)),))
+
+
+# -- the boot path ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GrubModuleConfig:
+    file: str = setting(STR, path=True, help="the module: a reference or host path")
+    args: str = setting(STR, "", help="its command line")
+
+
+@dataclass(frozen=True)
+class GrubEntryConfig:
+    title: str = setting(STR, "Linux", help="the title in the menu")
+    type: str = setting(STR, "linux", choices=tuple(KINDS), help="how GRUB loads the kernel")
+    kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
+    initrd: tuple[str, ...] = setting(STRINGS, (), path=True,
+                                      help="initrds of a linux entry: references or host paths")
+    cmdline: str = setting(STR, "", help="the kernel command line")
+    modules: tuple[GrubModuleConfig, ...] = setting(tables_of(GrubModuleConfig), (),
+                                                    help="modules of a multiboot entry")
+
+
+@dataclass(frozen=True)
+class GrubConfig:
+    entries: tuple[GrubEntryConfig, ...] = setting(tables_of(GrubEntryConfig), (),
+                                                   help="menu entries (linux, multiboot, multiboot2)")
+    default: int = setting(INT, 0, help="the entry booted, counted from 0")
+    timeout: int = setting(INT, 0, help="menu timeout in seconds (0 boots at once)")
+    config: str | None = setting(STR, None, path=True,
+                                 help="a grub.cfg taken as it is instead of one made from entries")
+    root: str | None = setting(STR, None, help="how grub.cfg finds its filesystem: \"label:NAME\", "
+                                               "\"fs-uuid:UUID\" or \"file:/PATH\"; default: a "
+                                               "marker file of this build")
+    serial: bool = setting(BOOL, True, help="GRUB's terminal on the first serial port, 115200 baud")
+    efi: bool = setting(BOOL, False, help="also GRUB for UEFI as EFI/BOOT/BOOTX64.EFI (vfat only)")
+    modules: tuple[str, ...] = setting(STRINGS, (), help="more GRUB modules built into the images")
+
+
+def _root(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in SEARCH_KINDS or not value:
+        raise InputError(f"GRUB root {text!r}: expected KIND:VALUE with KIND one of "
+                         f"{', '.join(SEARCH_KINDS)}", hint='for example root = "label:ESP"')
+    return kind, value
+
+
+class Grub(BootPath):
+    """GRUB in a filesystem (``[filesystems.NAME] grub = {...}``): grub.cfg, kernels and, with
+    ``efi = true``, the UEFI image there; with ``[disk] bios = "grub"`` also boot.img and the
+    core image on the disk (BIOS-boot partition or MBR gap)."""
+
+    name = "grub"
+    firmware = "bios"
+    options = GrubConfig
+    help = "GRUB: BIOS (boot.img + core image) and, with efi = true, UEFI (BOOTX64.EFI)"
+    #: GRUB 2.06 reads both (including mke2fs 1.47's metadata_csum ext4); UEFI needs the vfat.
+    fs_types = ("vfat", "ext4")
+    on_disk = True
+    packages = ("grub-common", "grub-pc-bin", "grub-efi-amd64-bin")
+
+    def fs_files(self, options, ctx, where):
+        entries = [HostEntry(e.title, ctx.resolve(e.kernel, where), e.type, e.cmdline,
+                             [ctx.resolve(r, where) for r in e.initrd],
+                             [(ctx.resolve(m.file, where), m.args) for m in e.modules])
+                   for e in options.entries]
+        if options.config is None and not entries:
+            raise InputError(f"{ctx.config_path}: {where}: GRUB needs entries or a config",
+                             hint='entries = [{ kernel = "kernel", cmdline = "console=ttyS0" }]')
+        image = efi_image(ctx.work, modules=options.modules) if options.efi else None
+        return grub_tree(entries, config=options.config, default=options.default,
+                         timeout=options.timeout, root=_root(options.root),
+                         marker=f"imgkit-{ctx.seed('grub', where)[:16]}.id",
+                         serial=options.serial, efi_image=image, mtime=ctx.mtime or 0)
+
+    def disk_regions(self, options, table, plan, holder, ctx):
+        assert holder is not None
+        return bios_disk_boot(table, plan, plan.partition(holder).number, ctx.work,
+                              modules=options.modules)
+
+
+register(Grub())

@@ -1,0 +1,365 @@
+"""GRUB: grub.cfg checked by grub-script-check, images by file(1), disks by sgdisk/sfdisk and
+GRUB's own filesystem drivers (grub-fstest), patched boot fields by xxd against the layout in
+GRUB's boot.h / diskboot.S, and real boots under SeaBIOS and OVMF (marked boot)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from conftest import sh
+from imgkit.bootloaders import grub
+from imgkit.bootloaders import table as boot
+from imgkit.build import build
+from imgkit.config import load_config
+from imgkit.errors import InputError, LayoutError
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+BOOT_IMG = "/usr/lib/grub/i386-pc/boot.img"
+
+pytestmark = pytest.mark.skipif(not shutil.which("grub-mkimage"),
+                                reason="GRUB (grub-common, grub-pc-bin, grub-efi-amd64-bin) missing")
+
+
+def script_check(text: str) -> None:
+    r = subprocess.run(["grub-script-check"], input=text.encode(), capture_output=True)
+    assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+
+
+def xxd_bytes(path, offset: int, length: int) -> bytes:
+    """Bytes read by xxd (not by our code)."""
+    return bytes.fromhex(sh("xxd", "-p", "-s", str(offset), "-l", str(length), str(path))
+                         .replace("\n", ""))
+
+
+def fstest(image, *args: str) -> str:
+    return sh("grub-fstest", str(image), *args)
+
+
+# -- grub.cfg ---------------------------------------------------------------------------------
+def test_generated_cfg_is_valid_grub_script_with_every_entry_kind():
+    text = grub.grub_cfg([
+        grub.GrubEntry("Linux", "/boot/vmlinuz", cmdline="console=ttyS0 panic=-1 x=$y",
+                       initrds=["/boot/ucode", "/boot/initrd"]),
+        grub.GrubEntry("GNU Mach", "/boot/gnumach.gz", "multiboot", "console=com0",
+                       modules=[grub.GrubModule("/boot/ext2fs", "--host-priv-port=1 root=device:hd0")]),
+        grub.GrubEntry("Xen", "/boot/xen.gz", "multiboot2", "console=com1",
+                       modules=[grub.GrubModule("/boot/vmlinuz", "console=hvc0"),
+                                grub.GrubModule("/boot/initrd")]),
+    ], default=1, root=("label", "ESP"))
+    script_check(text)
+    lines = text.splitlines()
+    assert lines[:5] == ["serial --unit=0 --speed=115200", "terminal_input serial",
+                         "terminal_output serial", "set default=1", "set timeout=0"]
+    assert "search --no-floppy --set=root --label ESP" in lines
+    assert "    linux /boot/vmlinuz console=ttyS0 panic=-1 'x=$y'" in lines
+    assert "    initrd /boot/ucode /boot/initrd" in lines
+    assert "    multiboot /boot/gnumach.gz console=com0" in lines
+    assert "    module /boot/ext2fs --host-priv-port=1 root=device:hd0" in lines
+    assert "    multiboot2 /boot/xen.gz console=com1" in lines
+    assert "    module2 /boot/vmlinuz console=hvc0" in lines
+
+
+@pytest.mark.parametrize("kwargs,what", [
+    ({"default": 2}, "default entry 2"),
+    ({"entries": [grub.GrubEntry("it's", "/k")]}, "single quotes"),
+    ({"entries": [grub.GrubEntry("x", "/k", "multiboot", initrds=["/i"])]}, "takes modules"),
+    ({"entries": [grub.GrubEntry("x", "/k", "chain")]}, "kind 'chain'"),
+    ({"entries": []}, "at least one"),
+])
+def test_bad_entries_are_refused(kwargs, what):
+    args = {"entries": [grub.GrubEntry("Linux", "/k")], **kwargs}
+    entries = args.pop("entries")
+    with pytest.raises(InputError, match=what):
+        grub.grub_cfg(entries, **args)
+
+
+def test_tree_places_files_and_finds_its_filesystem_by_marker(tmp_path):
+    (tmp_path / "vmlinuz").write_bytes(b"K" * 100)
+    (tmp_path / "initrd").write_bytes(b"I" * 10)
+    tree = grub.grub_tree([grub.HostEntry("L", str(tmp_path / "vmlinuz"), cmdline="quiet",
+                                          initrds=[str(tmp_path / "initrd")])],
+                          marker="imgkit-abc.id", mtime=7)
+    assert {"boot/vmlinuz", "boot/initrd", "boot/grub/grub.cfg", "boot/grub/imgkit-abc.id"} <= \
+        {e.path for e in tree}
+    with tree["boot/grub/grub.cfg"].data.open() as f:
+        text = f.read().decode()
+    script_check(text)
+    assert "search --no-floppy --set=root --file /boot/grub/imgkit-abc.id" in text
+    assert all(e.mtime == 7 for e in tree if e.path)
+
+
+def test_user_cfg_is_taken_as_is(tmp_path):
+    cfg = tmp_path / "my.cfg"
+    cfg.write_bytes(b"set timeout=5\nmenuentry x { halt }\n")
+    tree = grub.grub_tree(config=str(cfg))
+    with tree["boot/grub/grub.cfg"].data.open() as f:
+        assert f.read() == cfg.read_bytes()
+    with pytest.raises(InputError, match="not both"):
+        grub.grub_tree([grub.HostEntry("L", str(cfg))], config=str(cfg))
+
+
+# -- images -----------------------------------------------------------------------------------
+def test_efi_image_is_a_reproducible_efi_application(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = grub.efi_image(str(tmp_path / "a"))
+    b = grub.efi_image(str(tmp_path / "b"))
+    assert "PE32+ executable (EFI application) x86-64" in sh("file", a)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read()
+
+
+def test_boot_img_patched_only_where_grub_setup_patches(tmp_path):
+    code = grub.boot_img(0x12345)
+    out = tmp_path / "mbr"
+    out.write_bytes(code)
+    original = open(BOOT_IMG, "rb").read()[:440]
+    assert xxd_bytes(out, 0x5C, 8) == struct.pack("<Q", 0x12345)
+    assert xxd_bytes(out, 0x64, 1) == b"\xff"  # boot drive: as the BIOS says
+    assert xxd_bytes(out, 0x66, 2) == b"\x90\x90"  # the floppy jmp nopped, like grub-setup
+    assert xxd_bytes(BOOT_IMG, 0x66, 1) == b"\xeb"
+    changed = [i for i in range(440) if code[i] != original[i]]
+    assert set(changed) <= set(range(0x5C, 0x64)) | {0x66, 0x67}
+
+
+def test_core_blocklist_points_after_its_first_sector(tmp_path):
+    core = grub.mkimage("i386-pc", str(tmp_path / "core.img"), "(,gpt2)/boot/grub")
+    size = os.path.getsize(core)
+    sectors = -(-size // 512)
+    placed = tmp_path / "placed"
+    placed.write_bytes(grub.place_core(open(core, "rb").read(), 2048))
+    assert os.path.getsize(placed) == sectors * 512
+    # diskboot.S: the last 12 bytes of the first sector are start (u64), len, segment (u16).
+    start, length, segment = struct.unpack("<QHH", xxd_bytes(placed, 0x1F4, 12))
+    assert (start, length, segment) == (2049, sectors - 1, 0x820)
+    # grub-mkimage itself wrote the length: only the start moved.
+    assert struct.unpack("<QHH", xxd_bytes(core, 0x1F4, 12))[1:] == (sectors - 1, 0x820)
+
+
+def test_registered_with_the_boot_path_table():
+    path = boot.get("grub")
+    assert path.on_disk and "grub" in boot.names(firmware="bios", on_disk=True)
+
+
+# -- disks ------------------------------------------------------------------------------------
+def build_example(tmp_path, name: str, *, edit=None) -> str:
+    src = os.path.join(EXAMPLES, f"{name}.toml")
+    text = open(src).read()
+    if edit:
+        text = edit(text)
+    cfg_path = tmp_path / f"{name}.toml"
+    cfg_path.write_text(text)
+    build(load_config(str(cfg_path)), str(tmp_path / "out"), mtime=1700000000)
+    images = [f for f in os.listdir(tmp_path / "out") if f.endswith(".img")]
+    return str(tmp_path / "out" / images[0])
+
+
+@pytest.fixture(scope="module")
+def bios_uefi_disk(tmp_path_factory):
+    return build_example(tmp_path_factory.mktemp("grub"), "grub-bios-uefi")
+
+
+def test_gpt_disk_layout_seen_by_sgdisk_sfdisk_and_grub(bios_uefi_disk, tmp_path):
+    image = bios_uefi_disk
+    assert "No problems found" in sh("sgdisk", "-v", image)
+    dump = sh("sfdisk", "--dump", image)
+    assert "type=21686148-6449-6E6F-744E-656564454649" in dump
+    bios_start = int(dump.split("img1 : start=")[1].split(",")[0])
+    # boot.img points at the BIOS-boot partition; the core's block list at the sector after.
+    assert xxd_bytes(image, 0x5C, 8) == struct.pack("<Q", bios_start)
+    start, _, segment = struct.unpack("<QHH", xxd_bytes(image, bios_start * 512 + 0x1F4, 12))
+    assert (start, segment) == (bios_start + 1, 0x820)
+    # GRUB's own partition and FAT drivers see what it will read at boot.
+    assert "grub.cfg" in fstest(image, "ls", "(loop0,gpt2)/boot/grub/")
+    cfg = fstest(image, "cat", "(loop0,gpt2)/boot/grub/grub.cfg")
+    script_check(cfg)
+    assert "linux /boot/vmlinuz" in cfg and "initrd /boot/initramfs-main.cpio" in cfg
+    assert "bootx64.efi" in fstest(image, "ls", "(loop0,gpt2)/EFI/BOOT/").lower()
+    esp_start = int(dump.split("img2 : start=")[1].split(",")[0])
+    esp_size = int(dump.split("img2 : start=")[1].split("size=")[1].split(",")[0])
+    esp = tmp_path / "esp.img"
+    sh("dd", f"if={image}", f"of={esp}", "bs=512", f"skip={esp_start}", f"count={esp_size}",
+       "status=none")
+    sh("fsck.vfat", "-n", str(esp))
+
+
+def test_mbr_disk_core_in_the_gap(tmp_path):
+    def to_mbr(text):
+        return text.replace('bios = "grub"', 'bios = "grub"\ntable = "mbr"').replace(
+            '  { name = "bios", type = "bios-boot", size = "1M" },\n', "").replace(
+            'type = "esp"', 'type = "fat16"')
+    image = build_example(tmp_path, "grub-bios-uefi", edit=to_mbr)
+    assert "label: dos" in sh("sfdisk", "--dump", image)
+    assert xxd_bytes(image, 0x5C, 8) == struct.pack("<Q", 1)
+    start, _, segment = struct.unpack("<QHH", xxd_bytes(image, 512 + 0x1F4, 12))
+    assert (start, segment) == (2, 0x820)
+    assert "grub.cfg" in fstest(image, "ls", "(loop0,msdos1)/boot/grub/")
+
+
+EXT4_ROOT = """
+seed = "grub-ext4"
+
+[trees.initrd]
+init = "busybox"
+rc = "echo 'grub from ext4 booted'; poweroff -f"
+
+[initramfs.main]
+tree = "initrd"
+compress = "gzip"
+
+[filesystems.root]
+type = "ext4"
+label = "root"
+grub = { entries = [{ kernel = "kernel", initrd = ["initramfs:main"], cmdline = "console=ttyS0 panic=-1" }], root = "label:root" }
+
+[disk]
+output = "ext4.img"
+table = "mbr"
+bios = "grub"
+partitions = [{ name = "root", type = "linux", size = "auto", filesystem = "root" }]
+"""
+
+
+@pytest.fixture(scope="module")
+def ext4_mbr_disk(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ext4")
+    (tmp / "ext4.toml").write_text(EXT4_ROOT)
+    build(load_config(str(tmp / "ext4.toml")), str(tmp / "out"), mtime=1700000000)
+    return str(tmp / "out" / "ext4.img")
+
+
+def test_ext4_holder_on_mbr_read_by_grub_and_e2fsck(ext4_mbr_disk, tmp_path):
+    image = ext4_mbr_disk
+    cfg = fstest(image, "cat", "(loop0,msdos1)/boot/grub/grub.cfg")
+    script_check(cfg)
+    assert "search --no-floppy --set=root --label root" in cfg
+    assert "vmlinuz" in fstest(image, "ls", "(loop0,msdos1)/boot/")
+    start = int(sh("sfdisk", "--dump", image).split("img1 : start=")[1].split(",")[0])
+    part = tmp_path / "root.img"
+    sh("dd", f"if={image}", f"of={part}", "bs=512", f"skip={start}", "status=none")
+    sh("e2fsck", "-fn", str(part))
+
+
+def test_mbr_gap_too_small_says_how_big(tmp_path):
+    def small_gap(text):
+        return text.replace('bios = "grub"', 'bios = "grub"\ntable = "mbr"\nalignment = "32K"').replace(
+            '  { name = "bios", type = "bios-boot", size = "1M" },\n', "").replace(
+            'type = "esp"', 'type = "fat16"')
+    with pytest.raises(LayoutError, match=r"needs \d+ sectors .* the gap has 63"):
+        build_example(tmp_path, "grub-bios-uefi", edit=small_gap)
+
+
+def test_gpt_without_bios_boot_partition_is_refused(tmp_path):
+    def drop(text):
+        return text.replace('  { name = "bios", type = "bios-boot", size = "1M" },\n', "")
+    with pytest.raises(LayoutError, match="BIOS boot partition"):
+        build_example(tmp_path, "grub-bios-uefi", edit=drop)
+
+
+def test_two_builds_are_bit_identical(tmp_path, bios_uefi_disk):
+    again = build_example(tmp_path, "grub-bios-uefi")
+    digest = [hashlib.file_digest(open(p, "rb"), "sha256").hexdigest()
+              for p in (bios_uefi_disk, again)]
+    assert digest[0] == digest[1]
+
+
+# -- GNU Mach through a multiboot entry ------------------------------------------------------------
+GNUMACH_PACKAGE = "gnumach-image-1.8-486"
+
+
+def fetch_gnumach() -> str:
+    """Debian's GNU Mach image (a gzipped 64-bit multiboot ELF), fetched with apt-get download
+    and unpacked with dpkg -x into the imgkit cache, as the Debian kernel is (no root)."""
+    from imgkit.vm.kernel import cache_lock, cache_root, writable_cache_subdir
+    where = writable_cache_subdir(cache_root(), "packages")
+    final = os.path.join(where, GNUMACH_PACKAGE)
+    with cache_lock(os.path.join(where, f".{GNUMACH_PACKAGE}.lock")):
+        if not os.path.exists(os.path.join(final, ".complete")):
+            work = os.path.join(where, f".{GNUMACH_PACKAGE}.work")
+            shutil.rmtree(work, ignore_errors=True)
+            os.makedirs(work)
+            try:
+                subprocess.run(["apt-get", "download", "-q", GNUMACH_PACKAGE], cwd=work,
+                               check=True, capture_output=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as exc:
+                pytest.skip(f"cannot fetch {GNUMACH_PACKAGE}: {exc}")
+            deb = [f for f in os.listdir(work) if f.endswith(".deb")][0]
+            subprocess.run(["dpkg", "-x", os.path.join(work, deb), os.path.join(work, "root")],
+                           check=True)
+            open(os.path.join(work, "root", ".complete"), "w").close()
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(os.path.join(work, "root"), final)
+            shutil.rmtree(work, ignore_errors=True)
+    images = [f for f in os.listdir(os.path.join(final, "boot")) if f.startswith("gnumach")]
+    return os.path.join(final, "boot", images[0])
+
+
+GNUMACH_CONFIG = """
+seed = "grub-gnumach"
+
+[filesystems.boot]
+type = "vfat"
+label = "BOOT"
+
+[filesystems.boot.grub]
+entries = [{{ title = "GNU Mach", type = "multiboot", kernel = "{kernel}", cmdline = "console=com0" }}]
+
+[disk]
+output = "gnumach.img"
+bios = "grub"
+partitions = [
+  {{ name = "bios", type = "bios-boot", size = "1M" }},
+  {{ name = "boot", type = "linux", size = "auto", filesystem = "boot" }},
+]
+"""
+
+
+@pytest.fixture(scope="module")
+def gnumach_disk(tmp_path_factory):
+    kernel = fetch_gnumach()
+    tmp = tmp_path_factory.mktemp("gnumach")
+    (tmp / "gnumach.toml").write_text(GNUMACH_CONFIG.format(kernel=kernel))
+    build(load_config(str(tmp / "gnumach.toml")), str(tmp / "out"), mtime=1700000000)
+    return str(tmp / "out" / "gnumach.img"), kernel
+
+
+def test_gnumach_is_a_multiboot_kernel_grub_will_load(gnumach_disk, tmp_path):
+    image, kernel = gnumach_disk
+    elf = tmp_path / "gnumach"
+    with __import__("gzip").open(kernel) as src:
+        elf.write_bytes(src.read())
+    assert subprocess.run(["grub-file", "--is-x86-multiboot", str(elf)]).returncode == 0
+    cfg = fstest(image, "cat", "(loop0,gpt2)/boot/grub/grub.cfg")
+    script_check(cfg)
+    assert "multiboot /boot/gnumach-1.8-486.gz console=com0" in cfg
+
+
+# -- real boots ---------------------------------------------------------------------------------
+def run_expect(image: str, firmware: str, expect: str, timeout: int = 60):
+    r = subprocess.run([sys.executable, "-m", "imgkit", "run", image, "--firmware", firmware,
+                        "--expect", expect, "--timeout", str(timeout), "--quiet", "--snapshot"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_one_gpt_disk_boots_linux_under_both_firmwares(bios_uefi_disk, firmware):
+    run_expect(bios_uefi_disk, firmware, "imgkit example: grub booted")
+
+
+@pytest.mark.boot
+def test_mbr_disk_with_ext4_boots_under_seabios(ext4_mbr_disk):
+    run_expect(ext4_mbr_disk, "bios", "grub from ext4 booted", timeout=60)
+
+
+@pytest.mark.boot
+def test_gnumach_boots_through_a_grub_multiboot_entry(gnumach_disk):
+    # After the banner GNU Mach panics: no Hurd servers are in Debian's amd64 archive.
+    run_expect(gnumach_disk[0], "bios", "GNU Mach 1.8", timeout=60)
