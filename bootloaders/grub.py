@@ -25,8 +25,8 @@ import os
 import posixpath
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from imgkit import tools
 from imgkit.bootloaders.table import BootPath, DiskBoot, register
@@ -221,7 +221,7 @@ def grub_tree(entries: Sequence[HostEntry] = (), *, config: str | None = None, d
         for e in entries:
             origin = f"GRUB entry {e.title!r}"
 
-            def place(host: str) -> str:
+            def place(host: str, origin: str = origin) -> str:
                 path = posixpath.join("boot", os.path.basename(host))
                 _add_host(tree, path, host, mtime, origin)
                 return "/" + path

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import sh
+
 from imgkit.bootloaders import grub
 from imgkit.bootloaders import table as boot
 from imgkit.build import build
@@ -216,7 +216,9 @@ compress = "gzip"
 [filesystems.root]
 type = "ext4"
 label = "root"
-grub = { entries = [{ kernel = "kernel", initrd = ["initramfs:main"], cmdline = "console=ttyS0 panic=-1" }], root = "label:root" }
+[filesystems.root.grub]
+entries = [{ kernel = "kernel", initrd = ["initramfs:main"], cmdline = "console=ttyS0 panic=-1" }]
+root = "label:root"
 
 [disk]
 output = "ext4.img"
