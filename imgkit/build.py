@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -271,7 +272,7 @@ class Builder:
         return self._once(f"veritysig:{p.name}", make)
 
     def _verity_spec(self, p: PartitionConfig, protected: Mapping[str, PartitionConfig]
-                     ) -> tuple[int, object] | None:
+                     ) -> tuple[int, uuid.UUID | str | None] | None:
         """(content size, GUID) of a partition that dm-verity involves, else ``None``: the data
         partition and its hash partition take the halves of the root hash as their GUIDs
         (the Discoverable Partitions convention) unless the config gives them."""
@@ -365,16 +366,16 @@ class Builder:
         specs = []
         protected = verity_partitions(dc)
         for p in dc.partitions:
-            verity_spec = self._verity_spec(p, protected)
-            if verity_spec is not None:
-                content_size, guid = verity_spec
-                specs.append(self._partition_spec(p, content_size, guid, holder, bios))
-                continue
             if p.filesystem and not filesystems.get(self.cfg.filesystems[p.filesystem].type).partition:
                 fc = self.cfg.filesystems[p.filesystem]
                 raise InputError(f"{self.cfg.path}: [filesystems.{fc.name}]: type {fc.type!r} "
                                  f"cannot go in a partition (partition {p.name!r})",
                                  hint="types that can: " + ", ".join(filesystems.names(partition=True)))
+            verity_spec = self._verity_spec(p, protected)
+            if verity_spec is not None:
+                content_size, guid = verity_spec
+                specs.append(self._partition_spec(p, content_size, guid, holder, bios))
+                continue
             content = self.min_fs_size(self.cfg.filesystems[p.filesystem]) if p.filesystem else None
             if p.image:
                 content = self._image_offset(p) + os.path.getsize(self._partition_image(p.image, p.name))
@@ -421,7 +422,7 @@ class Builder:
                                   "number": p.number} for p in plan.partitions])
         return out
 
-    def _partition_spec(self, p: PartitionConfig, content: int | None, guid: object,
+    def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,
                         holder: str | None, bios: boot.BootPath | None) -> layout.PartitionSpec:
         dc = self.cfg.disk
         assert dc is not None
@@ -429,7 +430,7 @@ class Builder:
             name=p.name, type=p.type, size=p.size, offset=p.offset, content_size=content,
             attributes=list(p.attributes),
             bootable=p.bootable or (p.name == holder and bios is not None and bios.bootable_holder),
-            guid=guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr,  # type: ignore[arg-type]
+            guid=guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr,
             mbr_type=p.mbr_type, align=p.align)
 
     def _partition_image(self, image: str, part: str) -> str:

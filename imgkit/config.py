@@ -432,7 +432,8 @@ SUBSTITUTION_KINDS = ("verity",)
 
 def substitutions(text: str) -> list[tuple[str, str]]:
     """The ``(kind, name)`` of every ``${KIND:NAME}`` in ``text`` (unchecked)."""
-    return [tuple(m.group(1).partition(":")[::2]) for m in SUBSTITUTION.finditer(text)]  # type: ignore[misc]
+    return [(kind, name) for kind, _, name in
+            (m.group(1).partition(":") for m in SUBSTITUTION.finditer(text))]
 
 
 def verity_partitions(dc: DiskConfig) -> dict[str, PartitionConfig]:
