@@ -10,7 +10,9 @@ from :mod:`imgkit.bootloaders.table`.
 
 Relative paths are resolved against the config file's directory. Values that name other
 artifacts are references (``"initramfs:main"``, ``"uki:main"``, ``"fs:esp"``, ``"kernel"``,
-``"kernel:vmlinux"``); they are checked here and resolved by :mod:`imgkit.build`.
+``"kernel:vmlinux"``); they are checked here and resolved by :mod:`imgkit.build`. A UKI
+command line may hold ``${verity:PARTITION}``, the root hash of a partition a dm-verity
+partition protects; any other ``${...}`` is an error.
 """
 from __future__ import annotations
 
@@ -441,6 +443,22 @@ def verity_partitions(dc: DiskConfig) -> dict[str, PartitionConfig]:
     return {p.verity: p for p in dc.partitions if p.verity}
 
 
+def _check_companion_type(cfg: Config, p: PartitionConfig, data: PartitionConfig,
+                          which: int) -> None:
+    """On GPT, the hash (``which`` 0) or signature (1) partition of a discoverable root or
+    /usr partition must have its companion type, or systemd would not pair them."""
+    from imgkit.disk import parttypes
+    assert cfg.disk is not None
+    if cfg.disk.table != "gpt":
+        return
+    want = parttypes.verity_types(data.type)[which]
+    if want is not None and parttypes.gpt_type(p.type, what=f"type of partition {p.name!r}") \
+            != parttypes.gpt_type(want):
+        raise InputError(f"{cfg.path}: partition {p.name!r}: type {p.type!r} does not go with "
+                         f"partition {data.name!r} of type {data.type!r}",
+                         hint=f'give it type = "{want}"')
+
+
 def _check_verity(cfg: Config) -> None:
     """dm-verity partitions name a data partition of the same disk; a signature partition
     names a protected one and has a key; every ``${verity:NAME}`` names a protected partition.
@@ -463,6 +481,7 @@ def _check_verity(cfg: Config) -> None:
             if not (data.filesystem or data.image):
                 raise InputError(f"{where}: partition {data.name!r} has no filesystem or image "
                                  "for a hash tree to protect")
+            _check_companion_type(cfg, p, data, 0)
             if data.image and data.image_offset not in ("0", "0B"):
                 raise InputError(f"{where}: partition {data.name!r} has an image_offset; the "
                                  "data a hash tree protects starts at the partition's start")
@@ -478,6 +497,7 @@ def _check_verity(cfg: Config) -> None:
             if p.filesystem or p.image or p.verity:
                 raise InputError(f"{where}: a signature partition holds only the signed root "
                                  "hash; it takes no filesystem, image or verity")
+            _check_companion_type(cfg, p, parts[p.verity_signature], 1)
         elif has_key:
             raise InputError(f"{where}: verity_key and verity_certificate go with "
                              "verity_signature", hint='add verity_signature = "PARTITION"')

@@ -235,6 +235,9 @@ def test_unknown_substitutions_are_errors(tmp_path, hello, cmdline, message):
     ('{ name = "sig", verity_signature = "root-verity", verity_key = "k", '
      'verity_certificate = "c" },', "names no partition that a verity partition protects"),
     ('{ name = "x", size = "1M", verity_key = "k" },', "go with verity_signature"),
+    ('{ name = "sig", type = "usr-x86-64-verity-sig", verity_signature = "root", '
+     'verity_key = "k", verity_certificate = "c" },',
+     'does not go with partition \'root\' of type \'root-x86-64\''),
 ])
 def test_bad_verity_partitions_are_refused(tmp_path, hello, parts, message):
     r = build(tmp_path, verity_disk("ext4", extra_parts=parts))
@@ -274,3 +277,50 @@ def test_signature_partition(tmp_path, hello):
                           str(tmp_path / "cert.pem"), "-purpose", "any", "-out", "/dev/null"],
                          capture_output=True)
     assert bad.returncode != 0
+
+
+def test_prebuilt_image_on_mbr_and_gpt_with_given_guid(tmp_path):
+    """A prebuilt image that is not a whole number of blocks: the tree covers its last block
+    zero-padded, which is what the partition holds after it."""
+    (tmp_path / "data.bin").write_bytes(os.urandom(3 * 4096 + 1000))
+    guid = "5b3c6f3e-25a1-4f10-9a4e-1f2d3c4b5a69"
+    for table, extra in (("gpt", f', guid = "{guid}"'), ("mbr", "")):
+        r = build(tmp_path, f"""
+[disk]
+output = "{table}.img"
+table = "{table}"
+partitions = [
+  {{ name = "data", type = "linux", image = "data.bin"{extra} }},
+  {{ name = "hash", type = "linux", verity = "data" }},
+]
+""")
+        assert r.returncode == 0, r.stderr
+        image = str(tmp_path / "out" / f"{table}.img")
+        table_json = json.loads(sh("sfdisk", "--json", image))["partitiontable"]["partitions"]
+        data_part, hash_part = table_json
+        hash_dev = extract(image, hash_part, str(tmp_path / "hash"))
+        data = extract(image, data_part, str(tmp_path / "data"))
+        theirs = str(tmp_path / "theirs.hash")
+        info = dump(hash_dev)
+        assert int(info["Data blocks"]) == 4
+        padded = str(tmp_path / "padded")
+        with open(padded, "wb") as f:
+            f.write((tmp_path / "data.bin").read_bytes().ljust(4 * 4096, b"\0"))
+        out = veritysetup("format", padded, theirs, f"--salt={info['Salt']}",
+                          f"--uuid={info['UUID']}").stdout
+        root = next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                    if line.startswith("Root hash"))
+        ours = open(hash_dev, "rb").read()     # the whole partition: the tree, then zeros
+        reference_tree = open(theirs, "rb").read()
+        assert ours[:len(reference_tree)] == reference_tree
+        assert not ours[len(reference_tree):].strip(b"\0")
+        veritysetup("verify", data, hash_dev, root)
+        if table == "gpt":
+            assert data_part["uuid"].lower() == guid
+            assert uuid.UUID(hash_part["uuid"]).bytes == bytes.fromhex(root)[16:]
+
+
+def test_hash_partition_type_must_match_a_discoverable_root(tmp_path, hello):
+    r = build(tmp_path, verity_disk("ext4").replace('type = "root-x86-64-verity"',
+                                                     'type = "linux"'))
+    assert r.returncode != 0 and 'give it type = "root-verity-x86-64"' in r.stderr, r.stderr

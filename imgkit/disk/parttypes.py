@@ -144,6 +144,21 @@ def gpt_type(spec: str | uuid.UUID, *, what: str = "partition type") -> uuid.UUI
                      hint=f"use a GUID or one of: {_known('gpt')}")
 
 
+def verity_types(data_type: str | uuid.UUID) -> tuple[str | None, str | None]:
+    """The hash and signature partition types that go with a discoverable root or /usr type
+    (``root-x86-64`` -> ``root-verity-x86-64``, ``root-verity-sig-x86-64``); ``None`` where
+    the type has no such companion (any type may hold data a hash tree protects)."""
+    try:
+        guid = gpt_type(data_type)
+    except InputError:
+        return None, None
+    kind, _, arch = describe_gpt(guid).partition("-")
+    if kind not in ("root", "usr") or arch.startswith("verity"):
+        return None, None
+    hash_type, sig_type = f"{kind}-verity-{arch}", f"{kind}-verity-sig-{arch}"
+    return (hash_type if hash_type in TYPES else None, sig_type if sig_type in TYPES else None)
+
+
 def mbr_type(spec: str | int, *, what: str = "partition type") -> int:
     """The MBR type byte for ``spec`` (a friendly name, ``"0xNN"`` or an int)."""
     if isinstance(spec, int) and not isinstance(spec, bool):
