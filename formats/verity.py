@@ -273,7 +273,8 @@ def sign_root_hash(root_hash: bytes, key: str, certificate: str) -> bytes:
     Discoverable Partitions Specification, NUL-padded to a whole block.
 
     The signature is a detached PKCS#7 (DER) signature of the hex root hash, without signed
-    attributes and without the certificate (the verifier has it), made by ``openssl smime``.
+    attributes, carrying the signer's certificate (as systemd-repart makes it), made by
+    ``openssl smime``; a key that needs a passphrase is refused rather than prompted for.
     """
     hex_hash = root_hash.hex()
     for what, path in (("key", key), ("certificate", certificate)):
@@ -283,9 +284,10 @@ def sign_root_hash(root_hash: bytes, key: str, certificate: str) -> bytes:
     with tempfile.NamedTemporaryFile(prefix="imgkit-roothash-") as content:
         content.write(hex_hash.encode())
         content.flush()
-        signature = tools.run(["openssl", "smime", "-sign", "-nocerts", "-noattr", "-binary",
-                               "-in", content.name, "-inkey", key, "-signer", certificate,
-                               "-outform", "der"], stdout=subprocess.PIPE).stdout
+        signature = tools.run(["openssl", "smime", "-sign", "-noattr", "-binary",
+                               "-in", content.name, "-inkey", key, "-passin", "pass:",
+                               "-signer", certificate, "-outform", "der"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE).stdout
     der = tools.run(["openssl", "x509", "-in", certificate, "-outform", "der"],
                     stdout=subprocess.PIPE).stdout
     doc = {"rootHash": hex_hash, "certificateFingerprint": hashlib.sha256(der).hexdigest(),
