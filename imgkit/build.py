@@ -417,9 +417,11 @@ class Builder:
             if dc.format == "qcow2":
                 from imgkit import tools
                 tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+        verity_info = {name: self.verity(name).root_hash_hex for name in protected}
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,
-                                  "number": p.number} for p in plan.partitions])
+                                  "number": p.number} for p in plan.partitions],
+                     **({"verity_root_hashes": verity_info} if verity_info else {}))
         return out
 
     def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,

@@ -170,10 +170,11 @@ def hello(tmp_path):
 def test_disk_verity_partitions_verify_with_veritysetup(tmp_path, hello, fs_type):
     if fs_type == "squashfs" and not shutil.which("mksquashfs"):
         pytest.skip("squashfs-tools is not installed")
-    r = build(tmp_path, verity_disk(fs_type))
+    r = build(tmp_path, verity_disk(fs_type), "--json")
     assert r.returncode == 0, r.stderr
     image = str(tmp_path / "out" / "disk.img")
     parts = partitions(image)
+    reported = json.loads(r.stdout)["outputs"][0]["verity_root_hashes"]
     assert parts["root-verity"]["type"] == "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"
     hash_dev = extract(image, parts["root-verity"], str(tmp_path / "hash"))
     info = dump(hash_dev)
@@ -182,6 +183,7 @@ def test_disk_verity_partitions_verify_with_veritysetup(tmp_path, hello, fs_type
     # The root hash is the one the partition UUIDs carry (systemd-repart's convention).
     root_hash = (uuid.UUID(parts["root"]["uuid"]).bytes
                  + uuid.UUID(parts["root-verity"]["uuid"]).bytes).hex()
+    assert reported == {"root": root_hash}
     veritysetup("verify", data, hash_dev, root_hash)
     # Open the data from the whole partition (as the kernel would) and the image file itself.
     veritysetup("verify", extract(image, parts["root"], str(tmp_path / "whole")), hash_dev,
