@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -24,9 +25,10 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
-from conftest import cpio_listing, sh
+from conftest import bsdtar_listing, cpio_listing, sh
 
 from imgkit.assemble import split_prefix
 from imgkit.errors import ImageError
@@ -491,3 +493,140 @@ def test_an_index_of_platforms_gives_linux_amd64(images, tmp_path):
     assert "etc/keep" in read_image(f"oci:{layout}:multi", architecture="arm64")
     with pytest.raises(ImageError, match="no image for linux/riscv64"):
         read_image(f"oci:{layout}", architecture="riscv64")
+
+
+# -- an image built by podman from a Containerfile ----------------------------------------------
+
+CONTAINERFILE = """\
+FROM scratch
+COPY rootfs/ /
+RUN ["/bin/busybox", "sh", "-c", "set -e; rm /etc/gone; rm -rf /gone; \\
+     echo new > /etc/replace; chmod 600 /etc/replace; chown 5:5 /etc/replace; \\
+     rm -rf /opq; mkdir /opq; echo only > /opq/new; ln /etc/lower /etc/across; \\
+     mknod /etc/null c 1 3; mknod /etc/sda b 8 0; mkfifo /etc/fifo; ln -sf replace /etc/sym; \\
+     mkdir -p /home/user; echo mine > /home/user/file; chown -R 1000:100 /home/user"]
+RUN ["/bin/busybox", "sh", "-c", "set -e; rm /etc/keep; rm -rf /usr/share/doc; \\
+     echo third > /etc/third; chmod 4755 /etc/third"]
+ENV LANG=C.UTF-8
+WORKDIR /home/user
+ENTRYPOINT ["/bin/busybox"]
+CMD ["sh"]
+"""
+
+
+def _podman_context(d: str) -> None:
+    r = f"{d}/rootfs"
+    write(f"{r}/bin/busybox", open(shutil.which("busybox") or "/bin/busybox", "rb").read(),
+          0o755)
+    for name, data in (("keep", b"keep\n"), ("replace", b"old\n"), ("gone", b"bye\n"),
+                       ("lower", b"linked\n")):
+        write(f"{r}/etc/{name}", data)
+    os.link(f"{r}/etc/keep", f"{r}/etc/keep-hl")
+    os.symlink("keep", f"{r}/etc/sym")
+    write(f"{r}/gone/sub/f", b"deleted with its directory\n")
+    write(f"{r}/opq/old", b"hidden by the opaque directory\n")
+    write(f"{r}/opq/olddir/x", b"hidden too\n")
+    write(f"{r}/usr/share/doc/README", b"doc\n")
+    with open(f"{d}/Containerfile", "w") as f:
+        f.write(CONTAINERFILE)
+
+
+def _build_with_podman(d: str) -> None:
+    """Build with overlay storage (its opaque directories become ``.wh..wh..opq``) and save
+    the image in every format podman writes, plus an export of a container of it."""
+    _podman_context(d)
+    store = tempfile.mkdtemp(prefix="imgkit-podman-")   # runroot: 50 characters at most
+    podman = ("podman", "--storage-driver", "overlay", "--root", f"{store}/root",
+              "--runroot", f"{store}/run")
+    try:
+        sh(*podman, "build", "-q", "--cap-add", "MKNOD", "--isolation", "chroot",
+           "-t", "imgkit-test:final", d)
+        sh(*podman, "save", "-q", "--format", "oci-dir", "-o", f"{d}/oci", "imgkit-test:final")
+        sh(*podman, "save", "-q", "--format", "oci-dir", "--uncompressed", "-o", f"{d}/plain",
+           "imgkit-test:final")
+        sh(*podman, "save", "-q", "--format", "oci-archive", "-o", f"{d}/img.tar",
+           "imgkit-test:final")
+        sh(*podman, "save", "-q", "--format", "docker-archive", "-o", f"{d}/docker.tar",
+           "imgkit-test:final")
+        sh(*podman, "create", "--name", "imgkit-test", "imgkit-test:final")
+        sh(*podman, "export", "-o", f"{d}/export.tar", "imgkit-test")
+    finally:
+        sh(*podman, "system", "reset", "--force", check=False)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def podman_images(tmp_path_factory) -> dict[str, str]:
+    """The podman-built image, made once by root into the shared cache (podman needs root
+    here: rootless podman needs user namespaces and subordinate ids), read by every run."""
+    key = hashlib.sha256((CONTAINERFILE + inspect.getsource(_podman_context)
+                          + inspect.getsource(_build_with_podman)).encode()).hexdigest()[:16]
+    cache = os.environ.get("IMGKIT_CACHE", "/tmp/imgkit-cache")
+    done = os.path.join(cache, f"test-oci-podman-{key}")
+    if not os.path.isdir(done):
+        if not ROOT:
+            pytest.skip("privilege: podman build needs root here (the root run caches the image)")
+        if not shutil.which("podman"):
+            pytest.fail("podman is missing (packages.txt)")
+        os.makedirs(cache, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="test-oci-podman-", dir=cache)
+        try:
+            _build_with_podman(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        sh("chmod", "-R", "a+rX", work)
+        os.chmod(work, 0o755)
+        try:
+            os.rename(work, done)
+        except OSError:   # another run got there first
+            shutil.rmtree(work, ignore_errors=True)
+    ref = str(tmp_path_factory.mktemp("podman-ref") / "bundle")
+    umoci("unpack", "--image", f"{done}/oci:localhost/imgkit-test:final", ref)
+    return {"oci": f"oci:{done}/oci:imgkit-test:final", "plain": f"oci:{done}/plain",
+            "oci-archive": f"oci-archive:{done}/img.tar",
+            "docker-archive": f"docker-archive:{done}/docker.tar:imgkit-test:final",
+            "export": f"{done}/export.tar", "ref": f"{ref}/rootfs"}
+
+
+@pytest.mark.parametrize("variant", ["oci", "plain", "oci-archive", "docker-archive"])
+def test_podman_image_matches_umoci_unpack(podman_images, variant):
+    tree = load_source(podman_images[variant])
+    assert_same(tree, podman_images["ref"])
+    assert "opq/old" not in tree and tree["opq/new"].kind is Kind.FILE
+    assert "etc/keep" not in tree and "gone" not in tree and "usr/share/doc" not in tree
+    assert tree["etc/third"].mode == 0o4755 and tree["etc/sda"].rdev == (8, 0)
+    config = tree.image_config
+    assert config.command == ("/bin/busybox", "sh") and config.working_dir == "/home/user"
+    assert "LANG=C.UTF-8" in config.env
+
+
+def test_podman_layers_hold_an_opaque_directory(podman_images):
+    """The Containerfile's ``rm -rf /opq; mkdir /opq`` really is an opaque whiteout."""
+    layout = podman_images["plain"].split(":", 1)[1]
+    index = json.load(open(f"{layout}/index.json"))
+    manifest = json.load(open(f"{layout}/blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+    names = sh("bsdtar", "-tf", f"{layout}/blobs/sha256/{manifest['layers'][1]['digest'][7:]}")
+    assert "opq/.wh..wh..opq" in names.splitlines()
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar"}   # --uncompressed: plain tar layers
+
+
+def test_podman_image_matches_podman_export(podman_images):
+    """``podman export`` of a container of the image, listed by bsdtar."""
+    exported = bsdtar_listing(podman_images["export"])
+    tree = load_source(podman_images["oci"])
+    ours = {e.path: e for e in tree if e.path}
+    assert set(exported) == set(ours)
+    for path, got in exported.items():
+        e = ours[path]
+        data = tree[e.target] if e.kind is Kind.HARDLINK else e
+        assert (got["uid"], got["gid"]) == (data.uid, data.gid), path
+        assert got["mode"][1:] == stat.filemode(data.st_mode)[1:], path
+        if e.kind is Kind.FILE:
+            assert got["size"] in (str(e.size), "0") and (got["size"] != "0" or e.size == 0
+                                                          or got["target"]), path
+        if e.kind in (Kind.CHAR, Kind.BLOCK):
+            assert got["size"] == "{},{}".format(*e.rdev), path
+        if e.kind is Kind.SYMLINK:
+            assert got["target"] == e.target, path

@@ -416,7 +416,9 @@ def _select(descs: list[dict], tag: str | None, platform: tuple[str, str],
             where: str) -> dict:
     """The descriptor for ``tag`` (or the only one), narrowed by platform when several."""
     if tag is not None:
-        tagged = [d for d in descs if (d.get("annotations") or {}).get(REF_NAME) == tag]
+        names = [str((d.get("annotations") or {}).get(REF_NAME)) for d in descs]
+        tagged = [d for d, name in zip(descs, names, strict=True) if name == tag] or [
+            d for d, name in zip(descs, names, strict=True) if _short_ref(name) == _short_ref(tag)]
         if not tagged:
             raise ImageError(f"{where}: no image tagged {tag!r}",
                              hint=f"tags there: {_tags(descs) or 'none'}")
@@ -528,8 +530,9 @@ def _docker_select(images: list[dict], tag: str | None, where: str) -> dict:
 
 
 def _short_ref(ref: str) -> str:
-    """A docker reference without the default registry docker adds (``docker.io/library/``)."""
-    for default in ("docker.io/library/", "docker.io/"):
+    """A reference without the registry docker or podman adds to a short name
+    (``docker.io/library/``, ``localhost/``)."""
+    for default in ("docker.io/library/", "docker.io/", "localhost/"):
         if ref.startswith(default):
             return ref[len(default):]
     return ref
