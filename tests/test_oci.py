@@ -30,8 +30,9 @@ import tempfile
 import pytest
 from conftest import bsdtar_listing, cpio_listing, sh
 
-from imgkit.assemble import split_prefix
+from imgkit.assemble import TreeSpec, assemble, split_prefix
 from imgkit.errors import ImageError
+from imgkit.idmap import SQUASH
 from imgkit.sources import load_source, source_kind
 from imgkit.sources.oci import read_image
 from imgkit.tree import Kind, Tree
@@ -389,6 +390,13 @@ def test_image_spellings_and_prefixes(spec, expected):
 def test_source_kind_of_an_image(images):
     assert source_kind(images["oci"]) == "image"
     assert source_kind(images["layout"]) == "directory"   # a plain path stays a directory
+    assert any("oci:" in w for w in load_source(images["layout"]).warnings)
+
+
+def test_the_image_config_survives_assembly(images):
+    tree = assemble(TreeSpec(sources=(images["oci"],), idmap=SQUASH, mtime=5))
+    assert tree.image_config.command == ("/usr/bin/tool", "--verbose")
+    assert tree["home/user/file"].uid == 0
 
 
 # -- images that must be refused ------------------------------------------------------------------

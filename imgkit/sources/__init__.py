@@ -37,7 +37,11 @@ def load_source(path: str, *, host_owners: bool = False, default_mtime: int = 0)
     """Read one source into a new tree. ``SRC:/prefix`` is not parsed here (see CLI)."""
     kind = source_kind(path)
     if kind == "directory":
-        return read_directory(path, host_owners=host_owners)
+        tree = read_directory(path, host_owners=host_owners)
+        if all(os.path.isfile(os.path.join(path, name)) for name in ("oci-layout", "index.json")):
+            tree.warnings.append(f"{path} looks like an OCI image layout and is read as a plain "
+                                 f"directory: write oci:{path} to read the image in it")
+        return tree
     if kind == "list":
         return read_initramfs_list(path, default_mtime=default_mtime)
     if kind == "image":

@@ -371,16 +371,17 @@ def _oci_image(files: _Files, src: ImageSource,
     index = _load_json(files.file("index.json"), f"{files.label}: index.json")
     desc = _select(_manifests(index, f"{files.label}: index.json"), src.tag, platform,
                    f"{files.label}: index.json")
-    what = f"manifest {desc['digest']}"
+    what = f"manifest {desc.get('digest')}"
     depth = 0
     while desc.get("mediaType") in _INDEXES:
         depth += 1
         if depth > 4:
             raise ImageError(f"{files.label}: indexes nested more than 4 deep")
-        nested = _verified_json(files, desc, f"index {desc['digest']}")
-        desc = _select(_manifests(nested, f"{files.label}: index {desc['digest']}"), None,
-                       platform, f"{files.label}: index {desc['digest']}")
-        what = f"manifest {desc['digest']}"
+        where = f"index {desc.get('digest')}"
+        nested = _verified_json(files, desc, where)
+        desc = _select(_manifests(nested, f"{files.label}: {where}"), None, platform,
+                       f"{files.label}: {where}")
+        what = f"manifest {desc.get('digest')}"
     manifest = _verified_json(files, desc, what)
     if not isinstance(manifest, dict):
         raise ImageError(f"{files.label}: {what}: expected a JSON object")
@@ -394,13 +395,14 @@ def _oci_image(files: _Files, src: ImageSource,
     if not isinstance(descs, list):
         raise ImageError(f"{files.label}: {what}: expected a list of layers")
     for n, layer in enumerate(descs, 1):
-        label = f"layer {n} of {len(descs)} ({layer.get('digest') if isinstance(layer, dict) else layer})"
+        digest = layer.get("digest") if isinstance(layer, dict) else layer
+        label = f"layer {n} of {len(descs)} ({digest})"
         kind = layer.get("mediaType") if isinstance(layer, dict) else None
         if kind not in _LAYER_TYPES:
             raise ImageError(f"{files.label}: {label}: media type {kind!r} is not a layer "
                              "imgkit reads", hint="expected a tar, tar+gzip or tar+zstd layer")
         layers.append(Layer(_verified_blob(files, layer, label), f"{files.label}: {label}"))
-    return layers, _image_config(config, desc["digest"], f"{files.label}: config")
+    return layers, _image_config(config, str(desc["digest"]), f"{files.label}: config")
 
 
 def _manifests(index: Any, where: str) -> list[dict]:
@@ -572,9 +574,10 @@ def _uncompressed_digest(path: str, alg: str) -> str:
 
 def apply_layers(layers: list[Layer]) -> Tree:
     """Extract ``layers`` in order into one tree, as a container runtime would."""
+    from imgkit.sources.archive import read_archive  # libarchive loads slowly: on use
+
     stack = _LayerStack()
     for layer in layers:
-        from imgkit.sources.archive import read_archive
         stack.apply(read_archive(layer.path, layer=True), layer.label)
     stack.tree.validate()
     return stack.tree
@@ -613,14 +616,7 @@ class _LayerStack:
             r = layer.root
             self.tree.with_root(mode=r.mode, uid=r.uid, gid=r.gid, mtime=r.mtime,
                                 xattrs=r.xattrs)
-        for d in opaque:
-            below = self.tree.get(d)
-            if below is not None and below.kind is Kind.DIR:
-                for child in self.tree.children(d):
-                    self._drop(child.path)
-        for path in whiteouts:
-            if path in self.tree:
-                self._drop(path)
+        self._remove({p for p in whiteouts if p in self.tree}, set(opaque))
         for e in entries:
             self._put(e)
         for e in links:
@@ -633,7 +629,7 @@ class _LayerStack:
                 if e.origin.startswith("implied by"):
                     return   # the layer only passes through: the directory stays as it was
             elif old.kind is Kind.DIR:
-                self._drop(e.path)
+                self._remove({e.path}, set())
             else:
                 self._forget(e.path)
         self.tree.add(e)
@@ -653,15 +649,34 @@ class _LayerStack:
         self.primary_of[e.path] = primary
         self.names.setdefault(primary, set()).add(e.path)
 
-    def _drop(self, path: str) -> None:
-        """Delete ``path`` and everything below it."""
-        prefix = path + "/"
-        if self.primary_of or self.names:
-            for name in [n for n in self.primary_of if n == path or n.startswith(prefix)]:
-                self._forget(name)
-            for primary in [p for p in self.names if p == path or p.startswith(prefix)]:
-                self._forget(primary)
-        self.tree.remove(path)
+    def _remove(self, gone: set[str], emptied: set[str]) -> None:
+        """Delete the paths ``gone`` with what is below them, and what is below the
+        directories ``emptied``, in one pass over the tree (a layer may hold thousands of
+        whiteouts)."""
+        if not gone and not emptied:
+            return
+
+        def doomed(path: str) -> bool:
+            if path in gone:
+                return True
+            while path:
+                path = posixpath.dirname(path)
+                if path in gone or path in emptied:
+                    return True
+            return False
+
+        for name in [n for n in self.primary_of if doomed(n)]:
+            self._forget(name)
+        for primary in [p for p in self.names if doomed(p)]:
+            self._forget(primary)
+        old = self.tree
+        self.tree = Tree(dir_mode=old.dir_mode, default_mtime=old.default_mtime)
+        self.tree.warnings = old.warnings
+        r = old.root
+        self.tree.with_root(mode=r.mode, uid=r.uid, gid=r.gid, mtime=r.mtime, xattrs=r.xattrs)
+        for e in old:
+            if e.path and not doomed(e.path):
+                self.tree.add_in_order(e)
 
     def _forget(self, path: str) -> None:
         """``path`` is about to go: take it out of its hard-link group, handing the data on."""
