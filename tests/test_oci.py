@@ -156,6 +156,17 @@ def _layer_three() -> bytes:
     return buf.getvalue()
 
 
+def _layer_four() -> bytes:
+    """A new etc/lower: etc/across, its other name since layer three, keeps the old data."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        data = b"a new file under the old name\n"
+        ti = tarfile.TarInfo("etc/lower")
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
+        tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
 CONFIG = ("--config.env=PATH=/usr/bin:/bin", "--config.env=LANG=C.UTF-8",
           "--config.entrypoint=/usr/bin/tool", "--config.cmd=--verbose",
           "--config.workingdir=/home/user")
@@ -176,7 +187,10 @@ def images(tmp_path_factory) -> dict[str, str]:
     with open(f"{d}/layer3.tar", "wb") as f:
         f.write(_layer_three())
     umoci("raw", "add-layer", "--image", f"{img}:two", "--tag", "three", f"{d}/layer3.tar")
-    umoci("config", "--image", f"{img}:three", "--tag", "final", *CONFIG)
+    with open(f"{d}/layer4.tar", "wb") as f:
+        f.write(_layer_four())
+    umoci("raw", "add-layer", "--image", f"{img}:three", "--tag", "four", f"{d}/layer4.tar")
+    umoci("config", "--image", f"{img}:four", "--tag", "final", *CONFIG)
     umoci("unpack", "--image", f"{img}:final", f"{d}/ref")
     skopeo = ("skopeo", "--insecure-policy", "copy", "-q")
     sh(*skopeo, "--dest-compress-format", "zstd", f"oci:{img}:final", f"oci:{d}/zstd:final")
@@ -294,7 +308,8 @@ def test_image_matches_umoci_unpack(images, variant):
     # what the image was made to test is really there
     assert "etc/gone" not in tree and "gone" not in tree and "opq/old" not in tree
     assert tree["etc/keep-hl"].kind is Kind.FILE and "etc/keep" not in tree
-    assert tree["etc/across"].kind is Kind.HARDLINK and tree["etc/across"].target == "etc/lower"
+    across, lower = tree["etc/across"], tree["etc/lower"]   # no longer one file
+    assert across.kind is lower.kind is Kind.FILE and across.uid == 7 and lower.uid == 0
     assert tree["dev/sda"].rdev == (8, 0) and tree["opq"].mode == 0o750
     assert tree["etc/keep-hl"].xattrs == (("user.note", b"kept"),)
 
@@ -638,3 +653,34 @@ def test_podman_image_matches_podman_export(podman_images):
             assert got["size"] == "{},{}".format(*e.rdev), path
         if e.kind is Kind.SYMLINK:
             assert got["target"] == e.target, path
+
+
+def test_compressed_layers_in_a_docker_archive(images, tmp_path):
+    """``docker save`` layers are plain tars, but a loader takes gzip and zstd ones too: the
+    ``diff_ids`` still name the uncompressed streams, so they are checked decompressed."""
+    src = f"{images['dir']}/docker.tar"
+    out = tmp_path / "compressed.tar"
+    tools = iter((("gzip", "-n", "-c"), ("zstd", "-q", "-c")))
+    with tarfile.open(src) as tin, tarfile.open(out, "w") as tout:
+        for m in tin:
+            f = tin.extractfile(m) if m.isfile() else None
+            if f is not None and m.name.endswith(".tar"):
+                tool = next(tools, None)
+                data = f.read()
+                if tool is not None:
+                    data = subprocess.run(tool, input=data, capture_output=True,
+                                          check=True).stdout
+                m.size = len(data)
+                tout.addfile(m, io.BytesIO(data))
+            else:
+                tout.addfile(m, f)
+    assert next(tools, None) is None   # both compressions were used
+    assert_same(read_image(f"docker-archive:{out}"), images["ref"])
+
+
+def test_a_hard_link_into_a_lower_layer(images, tmp_path):
+    """Image "three": layer three's etc/across names layer one's etc/lower."""
+    umoci("unpack", "--image", f"{images['layout']}:three", str(tmp_path / "bundle"))
+    tree = read_image(f"oci:{images['layout']}:three")
+    assert_same(tree, str(tmp_path / "bundle" / "rootfs"))
+    assert tree["etc/across"].kind is Kind.HARDLINK and tree["etc/across"].target == "etc/lower"

@@ -250,7 +250,8 @@ class _ArchiveFiles:
                     elif member.islnk():
                         self._links[name] = "/" + member.linkname
                     elif member.isfile():
-                        host = os.path.join(tmp, str(n))
+                        # a name of our own that still says which blob it is, for messages
+                        host = os.path.join(tmp, f"{n}-{name.replace('/', '_')}"[:200])
                         src = tar.extractfile(member)
                         assert src is not None
                         with src, open(host, "wb") as out:
