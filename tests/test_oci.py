@@ -571,7 +571,7 @@ def _build_with_podman(d: str) -> None:
            "imgkit-test:final")
         sh(*podman, "save", "-q", "--format", "docker-archive", "-o", f"{d}/docker.tar",
            "imgkit-test:final")
-        sh(*podman, "create", "--name", "imgkit-test", "imgkit-test:final")
+        sh(*podman, "create", "--network", "none", "--name", "imgkit-test", "imgkit-test:final")
         sh(*podman, "export", "-o", f"{d}/export.tar", "imgkit-test")
     finally:
         sh(*podman, "system", "reset", "--force", check=False)
