@@ -14,6 +14,7 @@ from imgkit.errors import InputError
 from imgkit.idmap import KEEP, IdMap
 from imgkit.sources import load_source
 from imgkit.sources.initramfs_list import parse_list_lines
+from imgkit.sources.oci import split_image_prefix
 from imgkit.tree import Entry, FileBlob, Kind, Tree
 
 
@@ -50,7 +51,14 @@ class TreeSpec:
 
 
 def split_prefix(source: str) -> tuple[str, str]:
-    """``"rootfs.tar:/opt/x"`` -> (``"rootfs.tar"``, ``"opt/x"``); a plain path has no prefix."""
+    """``"rootfs.tar:/opt/x"`` -> (``"rootfs.tar"``, ``"opt/x"``); a plain path has no prefix.
+
+    Image spellings carry their own colons (``oci:/srv/img:v1:/opt/x``): the image module
+    splits those.
+    """
+    image = split_image_prefix(source)
+    if image is not None:
+        return image
     if ":/" in source and not os.path.exists(source):
         path, prefix = source.split(":/", 1)
         return path, prefix

@@ -87,7 +87,9 @@ class KernelConfig:
 class TreeConfig:
     name: str
     sources: tuple[str, ...] = setting(
-        STRINGS, (), path=True, help="directories and archives (tar, cpio, initramfs lists); later wins")
+        STRINGS, (), path=True,
+        help="directories, archives (tar, cpio, initramfs lists) and container images "
+             "(oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE); later wins")
     entries: tuple[str, ...] = setting(STRINGS, (), help="initramfs-list lines (dir, nod, slink, file...)")
     files: tuple[tuple[str, str], ...] = setting(STRING_MAP, (), path=True,
                                                  help="tree path = host path or reference")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgkit.errors import InputError
+from imgkit.sources.oci import TRANSPORTS as IMAGE_TRANSPORTS
 
 _META = "imgkit.setting"
 REF_KINDS = ("initramfs", "uki", "fs", "kernel", "file")
@@ -47,6 +48,9 @@ class Where:
         """A host path relative to the config file, made absolute; references stay as given."""
         if os.path.isabs(path) or is_ref(path):
             return path
+        transport, sep, rest = path.partition(":")
+        if sep and transport in IMAGE_TRANSPORTS:   # oci:DIR[:TAG]: the path is DIR
+            return f"{transport}:{self.resolve(rest)}"
         return os.path.normpath(os.path.join(self.base_dir, path))
 
 

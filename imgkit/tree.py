@@ -232,6 +232,9 @@ class Tree:
         self._order: list[str] | None = None  # canonical order, computed once per version
         #: What a source could not carry into the tree (one line each, for the user to see).
         self.warnings: list[str] = []
+        #: How the container image this tree came from says to run it (an
+        #: :class:`imgkit.sources.oci.ImageConfig`), or ``None``.
+        self.image_config: Any = None
 
     # -- building -----------------------------------------------------------------------
     def add(self, entry: Entry) -> Entry:
@@ -269,6 +272,8 @@ class Tree:
     def overlay(self, other: Tree) -> None:
         """Lay ``other`` over this tree: its entries win, including its root's metadata."""
         self.warnings.extend(other.warnings)
+        if other.image_config is not None:
+            self.image_config = other.image_config
         if len(self._entries) == 1:  # only the root: nothing to merge, take the entries as they are
             self._entries = dict(other._entries)
             self._invalidate()
@@ -402,6 +407,7 @@ class Tree:
         out._entries = {p: fn(e) for p, e in self._entries.items()}
         out._order = self._order  # same paths, same order
         out.warnings = list(self.warnings)
+        out.image_config = self.image_config
         return out
 
     def clamp_mtimes(self, epoch: int) -> Tree:

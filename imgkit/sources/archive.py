@@ -178,8 +178,12 @@ class _NamedAcl:
     entries: list[tuple[Tag, int, int, str]]   # tag, perm, id or -1, name
 
 
-def read_archive(path: str, *, prefix: str = "") -> Tree:
-    """Read every entry of the archive at ``path`` into a new :class:`Tree`."""
+def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
+    """Read every entry of the archive at ``path`` into a new :class:`Tree`.
+
+    ``layer=True`` reads a container image layer: hard links may name files of the layers
+    below it, and a whiteout below a path this layer made a non-directory (umoci writes
+    those) is left out, as extracting it would do nothing."""
     if not os.path.isfile(path):
         raise InputError(f"source archive {path!r} does not exist")
     tree = Tree()
@@ -192,6 +196,8 @@ def read_archive(path: str, *, prefix: str = "") -> Tree:
                 name = ae.pathname
                 origin = f"{path}: entry {n} {name!r}"
                 rel = normalize_path(f"{prefix}/{name}", origin=origin)
+                if layer and _whiteout_below_a_file(tree, rel):
+                    continue
                 p = ae._entry_p
                 mode = ae.mode
                 xattrs, group_bits = _xattrs_and_acls(p, rel, origin, losses, named)
@@ -230,9 +236,16 @@ def read_archive(path: str, *, prefix: str = "") -> Tree:
         spool.seal()
     if named:
         _resolve_named_acls(tree, named, losses)
-    tree.validate()
+    if not layer:
+        tree.validate()
     tree.warnings.extend(losses.messages())
     return tree
+
+
+def _whiteout_below_a_file(tree: Tree, path: str) -> bool:
+    parent, _, name = path.rpartition("/")
+    above = tree.get(parent) if name.startswith(".wh.") else None
+    return above is not None and above.kind is not Kind.DIR
 
 
 def _xattrs_and_acls(p, path: str, origin: str, losses: _Losses,
