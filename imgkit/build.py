@@ -15,16 +15,12 @@ small :class:`~imgkit.filesystems.BuildContext` rather than this driver.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from imgkit import filesystems
-from imgkit.assemble import TreeSpec, assemble
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
 from imgkit.config import Config, FilesystemConfig, PartitionConfig, TreeConfig
@@ -32,11 +28,10 @@ from imgkit.disk import layout
 from imgkit.disk.image import Content, write_disk_into
 from imgkit.errors import InputError, LayoutError
 from imgkit.filesystems import BuildContext
-from imgkit.idmap import idmap_from_options
 from imgkit.sizes import parse_size
-from imgkit.tree import Tree
 
 if TYPE_CHECKING:
+    from imgkit.tree import Tree
     from imgkit.vm.kernel import KernelInfo
 
 Progress = Callable[[str], None]
@@ -70,13 +65,24 @@ class Builder:
         self.output_dir = output_dir
         self.progress = progress or (lambda msg: None)
         self.mtime = mtime if mtime is not None else cfg.mtime
-        self._work = tempfile.TemporaryDirectory(prefix="imgkit-build-")
-        self.work = self._work.name
+        self._work: str | None = None
         self._cache: dict[str, object] = {}
         self.outputs: list[Output] = []
 
+    @property
+    def work(self) -> str:
+        """The private directory for intermediate artifacts, made when first needed (a disk
+        of empty partitions needs none)."""
+        if self._work is None:
+            import tempfile
+            self._work = tempfile.mkdtemp(prefix="imgkit-build-")
+        return self._work
+
     def close(self) -> None:
-        self._work.cleanup()
+        if self._work is not None:
+            import shutil
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
 
     # -- helpers ----------------------------------------------------------------------------
     def _once(self, key: str, make: Callable[[], _T]) -> _T:
@@ -89,6 +95,7 @@ class Builder:
         return cast(_T, self._cache[key])
 
     def _seed(self, *parts: str) -> str:
+        import hashlib
         return hashlib.sha256("\0".join((self.cfg.seed, *parts)).encode()).hexdigest()
 
     def _out_path(self, name: str) -> str:
@@ -107,6 +114,7 @@ class Builder:
         if not output:
             return
         dest = self._out_path(output)
+        import shutil
         with atomic_path(dest) as tmp:
             shutil.copyfile(built, tmp)
         self._record(kind, name, dest)
@@ -157,6 +165,9 @@ class Builder:
         return self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))
 
     def _make_tree(self, tc: TreeConfig) -> Tree:
+        from imgkit.assemble import TreeSpec, assemble
+        from imgkit.idmap import idmap_from_options
+
         moddir = None
         if tc.modules:
             moddir = self.kernel().moddir
@@ -220,6 +231,7 @@ class Builder:
     def fs_tree(self, fc: FilesystemConfig) -> Tree:
         """The filesystem's tree plus the files of the boot paths it holds."""
         def make() -> Tree:
+            from imgkit.tree import Tree
             tree = Tree(default_mtime=self.mtime or 0)
             if fc.tree:
                 tree.overlay(self.tree(fc.tree))
@@ -385,6 +397,7 @@ class Builder:
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:
+        from imgkit.tree import Tree
         ic = self.cfg.iso
         assert ic is not None
         tree = Tree(default_mtime=self.mtime or 0)
