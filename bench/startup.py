@@ -67,12 +67,14 @@ def _source_digest() -> str:
 def installed_imgkit() -> str:
     """The ``imgkit`` script of a non-editable install of this checkout (made once per
     source digest, under the bench cache); raises RuntimeError when pip cannot make it."""
-    venv = os.path.join(trees.cache_dir(), f"installed-{_source_digest()}")
+    # One venv per checkout: checkouts sharing the cache do not remove each other's.
+    checkout = hashlib.sha256(REPO.encode()).hexdigest()[:8]
+    venv = os.path.join(trees.cache_dir(), f"installed-{checkout}-{_source_digest()}")
     script = os.path.join(venv, "bin", "imgkit")
     if os.access(script, os.X_OK):
         return script
     for old in os.listdir(trees.cache_dir()):
-        if old.startswith("installed-"):
+        if old.startswith(f"installed-{checkout}-"):
             shutil.rmtree(os.path.join(trees.cache_dir(), old), ignore_errors=True)
     trees.log("startup: building a wheel of this checkout and installing it in a venv...")
     wheels = venv + ".wheels"
