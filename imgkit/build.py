@@ -24,13 +24,13 @@ from imgkit import filesystems
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
 from imgkit.config import Config, FilesystemConfig, PartitionConfig, TreeConfig
-from imgkit.disk import layout
-from imgkit.disk.image import Content, write_disk_into
 from imgkit.errors import InputError, LayoutError
 from imgkit.filesystems import BuildContext
 from imgkit.sizes import parse_size
 
 if TYPE_CHECKING:
+    from imgkit.disk import layout
+    from imgkit.disk.image import Content
     from imgkit.tree import Tree
     from imgkit.vm.kernel import KernelInfo
 
@@ -285,6 +285,9 @@ class Builder:
         return name, fs.boot[bp.name]
 
     def disk(self) -> str:
+        from imgkit.disk import layout
+        from imgkit.disk.image import write_disk_into
+
         dc = self.cfg.disk
         assert dc is not None
         bios = boot.get(dc.bios) if dc.bios else None
@@ -354,6 +357,7 @@ class Builder:
     def _regions(self) -> list[tuple[layout.Reserved, bytes]]:
         """``[[disk.regions]]``: each one's byte range (kept free of partitions and checked
         against the tables by the layout) and the bytes written there."""
+        from imgkit.disk import layout
         dc = self.cfg.disk
         assert dc is not None
         out = []

@@ -128,6 +128,18 @@ def test_a_disk_of_empty_partitions_imports_no_tree_or_boot_machinery(tmp_path):
         [(2048, 2048), (4096, 2048)]
 
 
+def test_an_initramfs_build_imports_no_disk_planner(tmp_path):
+    (tmp_path / "i.toml").write_text('[trees.t]\nentries = ["dir /etc 0755 0 0"]\n'
+                                     '[initramfs.main]\ntree = "t"\ncompress = "none"\n'
+                                     'output = "i.cpio"\n')
+    modules = imported_by("build", "-q", str(tmp_path / "i.toml"), "-O", str(tmp_path / "out"))
+    assert "imgkit.archives" in modules
+    assert not {"construct", "imgkit.disk.layout", "imgkit.disk.image"} & modules
+    listing = subprocess.run(["cpio", "-t", "--quiet", "-F", str(tmp_path / "out" / "i.cpio")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert listing == ["etc"]
+
+
 def test_debug_shows_the_traceback(tmp_path):
     plain = imgkit("tar", str(tmp_path / "nope"), "-o", str(tmp_path / "x.tar"))
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
