@@ -23,14 +23,24 @@ from typing import TYPE_CHECKING, TypeVar, cast
 from imgkit import filesystems
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
-from imgkit.config import Config, FilesystemConfig, PartitionConfig, TreeConfig
+from imgkit.config import (
+    SUBSTITUTION,
+    Config,
+    FilesystemConfig,
+    PartitionConfig,
+    TreeConfig,
+    verity_partitions,
+)
 from imgkit.errors import InputError, LayoutError
 from imgkit.filesystems import BuildContext
 from imgkit.sizes import parse_size
 
 if TYPE_CHECKING:
+    import uuid
+
     from imgkit.disk import layout
     from imgkit.disk.image import Content
+    from imgkit.formats import verity as dm_verity
     from imgkit.tree import Tree
     from imgkit.vm.kernel import KernelInfo
 
@@ -212,7 +222,8 @@ class Builder:
             where = f"[uki.{name}]"
             path = os.path.join(self.work, f"uki-{name}.efi")
             build_uki(path, kernel=self.resolve(uc.kernel, where),
-                      initrds=[self.resolve(r, where) for r in uc.initrd], cmdline=uc.cmdline,
+                      initrds=[self.resolve(r, where) for r in uc.initrd],
+                      cmdline=self.substitute(uc.cmdline),
                       os_release=uc.os_release,
                       splash=self.resolve(uc.splash, where) if uc.splash else None,
                       devicetree=self.resolve(uc.devicetree, where) if uc.devicetree else None)
@@ -220,6 +231,85 @@ class Builder:
             self._publish("uki", name, path, uc.output)
             return path
         return self._once(f"uki:{name}", make)
+
+    # -- dm-verity --------------------------------------------------------------------------
+    def substitute(self, text: str) -> str:
+        """``text`` with each ``${verity:PARTITION}`` replaced by that partition's root hash
+        (the config checked that every substitution is one of those)."""
+        return SUBSTITUTION.sub(lambda m: self.verity(m.group(1).partition(":")[2]).root_hash_hex,
+                                text)
+
+    def _disk_partition(self, name: str) -> PartitionConfig:
+        assert self.cfg.disk is not None
+        return next(p for p in self.cfg.disk.partitions if p.name == name)
+
+    def verity_data(self, part: str) -> tuple[str, int]:
+        """The file partition ``part`` holds and the bytes of it a hash tree protects (whole
+        data blocks): its filesystem built at its own size, never filling the partition, so
+        the root hash is known before the layout is planned."""
+        def make() -> tuple[str, int]:
+            from imgkit.formats import verity as dm_verity
+            p = self._disk_partition(part)
+            path = self.filesystem(p.filesystem)[0] if p.filesystem else \
+                self._partition_image(p.image or "", p.name)
+            return path, -(-os.path.getsize(path) // dm_verity.BLOCK_SIZE) * dm_verity.BLOCK_SIZE
+        return self._once(f"veritydata:{part}", make)
+
+    def verity(self, part: str) -> dm_verity.VerityTree:
+        """The dm-verity hash tree of partition ``part`` (written in the work directory, as
+        ``verity_hash_path(part)``), salt and superblock UUID derived from the seed."""
+        def make() -> dm_verity.VerityTree:
+            from imgkit.formats import verity as dm_verity
+            from imgkit.formats.gpt import guid_from_seed
+            data = self.verity_data(part)[0]
+            params = dm_verity.VerityParams(salt=bytes.fromhex(self._seed("verity-salt", part)),
+                                         uuid=guid_from_seed(self.cfg.seed, "verity:" + part))
+            tree = dm_verity.write_hash_tree(data, self.verity_hash_path(part), params)
+            self.progress(f"verity {part}: {tree.data_blocks:,} data blocks, "
+                          f"root hash {tree.root_hash_hex}")
+            return tree
+        return self._once(f"verity:{part}", make)
+
+    def verity_hash_path(self, part: str) -> str:
+        return os.path.join(self.work, f"verity-{part}.img")
+
+    def verity_signature(self, p: PartitionConfig) -> str:
+        """The signature partition ``p``'s content, in a work file."""
+        def make() -> str:
+            from imgkit.formats import verity as dm_verity
+            assert p.verity_signature and p.verity_key and p.verity_certificate
+            data = dm_verity.sign_root_hash(self.verity(p.verity_signature).root_hash,
+                                         p.verity_key, p.verity_certificate)
+            path = os.path.join(self.work, f"verity-sig-{p.name}.json")
+            with open(path, "wb") as f:
+                f.write(data)
+            return path
+        return self._once(f"veritysig:{p.name}", make)
+
+    def _verity_spec(self, p: PartitionConfig, protected: Mapping[str, PartitionConfig]
+                     ) -> tuple[int, uuid.UUID | str | None] | None:
+        """(content size, GUID) of a partition that dm-verity involves, else ``None``: the data
+        partition and its hash partition take the halves of the root hash as their GUIDs
+        (the Discoverable Partitions convention) unless the config gives them."""
+        if p.name in protected:
+            return self.verity_data(p.name)[1], p.guid or self.verity(p.name).data_uuid
+        if p.verity:
+            return self.verity(p.verity).hash_size, p.guid or self.verity(p.verity).hash_uuid
+        if p.verity_signature:
+            return os.path.getsize(self.verity_signature(p)), p.guid
+        return None
+
+    def _verity_content(self, p: PartitionConfig, protected: Mapping[str, PartitionConfig]
+                        ) -> str | None:
+        """The file copied into a partition that dm-verity involves, else ``None``."""
+        if p.name in protected:
+            return self.verity_data(p.name)[0]
+        if p.verity:
+            self.verity(p.verity)
+            return self.verity_hash_path(p.verity)
+        if p.verity_signature:
+            return self.verity_signature(p)
+        return None
 
     # -- filesystems ------------------------------------------------------------------------
     def context(self) -> BuildContext:
@@ -293,12 +383,18 @@ class Builder:
         bios = boot.get(dc.bios) if dc.bios else None
         holder, bios_options = self._bios_holder(bios) if bios else (None, None)
         specs = []
+        protected = verity_partitions(dc)
         for p in dc.partitions:
             if p.filesystem and not filesystems.get(self.cfg.filesystems[p.filesystem].type).partition:
                 fc = self.cfg.filesystems[p.filesystem]
                 raise InputError(f"{self.cfg.path}: [filesystems.{fc.name}]: type {fc.type!r} "
                                  f"cannot go in a partition (partition {p.name!r})",
                                  hint="types that can: " + ", ".join(filesystems.names(partition=True)))
+            verity_spec = self._verity_spec(p, protected)
+            if verity_spec is not None:
+                content_size, guid = verity_spec
+                specs.append(self._partition_spec(p, content_size, guid, holder, bios))
+                continue
             content = self.min_fs_size(self.cfg.filesystems[p.filesystem]) if p.filesystem else None
             if p.image:
                 content = self._image_offset(p) + os.path.getsize(self._partition_image(p.image, p.name))
@@ -306,14 +402,9 @@ class Builder:
                 raise LayoutError(f"{self.cfg.path}: partition {p.name!r} has size 'auto' but no "
                                   "filesystem or image to measure",
                                   hint="give it a size, e.g. '1M' or 'grow'")
-            specs.append(layout.PartitionSpec(
-                name=p.name, type=p.type, size=p.size, offset=p.offset,
-                # A prebuilt image is checked against a fixed size below, naming the file.
-                content_size=content if (p.size == "auto" or not p.image) else None,
-                attributes=list(p.attributes),
-                bootable=p.bootable or (p.name == holder and bios is not None and bios.bootable_holder),
-                guid=p.guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr,
-                mbr_type=p.mbr_type, align=p.align))
+            # A prebuilt image is checked against a fixed size below, naming the file.
+            specs.append(self._partition_spec(
+                p, content if (p.size == "auto" or not p.image) else None, p.guid, holder, bios))
         blobs = self._regions()
         plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),
                                            size=None if dc.size == "auto" else dc.size,
@@ -330,7 +421,10 @@ class Builder:
                 f.truncate(plan.disk_size)
             contents: dict[str, Content] = dict(regions.contents)
             for p in dc.partitions:
-                if p.filesystem:
+                verity_content = self._verity_content(p, protected)
+                if verity_content is not None:
+                    contents[p.name] = verity_content
+                elif p.filesystem:
                     contents[p.name] = self._partition_content(p.name, p.filesystem, plan, raw)
                 elif p.image:
                     contents[p.name] = (self._partition_image(p.image, p.name), self._image_offset(p))
@@ -342,10 +436,24 @@ class Builder:
             if dc.format == "qcow2":
                 from imgkit import tools
                 tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+        verity_info = {name: self.verity(name).root_hash_hex for name in protected}
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,
-                                  "number": p.number} for p in plan.partitions])
+                                  "number": p.number} for p in plan.partitions],
+                     **({"verity_root_hashes": verity_info} if verity_info else {}))
         return out
+
+    def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,
+                        holder: str | None, bios: boot.BootPath | None) -> layout.PartitionSpec:
+        from imgkit.disk import layout
+        dc = self.cfg.disk
+        assert dc is not None
+        return layout.PartitionSpec(
+            name=p.name, type=p.type, size=p.size, offset=p.offset, content_size=content,
+            attributes=list(p.attributes),
+            bootable=p.bootable or (p.name == holder and bios is not None and bios.bootable_holder),
+            guid=guid, logical=p.logical, hybrid=p.name in dc.hybrid_mbr,
+            mbr_type=p.mbr_type, align=p.align)
 
     def _partition_image(self, image: str, part: str) -> str:
         """The host file partition ``part``'s ``image`` names (a reference is built first)."""

@@ -10,11 +10,14 @@ from :mod:`imgkit.bootloaders.table`.
 
 Relative paths are resolved against the config file's directory. Values that name other
 artifacts are references (``"initramfs:main"``, ``"uki:main"``, ``"fs:esp"``, ``"kernel"``,
-``"kernel:vmlinux"``); they are checked here and resolved by :mod:`imgkit.build`.
+``"kernel:vmlinux"``); they are checked here and resolved by :mod:`imgkit.build`. A UKI
+command line may hold ``${verity:PARTITION}``, the root hash of a partition a dm-verity
+partition protects; any other ``${...}`` is an error.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -110,7 +113,8 @@ class InitramfsConfig:
 @dataclass(frozen=True)
 class UkiConfig:
     name: str
-    cmdline: str = setting(STR, help="the kernel command line")
+    cmdline: str = setting(STR, help="the kernel command line; ${verity:PARTITION} is that "
+                                     "partition's dm-verity root hash")
     kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
     initrd: tuple[str, ...] = setting(STRINGS, (), path=True, help="initrds, concatenated")
     os_release: str | None = setting(STR, None, path=True, help="os-release file or text")
@@ -153,6 +157,15 @@ class PartitionConfig:
     image_offset: str = setting(SIZE, "0", help="where the image starts inside the partition")
     mbr_type: str | None = setting(STR_OR_INT, None, help="its hybrid MBR type (default: from type)")
     align: str | None = setting(SIZE, None, help="alignment of its start (default: the disk's)")
+    verity: str | None = setting(STR, None, help="holds the dm-verity hash tree of the partition "
+                                                 "named here (type root-x86-64-verity...)")
+    verity_signature: str | None = setting(
+        STR, None, help="holds the signed root hash of the partition named here (type "
+                        "root-x86-64-verity-sig...)")
+    verity_key: str | None = setting(STR, None, path=True,
+                                     help="with verity_signature: the PEM private key signing it")
+    verity_certificate: str | None = setting(
+        STR, None, path=True, help="with verity_signature: the PEM certificate of that key")
 
 
 @dataclass(frozen=True)
@@ -303,6 +316,7 @@ def load_config(path: str) -> Config:
         raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
     _check_names(cfg)
     _check_outputs(cfg)
+    _check_verity(cfg)
     if cfg.disk:
         _check_disk_keys(cfg, cfg.disk)
     return cfg
@@ -409,6 +423,96 @@ def _check_names(cfg: Config) -> None:
             table = tables.get(kind)
             if table is not None:
                 need(kind, name, table, where)
+
+
+# -- dm-verity --------------------------------------------------------------------------------
+
+#: A substitution in a kernel command line: ``${verity:NAME}``, the root hash of partition NAME.
+SUBSTITUTION = re.compile(r"\$\{([^}]*)\}")
+SUBSTITUTION_KINDS = ("verity",)
+
+
+def substitutions(text: str) -> list[tuple[str, str]]:
+    """The ``(kind, name)`` of every ``${KIND:NAME}`` in ``text`` (unchecked)."""
+    return [(kind, name) for kind, _, name in
+            (m.group(1).partition(":") for m in SUBSTITUTION.finditer(text))]
+
+
+def verity_partitions(dc: DiskConfig) -> dict[str, PartitionConfig]:
+    """Data partition name -> the partition holding its hash tree."""
+    return {p.verity: p for p in dc.partitions if p.verity}
+
+
+def _check_companion_type(cfg: Config, p: PartitionConfig, data: PartitionConfig,
+                          which: int) -> None:
+    """On GPT, the hash (``which`` 0) or signature (1) partition of a discoverable root or
+    /usr partition must have its companion type, or systemd would not pair them."""
+    from imgkit.disk import parttypes
+    assert cfg.disk is not None
+    if cfg.disk.table != "gpt":
+        return
+    want = parttypes.verity_types(data.type)[which]
+    if want is not None and parttypes.gpt_type(p.type, what=f"type of partition {p.name!r}") \
+            != parttypes.gpt_type(want):
+        raise InputError(f"{cfg.path}: partition {p.name!r}: type {p.type!r} does not go with "
+                         f"partition {data.name!r} of type {data.type!r}",
+                         hint=f'give it type = "{want}"')
+
+
+def _check_verity(cfg: Config) -> None:
+    """dm-verity partitions name a data partition of the same disk; a signature partition
+    names a protected one and has a key; every ``${verity:NAME}`` names a protected partition.
+    Anything else is refused here, before a byte is hashed."""
+    parts = {p.name: p for p in cfg.disk.partitions} if cfg.disk else {}
+    hashed = verity_partitions(cfg.disk) if cfg.disk else {}
+    for p in parts.values():
+        where = f"{cfg.path}: partition {p.name!r}"
+        if p.verity is not None:
+            data = parts.get(p.verity)
+            if data is None or data is p:
+                raise InputError(f"{where}: verity = {p.verity!r} names no other partition of "
+                                 "the disk", hint="partitions: " + ", ".join(parts))
+            if p.filesystem or p.image:
+                raise InputError(f"{where}: a verity partition holds the hash tree of "
+                                 f"{p.verity!r}; it takes no filesystem or image")
+            if hashed[p.verity] is not p:
+                raise InputError(f"{where}: partition {p.verity!r} already has the verity "
+                                 f"partition {hashed[p.verity].name!r}")
+            if not (data.filesystem or data.image):
+                raise InputError(f"{where}: partition {data.name!r} has no filesystem or image "
+                                 "for a hash tree to protect")
+            _check_companion_type(cfg, p, data, 0)
+            if data.image and data.image_offset not in ("0", "0B"):
+                raise InputError(f"{where}: partition {data.name!r} has an image_offset; the "
+                                 "data a hash tree protects starts at the partition's start")
+        has_key = p.verity_key is not None or p.verity_certificate is not None
+        if p.verity_signature is not None:
+            if p.verity_signature not in hashed:
+                raise InputError(f"{where}: verity_signature = {p.verity_signature!r} names no "
+                                 "partition that a verity partition protects",
+                                 hint="protected: " + (", ".join(hashed) or "none"))
+            if p.verity_key is None or p.verity_certificate is None:
+                raise InputError(f"{where}: verity_signature needs verity_key and "
+                                 "verity_certificate (PEM files)")
+            if p.filesystem or p.image or p.verity:
+                raise InputError(f"{where}: a signature partition holds only the signed root "
+                                 "hash; it takes no filesystem, image or verity")
+            _check_companion_type(cfg, p, parts[p.verity_signature], 1)
+        elif has_key:
+            raise InputError(f"{where}: verity_key and verity_certificate go with "
+                             "verity_signature", hint='add verity_signature = "PARTITION"')
+    for u in cfg.uki.values():
+        for kind, name in substitutions(u.cmdline):
+            if kind not in SUBSTITUTION_KINDS or not name:
+                raise InputError(f"{cfg.path}: [uki.{u.name}] cmdline: unknown substitution "
+                                 f"${{{kind}{':' + name if name else ''}}}",
+                                 hint="the one there is: ${verity:PARTITION}, the root hash "
+                                      "of a partition a verity partition protects")
+            if name not in hashed:
+                raise InputError(f"{cfg.path}: [uki.{u.name}] cmdline: ${{verity:{name}}} names "
+                                 f"no partition that a verity partition protects",
+                                 hint="protected: " + (", ".join(hashed) or "none (add a "
+                                      "partition with verity = \"PARTITION\" to [disk])"))
 
 
 # -- the reference ----------------------------------------------------------------------------

@@ -30,6 +30,12 @@ PACKAGES: dict[str, str] = {
     "depmod": "kmod", "busybox": "busybox-static", "zstd": "zstd", "lz4": "lz4",
     "apt-get": "apt", "apt-cache": "apt", "dpkg": "dpkg", "dpkg-deb": "dpkg",
     "isoinfo": "genisoimage",
+    "mksquashfs": "squashfs-tools", "unsquashfs": "squashfs-tools",
+    "mkfs.erofs": "erofs-utils", "fsck.erofs": "erofs-utils", "dump.erofs": "erofs-utils",
+    "veritysetup": "cryptsetup-bin", "openssl": "openssl",
+    "grub-mkimage": "grub-common", "grub-mkstandalone": "grub-common",
+    "grub-file": "grub-common", "grub-script-check": "grub-common",
+    "debootstrap": "debootstrap", "genimage": "genimage",
 }
 
 

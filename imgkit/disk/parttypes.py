@@ -66,10 +66,14 @@ _TYPES: tuple[PartType, ...] = (
     _t("usr-verity-arm64", "6e11a4e7-fbca-4ded-b9e9-e1a512bb664e", None, "Linux /usr verity (ARM-64)"),
     _t("root-verity-sig-x86-64", "41092b05-9fc8-4523-994f-2def0408b176", None,
        "Linux root verity sign. (x86-64)"),
+    _t("root-verity-sig-x86", "5996fc05-109c-48de-808b-23fa0830b676", None,
+       "Linux root verity sign. (x86)"),
     _t("root-verity-sig-arm64", "6db69de6-29f4-4758-a7a5-962190f00ce3", None,
        "Linux root verity sign. (ARM-64)"),
     _t("usr-verity-sig-x86-64", "e7bb33fb-06cf-4e81-8273-e543b413e2e2", None,
        "Linux /usr verity sign. (x86-64)"),
+    _t("usr-verity-sig-x86", "974a71c0-de41-43c3-be5d-5c5ccd1ad2c0", None,
+       "Linux /usr verity sign. (x86)"),
     _t("usr-verity-sig-arm64", "c23ce4ff-44bd-4b00-b2d4-b41b3419e02a", None,
        "Linux /usr verity sign. (ARM-64)"),
     # Data partitions other systems can read; on GPT they are all "basic data".
@@ -91,6 +95,16 @@ ALIASES: dict[str, str] = {"efi": "esp", "bios": "bios-boot", "bios_grub": "bios
                            "lvm": "linux-lvm", "raid": "linux-raid", "vfat": "fat32",
                            "root-amd64": "root-x86-64", "usr-amd64": "usr-x86-64",
                            "root-aarch64": "root-arm64", "usr-aarch64": "usr-arm64"}
+
+
+def _repart_spelling(name: str) -> str:
+    """``root-verity-sig-x86-64`` as systemd-repart spells it: ``root-x86-64-verity-sig``."""
+    kind, _, rest = name.partition("-verity-")
+    sig = rest.startswith("sig-")
+    return f"{kind}-{rest[4:] if sig else rest}-verity" + ("-sig" if sig else "")
+
+
+ALIASES.update({_repart_spelling(t.name): t.name for t in _TYPES if "-verity-" in t.name})
 
 #: MBR type bytes that mark an extended partition (logical partitions live inside).
 MBR_EXTENDED_TYPES = frozenset({0x05, 0x0F, 0x85})
@@ -128,6 +142,21 @@ def gpt_type(spec: str | uuid.UUID, *, what: str = "partition type") -> uuid.UUI
         pass
     raise InputError(f"{what}: unknown GPT partition type {spec!r}",
                      hint=f"use a GUID or one of: {_known('gpt')}")
+
+
+def verity_types(data_type: str | uuid.UUID) -> tuple[str | None, str | None]:
+    """The hash and signature partition types that go with a discoverable root or /usr type
+    (``root-x86-64`` -> ``root-verity-x86-64``, ``root-verity-sig-x86-64``); ``None`` where
+    the type has no such companion (any type may hold data a hash tree protects)."""
+    try:
+        guid = gpt_type(data_type)
+    except InputError:
+        return None, None
+    kind, _, arch = describe_gpt(guid).partition("-")
+    if kind not in ("root", "usr") or arch.startswith("verity"):
+        return None, None
+    hash_type, sig_type = f"{kind}-verity-{arch}", f"{kind}-verity-sig-{arch}"
+    return (hash_type if hash_type in TYPES else None, sig_type if sig_type in TYPES else None)
 
 
 def mbr_type(spec: str | int, *, what: str = "partition type") -> int:
