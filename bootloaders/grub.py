@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imgkit import tools
-from imgkit.bootloaders.table import BootPath, DiskBoot, register
+from imgkit.bootloaders.table import BootPath, DiskBoot
 from imgkit.errors import ImageError, InputError, LayoutError, ToolError
 from imgkit.settings import BOOL, INT, STR, STRINGS, setting, tables_of
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
@@ -423,5 +423,3 @@ class Grub(BootPath):
         return bios_disk_boot(table, plan, plan.partition(holder).number, ctx.work,
                               modules=options.modules)
 
-
-register(Grub())

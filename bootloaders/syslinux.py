@@ -16,11 +16,14 @@ boot code relies on.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 from imgkit import tools
+from imgkit.bootloaders.table import BootPath, DiskBoot, EltoritoEntry
 from imgkit.errors import InputError, ToolError
 from imgkit.formats.fat.c_fat import FAT_EPOCH, FAT_LAST
+from imgkit.settings import STR, setting
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
 MBR_DIR = "/usr/lib/syslinux/mbr"
@@ -178,3 +181,73 @@ def isolinux_files() -> dict[str, str]:
             raise ToolError(f"ISOLINUX file {name} not found at {path}",
                             hint=f"install it: apt-get install {pkg}")
     return files
+
+
+# -- the boot paths (entries "syslinux" and "isolinux" of the boot path table) -----------------
+
+@dataclass(frozen=True)
+class SyslinuxConfig:
+    kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
+    initrd: str | None = setting(STR, None, path=True, help="the initrd: a reference or host path")
+    append: str = setting(STR, "console=ttyS0", help="the kernel command line")
+
+
+class Syslinux(BootPath):
+    """SYSLINUX from a FAT partition: syslinux.cfg + kernel + initrd in the FAT, MBR boot
+    code, ``syslinux --install`` into the partition after the disk is written."""
+
+    name = "syslinux"
+    firmware = "bios"
+    options = SyslinuxConfig
+    help = "BIOS boot of a FAT partition: boot code in the MBR, syslinux installed in it"
+    fs_types = ("vfat",)
+    on_disk = True
+    bootable_holder = True
+    packages = ("syslinux", "syslinux-common", "mtools")
+
+    def fs_files(self, options, ctx, where):
+        return syslinux_tree(ctx.resolve(options.kernel, where),
+                             ctx.resolve(options.initrd, where) if options.initrd else None,
+                             options.append, mtime=ctx.mtime or 0)
+
+    def fs_room(self, options):
+        return INSTALL_ROOM
+
+    def disk_regions(self, options, table, plan, holder, ctx):
+        return DiskBoot(boot_code=mbr_boot_code(table))
+
+    def install(self, options, disk, holder, ctx):
+        assert holder is not None
+        install_syslinux(disk, holder.start, mtime=ctx.mtime or 0)
+
+
+class Isolinux(BootPath):
+    """ISOLINUX as the BIOS El Torito entry of an ISO (no emulation, boot info table)."""
+
+    name = "isolinux"
+    firmware = "bios"
+    options = SyslinuxConfig
+    help = "BIOS boot of an ISO: isolinux.bin as the El Torito no-emulation image"
+    eltorito_capable = True
+    packages = ("isolinux", "syslinux-common")
+
+    def eltorito(self, options, ctx, where):
+        from imgkit.assemble import host_file_entry
+
+        def put(dest: str, host: str) -> None:
+            tree.add(host_file_entry(dest, host, mode=0o644, mtime=ctx.mtime, mask=0o755))
+
+        tree = Tree(default_mtime=ctx.mtime or 0)
+        files = isolinux_files()
+        put("isolinux/isolinux.bin", files["isolinux.bin"])
+        put("isolinux/ldlinux.c32", files["ldlinux.c32"])
+        put("boot/vmlinuz", ctx.resolve(options.kernel, where))
+        initrd = None
+        if options.initrd:
+            put("boot/initrd", ctx.resolve(options.initrd, where))
+            initrd = "/boot/initrd"
+        text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, options.append)
+        tree.add(Entry("isolinux/isolinux.cfg", Kind.FILE, mode=0o644, mtime=ctx.mtime or 0,
+                       data=BytesBlob(text.encode())))
+        return EltoritoEntry("bios", "isolinux/isolinux.bin", tree, load_size=4,
+                             boot_info_table=True)

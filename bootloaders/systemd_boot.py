@@ -14,7 +14,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from imgkit.bootloaders.table import BootPath, EltoritoEntry
 from imgkit.errors import InputError
+from imgkit.settings import INT, STR, STRINGS, setting, tables_of
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree, normalize_path
 
 DEFAULT_EFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
@@ -162,3 +164,84 @@ def uki_esp_tree(uki_path: PathLike, *, mtime: int = 0) -> Tree:
     tree = Tree(default_mtime=mtime)
     _file(tree, REMOVABLE_PATH, uki_path, mtime, "UKI")
     return tree
+
+
+# -- the boot paths (entries "systemd_boot" and "uki" of the boot path table) ------------------
+
+@dataclass(frozen=True)
+class BootEntryConfig:
+    id: str = setting(STR, help="the entry's file name (loader/entries/ID.conf)")
+    title: str = setting(STR, "Linux", help="the title in the menu")
+    kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
+    initrd: tuple[str, ...] = setting(STRINGS, (), path=True, help="initrds: references or host paths")
+    options: str = setting(STR, "", help="the kernel command line")
+
+
+@dataclass(frozen=True)
+class SystemdBootConfig:
+    entries: tuple[BootEntryConfig, ...] = setting(tables_of(BootEntryConfig), (),
+                                                   help="Type 1 entries (kernel + initrds + options)")
+    ukis: tuple[str, ...] = setting(STRINGS, (), path=True,
+                                    help="UKIs placed under EFI/Linux/ (Type 2 entries)")
+    default: str | None = setting(STR, None, help="the default entry id or UKI name; default: the first")
+    timeout: int = setting(INT, 0, help="menu timeout in seconds (0 boots at once)")
+
+
+class SystemdBoot(BootPath):
+    """systemd-boot on an ESP with Boot Loader Specification entries."""
+
+    name = "systemd_boot"
+    firmware = "uefi"
+    options = SystemdBootConfig
+    help = "UEFI boot manager with Type 1 entries and UKIs, on an ESP"
+    fs_types = ("vfat",)
+    packages = ("systemd-boot-efi",)
+
+    def fs_files(self, options, ctx, where):
+        entries = [BootEntry(id=e.id, title=e.title, linux=ctx.resolve(e.kernel, where),
+                             initrds=[ctx.resolve(r, where) for r in e.initrd], options=e.options)
+                   for e in options.entries]
+        ukis = [(r.partition(":")[2] or os.path.basename(r), ctx.resolve(r, where))
+                for r in options.ukis]
+        return systemd_boot_tree(entries, ukis, default=options.default,
+                                 timeout=options.timeout, mtime=ctx.mtime or 0)
+
+
+@dataclass(frozen=True)
+class EfiBinaryConfig:
+    binary: str = setting(STR, path=True, help="the EFI binary: a reference (\"uki:main\") or host path")
+
+
+class Uki(BootPath):
+    """An EFI binary (usually a UKI) as ``EFI/BOOT/BOOTX64.EFI``: in an ESP, or in the FAT
+    image of an ISO's UEFI El Torito entry."""
+
+    name = "uki"
+    firmware = "uefi"
+    options = EfiBinaryConfig
+    help = "UEFI boot of one EFI binary (a UKI) from the removable-media path"
+    fs_types = ("vfat",)
+    eltorito_capable = True
+    shorthand = "binary"
+    packages = ("systemd-boot-efi",)
+
+    def fs_files(self, options, ctx, where):
+        return uki_esp_tree(ctx.resolve(options.binary, where), mtime=ctx.mtime or 0)
+
+    def eltorito(self, options, ctx, where):
+        from imgkit import filesystems
+        from imgkit.assemble import host_file_entry
+        from imgkit.config import FilesystemConfig
+
+        esp = Tree(default_mtime=ctx.mtime or 0)
+        esp.add(host_file_entry(REMOVABLE_PATH, ctx.resolve(options.binary, where), mode=0o644,
+                                mtime=ctx.mtime, mask=0o755))
+        serial = ctx.seed("isoefi")[:8]
+        vfat = filesystems.get("vfat")
+        fs = FilesystemConfig(name="iso-efi", type="vfat", label="EFIBOOT",
+                              options=vfat.options(uuid=f"{serial[:4]}-{serial[4:]}"))
+        image = os.path.join(ctx.work, "iso-efi.img")
+        vfat.write(esp, image, 0, None, fs, ctx)
+        files = Tree(default_mtime=ctx.mtime or 0)
+        files.add(host_file_entry("boot/efi.img", image, mode=0o644, mtime=ctx.mtime, mask=0o755))
+        return EltoritoEntry("uefi", "boot/efi.img", files)

@@ -10,8 +10,11 @@ can live in. ``[disk] bios`` and ``[iso] bios``/``efi`` accept any registered pa
 do what they need, and the build driver calls only these methods, so a new boot path is one
 module, one entry here and its tests.
 
-The entries import their modules inside the methods: loading a config imports no bootloader
-code (the UKI builder needs construct).
+Each built-in path lives in its own module and is listed here by name (:data:`BUILTIN`) with
+what choosing among paths needs to know (firmware, where it can go), so listing and checking
+names imports nothing: a path's module, its option classes and its tools are imported the first
+time a config names it (:func:`get`). Loading a config that names no boot path imports no
+bootloader code.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from imgkit.errors import InputError
-from imgkit.settings import INT, STR, STRINGS, setting, tables_of
+from imgkit.lazy import LazyEntry
 
 if TYPE_CHECKING:
     from imgkit.disk.layout import Plan, PlannedPartition
@@ -107,7 +110,36 @@ class BootPath:
         raise InputError(f"boot path {self.name!r} cannot make an El Torito entry")
 
 
-_TABLE: dict[str, BootPath] = {}
+class LazyPath(LazyEntry):
+    """A built-in boot path not imported yet: where its class is (``"module:Class"``) and the
+    facts :func:`names` filters on, which the class must repeat."""
+
+    __slots__ = ("firmware", "fs_types", "on_disk", "eltorito_capable")
+    kind = "boot path"
+    facts = __slots__
+
+    def __init__(self, name: str, target: str, *, firmware: str, fs_types: tuple[str, ...] = (),
+                 on_disk: bool = False, eltorito_capable: bool = False) -> None:
+        super().__init__(name, target)
+        self.firmware, self.fs_types = firmware, fs_types
+        self.on_disk, self.eltorito_capable = on_disk, eltorito_capable
+
+
+#: The built-in boot paths, in the order names are listed.
+BUILTIN = (
+    LazyPath("syslinux", "imgkit.bootloaders.syslinux:Syslinux", firmware="bios",
+             fs_types=("vfat",), on_disk=True),
+    LazyPath("isolinux", "imgkit.bootloaders.syslinux:Isolinux", firmware="bios",
+             eltorito_capable=True),
+    LazyPath("systemd_boot", "imgkit.bootloaders.systemd_boot:SystemdBoot", firmware="uefi",
+             fs_types=("vfat",)),
+    LazyPath("uki", "imgkit.bootloaders.systemd_boot:Uki", firmware="uefi", fs_types=("vfat",),
+             eltorito_capable=True),
+    LazyPath("grub", "imgkit.bootloaders.grub:Grub", firmware="bios", fs_types=("vfat", "ext4"),
+             on_disk=True),
+)
+
+_TABLE: dict[str, BootPath | LazyPath] = {p.name: p for p in BUILTIN}
 
 
 def register(path: BootPath) -> BootPath:
@@ -126,16 +158,21 @@ def unregister(name: str) -> None:
 
 
 def get(name: str) -> BootPath:
+    """The boot path ``name``, its module imported on first use."""
     try:
-        return _TABLE[name]
+        path = _TABLE[name]
     except KeyError:
         raise InputError(f"unknown boot path {name!r}",
                          hint=f"registered boot paths: {', '.join(_TABLE)}") from None
+    if isinstance(path, LazyPath):
+        path = _TABLE[name] = path.load()
+    return path
 
 
 def names(*, firmware: str | None = None, on_disk: bool | None = None,
           eltorito: bool | None = None, in_filesystems: bool | None = None) -> tuple[str, ...]:
-    """Registered boot path names, in registration order, optionally only those that fit."""
+    """Registered boot path names, in registration order, optionally only those that fit
+    (imports no boot path's module)."""
     return tuple(n for n, p in _TABLE.items()
                  if (firmware is None or p.firmware == firmware)
                  and (on_disk is None or p.on_disk == on_disk)
@@ -144,178 +181,5 @@ def names(*, firmware: str | None = None, on_disk: bool | None = None,
 
 
 def paths() -> tuple[BootPath, ...]:
-    return tuple(_TABLE.values())
-
-
-# -- syslinux and isolinux ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SyslinuxConfig:
-    kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
-    initrd: str | None = setting(STR, None, path=True, help="the initrd: a reference or host path")
-    append: str = setting(STR, "console=ttyS0", help="the kernel command line")
-
-
-class Syslinux(BootPath):
-    """SYSLINUX from a FAT partition: syslinux.cfg + kernel + initrd in the FAT, MBR boot
-    code, ``syslinux --install`` into the partition after the disk is written."""
-
-    name = "syslinux"
-    firmware = "bios"
-    options = SyslinuxConfig
-    help = "BIOS boot of a FAT partition: boot code in the MBR, syslinux installed in it"
-    fs_types = ("vfat",)
-    on_disk = True
-    bootable_holder = True
-    packages = ("syslinux", "syslinux-common", "mtools")
-
-    def fs_files(self, options, ctx, where):
-        from imgkit.bootloaders.syslinux import syslinux_tree
-        return syslinux_tree(ctx.resolve(options.kernel, where),
-                             ctx.resolve(options.initrd, where) if options.initrd else None,
-                             options.append, mtime=ctx.mtime or 0)
-
-    def fs_room(self, options):
-        from imgkit.bootloaders.syslinux import INSTALL_ROOM
-        return INSTALL_ROOM
-
-    def disk_regions(self, options, table, plan, holder, ctx):
-        from imgkit.bootloaders.syslinux import mbr_boot_code
-        return DiskBoot(boot_code=mbr_boot_code(table))  # type: ignore[arg-type]
-
-    def install(self, options, disk, holder, ctx):
-        from imgkit.bootloaders.syslinux import install_syslinux
-        assert holder is not None
-        install_syslinux(disk, holder.start, mtime=ctx.mtime or 0)
-
-
-class Isolinux(BootPath):
-    """ISOLINUX as the BIOS El Torito entry of an ISO (no emulation, boot info table)."""
-
-    name = "isolinux"
-    firmware = "bios"
-    options = SyslinuxConfig
-    help = "BIOS boot of an ISO: isolinux.bin as the El Torito no-emulation image"
-    eltorito_capable = True
-    packages = ("isolinux", "syslinux-common")
-
-    def eltorito(self, options, ctx, where):
-        from imgkit.assemble import host_file_entry
-        from imgkit.bootloaders.syslinux import isolinux_files, syslinux_cfg
-        from imgkit.tree import BytesBlob, Entry, Kind, Tree
-
-        def put(dest: str, host: str) -> None:
-            tree.add(host_file_entry(dest, host, mode=0o644, mtime=ctx.mtime, mask=0o755))
-
-        tree = Tree(default_mtime=ctx.mtime or 0)
-        files = isolinux_files()
-        put("isolinux/isolinux.bin", files["isolinux.bin"])
-        put("isolinux/ldlinux.c32", files["ldlinux.c32"])
-        put("boot/vmlinuz", ctx.resolve(options.kernel, where))
-        initrd = None
-        if options.initrd:
-            put("boot/initrd", ctx.resolve(options.initrd, where))
-            initrd = "/boot/initrd"
-        text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, options.append)
-        tree.add(Entry("isolinux/isolinux.cfg", Kind.FILE, mode=0o644, mtime=ctx.mtime or 0,
-                       data=BytesBlob(text.encode())))
-        return EltoritoEntry("bios", "isolinux/isolinux.bin", tree, load_size=4,
-                             boot_info_table=True)
-
-
-# -- systemd-boot ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BootEntryConfig:
-    id: str = setting(STR, help="the entry's file name (loader/entries/ID.conf)")
-    title: str = setting(STR, "Linux", help="the title in the menu")
-    kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
-    initrd: tuple[str, ...] = setting(STRINGS, (), path=True, help="initrds: references or host paths")
-    options: str = setting(STR, "", help="the kernel command line")
-
-
-@dataclass(frozen=True)
-class SystemdBootConfig:
-    entries: tuple[BootEntryConfig, ...] = setting(tables_of(BootEntryConfig), (),
-                                                   help="Type 1 entries (kernel + initrds + options)")
-    ukis: tuple[str, ...] = setting(STRINGS, (), path=True,
-                                    help="UKIs placed under EFI/Linux/ (Type 2 entries)")
-    default: str | None = setting(STR, None, help="the default entry id or UKI name; default: the first")
-    timeout: int = setting(INT, 0, help="menu timeout in seconds (0 boots at once)")
-
-
-class SystemdBoot(BootPath):
-    """systemd-boot on an ESP with Boot Loader Specification entries."""
-
-    name = "systemd_boot"
-    firmware = "uefi"
-    options = SystemdBootConfig
-    help = "UEFI boot manager with Type 1 entries and UKIs, on an ESP"
-    fs_types = ("vfat",)
-    packages = ("systemd-boot-efi",)
-
-    def fs_files(self, options, ctx, where):
-        import os
-
-        from imgkit.bootloaders.systemd_boot import BootEntry, systemd_boot_tree
-        entries = [BootEntry(id=e.id, title=e.title, linux=ctx.resolve(e.kernel, where),
-                             initrds=[ctx.resolve(r, where) for r in e.initrd], options=e.options)
-                   for e in options.entries]
-        ukis = [(r.partition(":")[2] or os.path.basename(r), ctx.resolve(r, where))
-                for r in options.ukis]
-        return systemd_boot_tree(entries, ukis, default=options.default,
-                                 timeout=options.timeout, mtime=ctx.mtime or 0)
-
-
-# -- a UKI (or any EFI binary) as the removable-media boot program ---------------------------
-
-@dataclass(frozen=True)
-class EfiBinaryConfig:
-    binary: str = setting(STR, path=True, help="the EFI binary: a reference (\"uki:main\") or host path")
-
-
-class Uki(BootPath):
-    """An EFI binary (usually a UKI) as ``EFI/BOOT/BOOTX64.EFI``: in an ESP, or in the FAT
-    image of an ISO's UEFI El Torito entry."""
-
-    name = "uki"
-    firmware = "uefi"
-    options = EfiBinaryConfig
-    help = "UEFI boot of one EFI binary (a UKI) from the removable-media path"
-    fs_types = ("vfat",)
-    eltorito_capable = True
-    shorthand = "binary"
-    packages = ("systemd-boot-efi",)
-
-    def fs_files(self, options, ctx, where):
-        from imgkit.bootloaders.systemd_boot import uki_esp_tree
-        return uki_esp_tree(ctx.resolve(options.binary, where), mtime=ctx.mtime or 0)
-
-    def eltorito(self, options, ctx, where):
-        import os
-
-        from imgkit import filesystems
-        from imgkit.assemble import host_file_entry
-        from imgkit.bootloaders.systemd_boot import REMOVABLE_PATH
-        from imgkit.config import FilesystemConfig
-        from imgkit.tree import Tree
-
-        esp = Tree(default_mtime=ctx.mtime or 0)
-        esp.add(host_file_entry(REMOVABLE_PATH, ctx.resolve(options.binary, where), mode=0o644,
-                                mtime=ctx.mtime, mask=0o755))
-        serial = ctx.seed("isoefi")[:8]
-        vfat = filesystems.get("vfat")
-        fs = FilesystemConfig(name="iso-efi", type="vfat", label="EFIBOOT",
-                              options=vfat.options(uuid=f"{serial[:4]}-{serial[4:]}"))
-        image = os.path.join(ctx.work, "iso-efi.img")
-        vfat.write(esp, image, 0, None, fs, ctx)
-        files = Tree(default_mtime=ctx.mtime or 0)
-        files.add(host_file_entry("boot/efi.img", image, mode=0o644, mtime=ctx.mtime, mask=0o755))
-        return EltoritoEntry("uefi", "boot/efi.img", files)
-
-
-for _path in (Syslinux(), Isolinux(), SystemdBoot(), Uki()):
-    register(_path)
-
-# -- GRUB: its module registers its boot path -------------------------------------------------
-import imgkit.bootloaders.grub  # noqa: E402,F401
+    """Every registered boot path, each module imported (for the reference)."""
+    return tuple(get(n) for n in list(_TABLE))

@@ -15,17 +15,12 @@ small :class:`~imgkit.filesystems.BuildContext` rather than this driver.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from imgkit import filesystems
-from imgkit.assemble import TreeSpec, assemble
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
 from imgkit.config import (
@@ -36,17 +31,17 @@ from imgkit.config import (
     TreeConfig,
     verity_partitions,
 )
-from imgkit.disk import layout
-from imgkit.disk.image import Content, write_disk_into
 from imgkit.errors import InputError, LayoutError
 from imgkit.filesystems import BuildContext
-from imgkit.formats import verity as dm_verity
-from imgkit.formats.gpt import guid_from_seed
-from imgkit.idmap import idmap_from_options
 from imgkit.sizes import parse_size
-from imgkit.tree import Tree
 
 if TYPE_CHECKING:
+    import uuid
+
+    from imgkit.disk import layout
+    from imgkit.disk.image import Content
+    from imgkit.formats import verity as dm_verity
+    from imgkit.tree import Tree
     from imgkit.vm.kernel import KernelInfo
 
 Progress = Callable[[str], None]
@@ -80,13 +75,24 @@ class Builder:
         self.output_dir = output_dir
         self.progress = progress or (lambda msg: None)
         self.mtime = mtime if mtime is not None else cfg.mtime
-        self._work = tempfile.TemporaryDirectory(prefix="imgkit-build-")
-        self.work = self._work.name
+        self._work: str | None = None
         self._cache: dict[str, object] = {}
         self.outputs: list[Output] = []
 
+    @property
+    def work(self) -> str:
+        """The private directory for intermediate artifacts, made when first needed (a disk
+        of empty partitions needs none)."""
+        if self._work is None:
+            import tempfile
+            self._work = tempfile.mkdtemp(prefix="imgkit-build-")
+        return self._work
+
     def close(self) -> None:
-        self._work.cleanup()
+        if self._work is not None:
+            import shutil
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
 
     # -- helpers ----------------------------------------------------------------------------
     def _once(self, key: str, make: Callable[[], _T]) -> _T:
@@ -99,6 +105,7 @@ class Builder:
         return cast(_T, self._cache[key])
 
     def _seed(self, *parts: str) -> str:
+        import hashlib
         return hashlib.sha256("\0".join((self.cfg.seed, *parts)).encode()).hexdigest()
 
     def _out_path(self, name: str) -> str:
@@ -117,6 +124,7 @@ class Builder:
         if not output:
             return
         dest = self._out_path(output)
+        import shutil
         with atomic_path(dest) as tmp:
             shutil.copyfile(built, tmp)
         self._record(kind, name, dest)
@@ -167,6 +175,9 @@ class Builder:
         return self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))
 
     def _make_tree(self, tc: TreeConfig) -> Tree:
+        from imgkit.assemble import TreeSpec, assemble
+        from imgkit.idmap import idmap_from_options
+
         moddir = None
         if tc.modules:
             moddir = self.kernel().moddir
@@ -237,6 +248,7 @@ class Builder:
         data blocks): its filesystem built at its own size, never filling the partition, so
         the root hash is known before the layout is planned."""
         def make() -> tuple[str, int]:
+            from imgkit.formats import verity as dm_verity
             p = self._disk_partition(part)
             path = self.filesystem(p.filesystem)[0] if p.filesystem else \
                 self._partition_image(p.image or "", p.name)
@@ -247,6 +259,8 @@ class Builder:
         """The dm-verity hash tree of partition ``part`` (written in the work directory, as
         ``verity_hash_path(part)``), salt and superblock UUID derived from the seed."""
         def make() -> dm_verity.VerityTree:
+            from imgkit.formats import verity as dm_verity
+            from imgkit.formats.gpt import guid_from_seed
             data = self.verity_data(part)[0]
             params = dm_verity.VerityParams(salt=bytes.fromhex(self._seed("verity-salt", part)),
                                          uuid=guid_from_seed(self.cfg.seed, "verity:" + part))
@@ -262,6 +276,7 @@ class Builder:
     def verity_signature(self, p: PartitionConfig) -> str:
         """The signature partition ``p``'s content, in a work file."""
         def make() -> str:
+            from imgkit.formats import verity as dm_verity
             assert p.verity_signature and p.verity_key and p.verity_certificate
             data = dm_verity.sign_root_hash(self.verity(p.verity_signature).root_hash,
                                          p.verity_key, p.verity_certificate)
@@ -306,6 +321,7 @@ class Builder:
     def fs_tree(self, fc: FilesystemConfig) -> Tree:
         """The filesystem's tree plus the files of the boot paths it holds."""
         def make() -> Tree:
+            from imgkit.tree import Tree
             tree = Tree(default_mtime=self.mtime or 0)
             if fc.tree:
                 tree.overlay(self.tree(fc.tree))
@@ -359,6 +375,9 @@ class Builder:
         return name, fs.boot[bp.name]
 
     def disk(self) -> str:
+        from imgkit.disk import layout
+        from imgkit.disk.image import write_disk_into
+
         dc = self.cfg.disk
         assert dc is not None
         bios = boot.get(dc.bios) if dc.bios else None
@@ -426,6 +445,7 @@ class Builder:
 
     def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,
                         holder: str | None, bios: boot.BootPath | None) -> layout.PartitionSpec:
+        from imgkit.disk import layout
         dc = self.cfg.disk
         assert dc is not None
         return layout.PartitionSpec(
@@ -445,6 +465,7 @@ class Builder:
     def _regions(self) -> list[tuple[layout.Reserved, bytes]]:
         """``[[disk.regions]]``: each one's byte range (kept free of partitions and checked
         against the tables by the layout) and the bytes written there."""
+        from imgkit.disk import layout
         dc = self.cfg.disk
         assert dc is not None
         out = []
@@ -488,6 +509,7 @@ class Builder:
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:
+        from imgkit.tree import Tree
         ic = self.cfg.iso
         assert ic is not None
         tree = Tree(default_mtime=self.mtime or 0)

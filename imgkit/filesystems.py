@@ -8,8 +8,10 @@ and how to describe and read back an existing one. The config takes its type nam
 options from here and the build driver calls only this table, so a new type is one format
 module, one entry and its tests.
 
-Nothing heavy is imported here: each handler imports its format module inside the method
-that needs it, so loading a config or printing ``--help`` costs no pycdlib or construct.
+Each built-in type is a module of :mod:`imgkit.fstypes`, listed here by name (:data:`BUILTIN`)
+with the facts :func:`names` filters on, so checking a type name imports nothing: a type's
+module and its option class are imported the first time a config names it (:func:`get`), and
+its format module (pycdlib, construct...) only inside the method that needs it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from imgkit.errors import InputError
-from imgkit.settings import INT, SIZE, STR, setting
+from imgkit.lazy import LazyEntry
 
 if TYPE_CHECKING:
     from imgkit.bootloaders.table import EltoritoEntry
@@ -94,7 +96,29 @@ class FilesystemType:
         raise NotImplementedError
 
 
-_TABLE: dict[str, FilesystemType] = {}
+class LazyType(LazyEntry):
+    """A built-in filesystem type not imported yet: where its class is (``"module:Class"``) and
+    the facts :func:`names` filters on, which the class must repeat."""
+
+    __slots__ = ("partition", "boot_media")
+    kind = "filesystem type"
+    facts = __slots__
+
+    def __init__(self, name: str, target: str, *, partition: bool = True,
+                 boot_media: bool = False) -> None:
+        super().__init__(name, target)
+        self.partition, self.boot_media = partition, boot_media
+
+
+#: The built-in types, in the order names are listed.
+BUILTIN = (
+    LazyType("vfat", "imgkit.fstypes.vfat:Vfat"),
+    LazyType("ext4", "imgkit.fstypes.ext4:Ext4"),
+    LazyType("iso9660", "imgkit.fstypes.iso9660:Iso9660", partition=False, boot_media=True),
+    LazyType("squashfs", "imgkit.fstypes.squashfs:Squashfs"),
+)
+
+_TABLE: dict[str, FilesystemType | LazyType] = {t.name: t for t in BUILTIN}
 
 
 def register(handler: FilesystemType) -> FilesystemType:
@@ -110,217 +134,31 @@ def unregister(name: str) -> None:
 
 
 def names(*, partition: bool | None = None, boot_media: bool | None = None) -> tuple[str, ...]:
-    """Registered type names, in registration order, optionally only those that fit."""
+    """Registered type names, in registration order, optionally only those that fit (imports
+    no type's module)."""
     return tuple(n for n, h in _TABLE.items()
                  if (partition is None or h.partition == partition)
                  and (boot_media is None or h.boot_media == boot_media))
 
 
 def get(name: str) -> FilesystemType:
+    """The handler of type ``name``, its module imported on first use."""
     try:
-        return _TABLE[name]
+        handler = _TABLE[name]
     except KeyError:
         raise InputError(f"unknown filesystem type {name!r}",
                          hint=f"registered types: {', '.join(_TABLE)}") from None
+    if isinstance(handler, LazyType):
+        handler = _TABLE[name] = handler.load()
+    return handler
 
 
 def handlers() -> tuple[FilesystemType, ...]:
-    return tuple(_TABLE.values())
+    """Every registered handler, each module imported (for the reference)."""
+    return tuple(get(n) for n in list(_TABLE))
 
 
-def _size_or_none(text: str | None, what: str) -> int | None:
+def size_or_none(text: str | None, what: str) -> int | None:
+    """A size key's bytes, or ``None`` when the key is not set."""
     from imgkit.sizes import parse_size
     return parse_size(text, what=what) if text is not None else None
-
-
-# -- vfat -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class VfatOptions:
-    fat_type: int | None = setting(INT, None, choices=(12, 16, 32),
-                                   help="FAT12, FAT16 or FAT32; default: chosen by size")
-    cluster_size: str | None = setting(SIZE, None, help="bytes per cluster (e.g. \"4K\"); "
-                                       "default: chosen by size")
-    uuid: str | None = setting(STR, None, help="volume serial \"XXXX-XXXX\"; default: derived "
-                               "from the seed")
-
-
-def fat_serial(text: str | None, seed: str) -> int:
-    """A FAT volume serial: ``"ABCD-1234"`` as given, else derived from the build seed."""
-    if text is None:
-        return int(seed[:8], 16)
-    digits = text.replace("-", "")
-    if len(digits) != 8 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-        raise InputError(f"vfat uuid {text!r}: expected a serial like 'ABCD-1234' (8 hex digits)")
-    return int(digits, 16)
-
-
-class Vfat(FilesystemType):
-    """FAT12/16/32 by imgkit's one-pass writer (:mod:`imgkit.formats.fat`)."""
-
-    name = "vfat"
-    options = VfatOptions
-    help = "FAT12/16/32, e.g. an EFI system partition"
-    packages = ("dosfstools", "mtools")
-
-    def _planning(self, fs: FilesystemConfig) -> dict[str, Any]:
-        o: VfatOptions = fs.options
-        return dict(fat_type=o.fat_type, label=fs.label, skip_special=True,
-                    cluster_size=_size_or_none(o.cluster_size,
-                                               f"[filesystems.{fs.name}] cluster_size"))
-
-    def min_size(self, tree, fs, ctx, *, free=0):
-        from imgkit.formats.fat import plan_fat
-        return plan_fat(tree, size=None, slack=free, **self._planning(fs)).size
-
-    def write(self, tree, path, offset, size, fs, ctx, *, disk_offset=None):
-        from imgkit.formats.fat import write_fat
-        if offset:
-            raise InputError("vfat is written into a file of its own, not at an offset")
-        plan = write_fat(tree, path, size=size, serial=fat_serial(fs.options.uuid, ctx.seed("fat", fs.name)),
-                         hidden_sectors=(disk_offset or 0) // 512, **self._planning(fs))
-        ctx.progress(f"filesystem {fs.name}: FAT{plan.fat_type}, {plan.size:,} bytes")
-        return plan.size
-
-    def describe(self, f, offset=0, size=None):
-        from imgkit.formats.fat.read import describe
-        return describe(f, offset=offset, size=size)
-
-    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
-        from imgkit.formats.fat.read import open_tree
-        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
-
-
-# -- ext4 -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Ext4Options:
-    uuid: str | None = setting(STR, None, help="filesystem UUID; default: derived from the seed")
-
-
-class Ext4(FilesystemType):
-    """ext4 by ``mke2fs -d`` and one ``debugfs`` pass (:mod:`imgkit.formats.ext4`)."""
-
-    name = "ext4"
-    options = Ext4Options
-    help = "ext4, e.g. a root filesystem; made in place in its partition"
-    in_place = True
-    packages = ("e2fsprogs",)
-    tools = ("mke2fs", "debugfs")
-
-    def min_size(self, tree, fs, ctx, *, free=0):
-        from imgkit.formats.ext4 import estimate_size
-        return estimate_size(tree) + free
-
-    def write(self, tree, path, offset, size, fs, ctx, *, disk_offset=None):
-        from imgkit.formats.ext4 import write_ext4
-        info = write_ext4(tree, path, size=None if size is None else size - size % 4096,
-                          offset=offset or None, label=fs.label, seed=ctx.seed("ext4", fs.name),
-                          uuid=fs.options.uuid, mtime_epoch=ctx.mtime)
-        where = f", at offset {offset}" if offset else ""
-        ctx.progress(f"filesystem {fs.name}: ext4, {info.size:,} bytes{where}")
-        return info.size
-
-    def describe(self, f, offset=0, size=None):
-        from imgkit.formats.ext4.read import describe
-        return describe(f, offset=offset, size=size)
-
-    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
-        from imgkit.formats.ext4.read import open_tree
-        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
-
-
-# -- iso9660 --------------------------------------------------------------------------------
-
-class Iso9660(FilesystemType):
-    """ISO 9660 with Rock Ridge and Joliet through pycdlib (:mod:`imgkit.formats.iso9660`)."""
-
-    name = "iso9660"
-    help = "ISO 9660 (Rock Ridge, Joliet); bootable images come from an [iso] table"
-    partition = False
-    boot_media = True
-    packages = ("xorriso",)
-
-    def write(self, tree, path, offset, size, fs, ctx, *, disk_offset=None):
-        from imgkit.formats.iso9660 import write_iso
-        info = write_iso(tree, path, volume_id=fs.label or "IMGKIT", mtime_epoch=ctx.mtime,
-                         seed=ctx.seed("iso", fs.name))
-        return info.size
-
-    def write_boot_media(self, tree, path, entries, *, label, hybrid, ctx):
-        from imgkit.formats.iso9660 import IsoBoot, write_iso
-        boot = None
-        bios = [e for e in entries if e.platform == "bios"]
-        efi = [e for e in entries if e.platform == "uefi"]
-        if len(bios) > 1 or len(efi) > 1:
-            raise InputError("an ISO takes at most one BIOS and one UEFI El Torito entry")
-        if entries:
-            boot = IsoBoot(bios_image=bios[0].image if bios else None,
-                           bios_load_size=bios[0].load_size if bios else 4,
-                           boot_info_table=bios[0].boot_info_table if bios else True,
-                           efi_image=efi[0].image if efi else None,
-                           isohybrid=hybrid and bool(bios), isohybrid_efi=hybrid and bool(efi))
-        info = write_iso(tree, path, volume_id=label, mtime_epoch=ctx.mtime, boot=boot,
-                         seed=ctx.seed("iso"))
-        return info.size
-
-    def describe(self, f, offset=0, size=None):
-        from imgkit.formats.iso9660.read import describe
-        return describe(f, offset=offset, size=size)
-
-    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
-        from imgkit.formats.iso9660.read import open_tree
-        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
-
-
-# -- squashfs -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SquashfsOptions:
-    compression: str = setting(STR, "gzip", choices=("gzip", "xz", "lz4", "zstd"),
-                               help="data and metadata compression")
-    block_size: str = setting(SIZE, "128K", help="data block size, a power of two from 4K to 1M")
-
-
-class Squashfs(FilesystemType):
-    """A compressed read-only squashfs by ``mksquashfs`` fed only pseudo definitions
-    (:mod:`imgkit.formats.squashfs`), so owners, modes and devices come from the tree."""
-
-    name = "squashfs"
-    options = SquashfsOptions
-    help = "squashfs, a compressed read-only root (owners, modes, devices from the tree)"
-    packages = ("squashfs-tools",)
-    tools = ("mksquashfs", "unsquashfs")
-
-    def min_size(self, tree, fs, ctx, *, free=0):
-        from imgkit.formats.squashfs import estimate_size
-        return estimate_size(tree) + free
-
-    def write(self, tree, path, offset, size, fs, ctx, *, disk_offset=None):
-        from imgkit.formats.squashfs import write_squashfs
-        if offset:
-            raise InputError("squashfs is written into a file of its own, not at an offset")
-        o: SquashfsOptions = fs.options
-        block = _size_or_none(o.block_size, f"[filesystems.{fs.name}] block_size") or 0
-        info = write_squashfs(tree, path, compression=o.compression, block_size=block,
-                              mtime=ctx.mtime, work=ctx.work)
-        if size is not None and info.size > size:
-            raise InputError(f"filesystem {fs.name}: the squashfs image is {info.size:,} bytes, "
-                             f"more than the {size:,} bytes it is given",
-                             hint="give the partition more room or leave its size out")
-        for warning in info.warnings:
-            ctx.progress(f"warning: {warning}")
-        ctx.progress(f"filesystem {fs.name}: squashfs ({o.compression}), {info.size:,} bytes")
-        return info.size
-
-    def describe(self, f, offset=0, size=None):
-        from imgkit.formats.squashfs import describe
-        return describe(f, offset=offset, size=size)
-
-    def open_tree(self, path, offset=0, size=None, *, what=None, keep=None):
-        from imgkit.formats.squashfs import open_tree
-        return open_tree(path, offset=offset, size=size, what=what, keep=keep)
-
-
-for _handler in (Vfat(), Ext4(), Iso9660(), Squashfs()):
-    register(_handler)

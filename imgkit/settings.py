@@ -211,6 +211,8 @@ def parse_table(cls: type, data: Any, where: Where, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the README's config reference."""
+
     table: str
     key: str
     type: str

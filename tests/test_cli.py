@@ -104,6 +104,42 @@ def test_only_the_chosen_command_is_imported():
     assert not imported_by("--help") & commands
 
 
+EMPTY_DISK = """[disk]
+output = "d.img"
+partitions = [
+  { name = "a", type = "linux", size = "1M" },
+  { name = "b", type = "linux", size = "1M" },
+]
+"""
+
+
+def test_a_disk_of_empty_partitions_imports_no_tree_or_boot_machinery(tmp_path):
+    (tmp_path / "d.toml").write_text(EMPTY_DISK)
+    modules = imported_by("build", "-q", str(tmp_path / "d.toml"), "-O", str(tmp_path / "out"))
+    assert "imgkit.build" in modules and "construct" in modules  # it built a GPT
+    unwanted = {"pycdlib", "libarchive", "pyfatfs", "zstandard", "imgkit.assemble", "imgkit.idmap",
+                "imgkit.tree", "imgkit.sources", "imgkit.tools", "subprocess"}
+    assert not modules & unwanted, sorted(modules & unwanted)
+    assert not [m for m in modules if m.startswith(("imgkit.bootloaders.", "imgkit.fstypes."))
+                and m != "imgkit.bootloaders.table"]
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(tmp_path / "out" / "d.img")],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert [(p["start"], p["size"]) for p in table["partitiontable"]["partitions"]] == \
+        [(2048, 2048), (4096, 2048)]
+
+
+def test_an_initramfs_build_imports_no_disk_planner(tmp_path):
+    (tmp_path / "i.toml").write_text('[trees.t]\nentries = ["dir /etc 0755 0 0"]\n'
+                                     '[initramfs.main]\ntree = "t"\ncompress = "none"\n'
+                                     'output = "i.cpio"\n')
+    modules = imported_by("build", "-q", str(tmp_path / "i.toml"), "-O", str(tmp_path / "out"))
+    assert "imgkit.archives" in modules
+    assert not {"construct", "imgkit.disk.layout", "imgkit.disk.image"} & modules
+    listing = subprocess.run(["cpio", "-t", "--quiet", "-F", str(tmp_path / "out" / "i.cpio")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert listing == ["etc"]
+
+
 def test_debug_shows_the_traceback(tmp_path):
     plain = imgkit("tar", str(tmp_path / "nope"), "-o", str(tmp_path / "x.tar"))
     assert plain.returncode == 1 and "Traceback" not in plain.stderr

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from imgkit.bootloaders.table import BootChoice, SyslinuxConfig
+from imgkit.bootloaders.syslinux import SyslinuxConfig
+from imgkit.bootloaders.table import BootChoice
 from imgkit.config import load_config, reference_markdown
 from imgkit.errors import InputError
 

@@ -201,3 +201,26 @@ def test_loading_a_config_imports_no_format_backend():
             "print(sorted(m for m in ('construct', 'pycdlib', 'libarchive') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_config_imports_only_the_types_and_boot_paths_it_names(tmp_path):
+    (tmp_path / "t.toml").write_text("[filesystems.esp]\ntype = 'vfat'\n"
+                                     "syslinux = { append = 'quiet' }\n")
+    code = ("import sys; from imgkit.config import load_config; "
+            f"load_config({str(tmp_path / 't.toml')!r}); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith("
+            "('imgkit.fstypes.', 'imgkit.bootloaders.')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["imgkit.bootloaders.syslinux", "imgkit.bootloaders.table",
+                                  "imgkit.fstypes.vfat"]
+
+
+def test_every_built_in_entry_loads_and_states_what_its_table_lists():
+    for name in filesystems.names():
+        assert filesystems.get(name).name == name
+    for name in boot.names():
+        assert boot.get(name).name == name
+    drifted = boot.LazyPath("syslinux", "imgkit.bootloaders.syslinux:Syslinux", firmware="uefi",
+                            fs_types=("vfat",), on_disk=True)
+    with pytest.raises(RuntimeError, match=r"firmware='bios' but the table lists firmware='uefi'"):
+        drifted.load()

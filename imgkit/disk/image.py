@@ -16,7 +16,6 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 
-from imgkit import tools
 from imgkit.atomic import atomic_path
 from imgkit.disk.layout import Plan
 from imgkit.errors import ImageError, InputError, LayoutError
@@ -77,6 +76,7 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
     _check_regions(plan, extra_regions, boot_code)
     tables = table_regions(plan, boot_code=boot_code)
     if format == "qcow2":
+        from imgkit import tools  # qcow2 only: spares raw disks the subprocess import
         tools.which("qemu-img")
     with atomic_path(out_path) as tmp:
         if format == "raw":

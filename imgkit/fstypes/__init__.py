@@ -1,0 +1,1 @@
+"""The built-in filesystem types, one module each, imported by :mod:`imgkit.filesystems` on first use."""
