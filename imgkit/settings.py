@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgkit.errors import InputError
-from imgkit.sources.oci import TRANSPORTS as IMAGE_TRANSPORTS
 
 _META = "imgkit.setting"
 REF_KINDS = ("initramfs", "uki", "fs", "kernel", "file")
@@ -49,8 +48,11 @@ class Where:
         if os.path.isabs(path) or is_ref(path):
             return path
         transport, sep, rest = path.partition(":")
-        if sep and transport in IMAGE_TRANSPORTS:   # oci:DIR[:TAG]: the path is DIR
-            return f"{transport}:{self.resolve(rest)}"
+        if sep:
+            from imgkit.sources.oci import TRANSPORTS
+
+            if transport in TRANSPORTS:   # oci:DIR[:TAG]: the path is DIR
+                return f"{transport}:{self.resolve(rest)}"
         return os.path.normpath(os.path.join(self.base_dir, path))
 
 
