@@ -29,9 +29,9 @@ import lzma
 import os
 import posixpath
 import re
+import shutil
 import struct
 import tempfile
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -189,10 +189,16 @@ class TreeModules:
         return e
 
     def open(self, rel: str) -> BinaryIO:
+        """A seekable reader (``.modinfo`` is found by seeking): an archive member's reader
+        is a stream, so its bytes are read into memory (modules are small)."""
         e = self.entry(rel)
         if e.data is None:
             return io.BytesIO(b"")
-        return e.data.open()
+        f = e.data.open()
+        if f.seekable():
+            return f
+        with f:
+            return io.BytesIO(f.read())
 
     def walk(self, top: str) -> Iterator[str]:
         start = find_in_tree(self.tree, f"{self.base}/{top}")
@@ -611,8 +617,8 @@ def materialize_modules(files: TreeModules, names_or_aliases: Iterable[str], des
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with src, open(target, "wb") as f:
             shutil.copyfileobj(src, f, 1 << 20)
-    _memo[_cache_key(os.path.realpath(out))] = ModuleIndex(files.where, index.modules, index.aliases, index.builtin,
-                                          index.builtin_aliases)
+    _memo[_cache_key(os.path.realpath(out))] = ModuleIndex(
+        files.where, index.modules, index.aliases, index.builtin, index.builtin_aliases)
     return out
 
 
