@@ -301,3 +301,17 @@ output = "root.cpio"
     build(cfg, str(tmp_path / "out"), progress=messages.append)
     warnings = [m for m in messages if m.startswith("warning: tree root")]
     assert len(warnings) == 1 and "6.1.0-50-amd64" in warnings[0] and "6.1.0-57-amd64" in warnings[0]
+
+
+def test_cli_initramfs_modules_from_a_tree(merged_usr_tar, debian_kernel, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "initrd.gz"
+    subprocess.run([sys.executable, "-m", "imgkit", "initramfs", "--init", "busybox",
+                    "--kernel-from-tree", merged_usr_tar, "--modules", "virtio_blk,ext4",
+                    "-o", str(out)], check=True)
+    names = tools.run(["bsdtar", "-tf", str(out)]).stdout.decode().split()
+    version = debian_kernel.version
+    for ko in ("fs/ext4/ext4.ko", "fs/jbd2/jbd2.ko", "drivers/block/virtio_blk.ko",
+               "crypto/crc32c_generic.ko"):
+        assert f"lib/modules/{version}/kernel/{ko}" in names, names
