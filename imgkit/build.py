@@ -142,6 +142,20 @@ class Builder:
         self._check_tree_modules()
         return info
 
+    def kernel_initrd(self) -> str:
+        """``kernel:initrd``: the initramfs the kernel's own tree carries for it."""
+        def make() -> str:
+            from imgkit.vm.kernel import tree_initrd
+            kc = self.cfg.kernel
+            if kc.source != "tree" or kc.tree is None:
+                raise InputError(f"{self.cfg.path}: 'kernel:initrd' is the initramfs of the "
+                                 f"kernel's tree, and [kernel] source is {kc.source!r}",
+                                 hint="set [kernel] source = 'tree', or use initramfs:NAME")
+            return tree_initrd(self.tree(kc.tree), self.kernel().version,
+                               os.path.join(self.work, "kernel"),
+                               where=f"{self.cfg.path}: [trees.{kc.tree}]")
+        return self._once("kernel:initrd", make)
+
     def _check_tree_modules(self) -> None:
         """Warn once per tree whose modules are for another kernel than the one the image
         boots: nothing would load (the tree, from a tar or a container, often has its own)."""
@@ -169,6 +183,8 @@ class Builder:
         if ref == "kernel:vmlinux":
             from imgkit.vm.kernel import extract_vmlinux
             return extract_vmlinux(self.kernel().vmlinuz)
+        if ref == "kernel:initrd":
+            return self.kernel_initrd()
         kind, _, name = ref.partition(":")
         if name and kind == "initramfs":
             return self.initramfs(name)

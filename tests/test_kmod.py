@@ -315,3 +315,32 @@ def test_cli_initramfs_modules_from_a_tree(merged_usr_tar, debian_kernel, tmp_pa
     for ko in ("fs/ext4/ext4.ko", "fs/jbd2/jbd2.ko", "drivers/block/virtio_blk.ko",
                "crypto/crc32c_generic.ko"):
         assert f"lib/modules/{version}/kernel/{ko}" in names, names
+
+
+def test_kernel_initrd_is_the_trees_own(tmp_path):
+    from imgkit.build import build
+    (tmp_path / "k").write_bytes(b"not a bzImage")
+    (tmp_path / "i").write_bytes(b"the tree's own initramfs\n" * 100)
+    text = """
+[kernel]
+source = "tree"
+tree = "root"
+
+[trees.root]
+files = { "/boot/vmlinuz-6.1.0-50-amd64" = "k", "/boot/initrd.img-6.1.0-50-amd64" = "i" }
+
+[trees.esp]
+files = { "/initrd" = "kernel:initrd", "/vmlinuz" = "kernel" }
+
+[initramfs.esp]
+tree = "esp"
+compress = "none"
+output = "esp.cpio"
+"""
+    build(_config(tmp_path, text), str(tmp_path / "out"))
+    tools.run(["bsdtar", "-xf", str(tmp_path / "out" / "esp.cpio"), "-C", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "initrd").read_bytes() == (tmp_path / "i").read_bytes()
+    assert (tmp_path / "out" / "vmlinuz").read_bytes() == b"not a bzImage"
+    with pytest.raises(InputError, match="kernel:initrd"):
+        build(_config(tmp_path, text.replace('source = "tree"\ntree = "root"', 'source = "host"')),
+              str(tmp_path / "out2"))

@@ -345,6 +345,30 @@ def tree_kernel(tree: Tree, work_dir: str, *, where: str, version: str | None = 
     return KernelInfo(vmlinuz, moddir, release)
 
 
+#: Where a tree keeps the initramfs made for its kernel VER (Debian's, then bootc/mkosi's).
+_TREE_INITRDS = ("boot/initrd.img-{v}", "boot/initramfs-{v}.img", "usr/lib/modules/{v}/initrd",
+                 "usr/lib/modules/{v}/initramfs.img")
+
+
+def tree_initrd(tree: Tree, version: str, work_dir: str, *, where: str) -> str:
+    """The initramfs the tree's own tools made for kernel ``version`` (``update-initramfs``,
+    dracut), copied to ``work_dir``: used as it is instead of imgkit's."""
+    from imgkit.tree import Kind
+    from imgkit.vm.kmod import find_in_tree
+    for pattern in _TREE_INITRDS:
+        e = find_in_tree(tree, pattern.format(v=version))
+        if e is not None and e.kind is Kind.FILE and e.data is not None:
+            os.makedirs(work_dir, exist_ok=True)
+            dest = os.path.join(work_dir, f"initrd-{version}")
+            with e.data.open() as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return dest
+    raise InputError(f"{where}: no initramfs for kernel {version} in the tree (looked for "
+                     + ", ".join("/" + p.format(v=version) for p in _TREE_INITRDS) + ")",
+                     hint="make one in the tree (update-initramfs, dracut), or use imgkit's: "
+                          "init = 'busybox' with modules in a [trees.NAME] and initramfs:NAME")
+
+
 def mismatched_tree_modules(kernel: KernelInfo, tree: Tree) -> list[str]:
     """Versions of the modules directories ``tree`` has when none is ``kernel``'s: that
     tree, booted with that kernel, would load no module."""
