@@ -253,6 +253,13 @@ def _root_partition(image: str) -> str:
     return f"{image}?offset={root['start'] * table.get('sectorsize', 512)}"
 
 
+def test_example_config_takes_the_kernel_from_the_root():
+    from imgkit.config import load_config
+    cfg = load_config(os.path.join(EXAMPLES, "debian.toml"))
+    assert (cfg.kernel.source, cfg.kernel.tree) == ("tree", "rootfs")
+    assert all(os.path.exists(src) for _, src in cfg.trees["rootfs"].files)
+
+
 @pytest.mark.boot
 @pytest.mark.slow
 def test_debian_root_is_intact_in_the_image(debian_images):

@@ -298,6 +298,17 @@ def tree_kernels(tree: Tree) -> dict[str, str]:
     return found
 
 
+def _copy_out(tree: Tree, path: str, dest: str) -> str:
+    """Write the regular file ``path`` of ``tree`` to the host file ``dest``."""
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    data = tree[path].data
+    with open(dest, "wb") as out:
+        if data is not None:
+            with data.open() as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    return dest
+
+
 def tree_kernel(tree: Tree, work_dir: str, *, where: str, version: str | None = None,
                 modules: Iterable[str] = ()) -> KernelInfo:
     """The kernel a tree carries, and the modules an initramfs takes from it.
@@ -322,12 +333,7 @@ def tree_kernel(tree: Tree, work_dir: str, *, where: str, version: str | None = 
     elif version not in kernels:
         raise InputError(f"{where}: no kernel {version} in the tree (it has {listed})",
                          hint="set [kernel] version to one of those, or leave it out for the newest")
-    image = tree[kernels[version]]
-    assert image.data is not None
-    os.makedirs(work_dir, exist_ok=True)
-    vmlinuz = os.path.join(work_dir, f"vmlinuz-{version}")
-    with image.data.open() as src, open(vmlinuz, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    vmlinuz = _copy_out(tree, kernels[version], os.path.join(work_dir, f"vmlinuz-{version}"))
     release = bzimage_version(vmlinuz) or version   # the header, not the file name, is the truth
     if release not in moddirs:
         if moddirs:
@@ -357,12 +363,8 @@ def tree_initrd(tree: Tree, version: str, work_dir: str, *, where: str) -> str:
     from imgkit.vm.kmod import find_in_tree
     for pattern in _TREE_INITRDS:
         e = find_in_tree(tree, pattern.format(v=version))
-        if e is not None and e.kind is Kind.FILE and e.data is not None:
-            os.makedirs(work_dir, exist_ok=True)
-            dest = os.path.join(work_dir, f"initrd-{version}")
-            with e.data.open() as src, open(dest, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            return dest
+        if e is not None and e.kind is Kind.FILE:
+            return _copy_out(tree, e.path, os.path.join(work_dir, f"initrd-{version}"))
     raise InputError(f"{where}: no initramfs for kernel {version} in the tree (looked for "
                      + ", ".join("/" + p.format(v=version) for p in _TREE_INITRDS) + ")",
                      hint="make one in the tree (update-initramfs, dracut), or use imgkit's: "
