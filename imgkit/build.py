@@ -143,9 +143,55 @@ class Builder:
                     raise InputError("[kernel] source = 'host': no readable kernel in /boot",
                                      hint="use source = 'debian' to fetch one, or 'path'")
                 return info
-            self.progress(f"kernel: Debian package {kc.package} (cached)")
-            return k.fetch_debian_kernel(package=kc.package)
-        return self._once("kernel", make)
+            if kc.source == "tree":
+                assert kc.tree, "load_config requires tree with source = 'tree'"
+                # only the modules some tree asks for leave the tree (load_config keeps
+                # the kernel's own tree from asking)
+                wanted = [m for tc in self.cfg.trees.values() for m in tc.modules]
+                info = k.tree_kernel(self.tree(kc.tree), os.path.join(self.work, "kernel"),
+                                     where=f"{self.cfg.path}: [trees.{kc.tree}]",
+                                     version=kc.version, modules=wanted)
+                self.progress(f"kernel: {info.version} from tree {kc.tree}")
+                return info
+            info = k.fetch_debian_kernel(package=kc.package)
+            self.progress(f"kernel: {info.version} from Debian package {kc.package}")
+            return info
+        info = self._once("kernel", make)
+        self._check_tree_modules()
+        return info
+
+    def kernel_initrd(self) -> str:
+        """``kernel:initrd``: the initramfs the kernel's own tree carries for it."""
+        def make() -> str:
+            from imgkit.vm.kernel import tree_initrd
+            kc = self.cfg.kernel
+            if kc.source != "tree" or kc.tree is None:
+                raise InputError(f"{self.cfg.path}: 'kernel:initrd' is the initramfs of the "
+                                 f"kernel's tree, and [kernel] source is {kc.source!r}",
+                                 hint="set [kernel] source = 'tree', or use initramfs:NAME")
+            return tree_initrd(self.tree(kc.tree), self.kernel().version,
+                               os.path.join(self.work, "kernel"),
+                               where=f"{self.cfg.path}: [trees.{kc.tree}]")
+        return self._once("kernel:initrd", make)
+
+    def _check_tree_modules(self) -> None:
+        """Warn once per tree whose modules are for another kernel than the one the image
+        boots: nothing would load (the tree, from a tar or a container, often has its own)."""
+        info = cast("KernelInfo | None", self._cache.get("kernel"))
+        if info is None or self.cfg.kernel.source == "tree":
+            return
+        from imgkit.vm.kernel import mismatched_tree_modules
+        for name in self.cfg.trees:
+            tree = cast("Tree | None", self._cache.get(f"tree:{name}"))
+            if tree is None or f"checked:{name}" in self._cache:
+                continue
+            self._cache[f"checked:{name}"] = True
+            others = mismatched_tree_modules(info, tree)
+            if others:
+                self.progress(f"warning: tree {name} has modules for kernel {', '.join(others)} "
+                              f"but the image boots kernel {info.version} "
+                              f"([kernel] source = {self.cfg.kernel.source!r}): none of them "
+                              f"will load; set [kernel] source = 'tree' and tree = '{name}'")
 
     # -- references -------------------------------------------------------------------------
     def resolve(self, ref: str, where: str) -> str:
@@ -155,6 +201,8 @@ class Builder:
         if ref == "kernel:vmlinux":
             from imgkit.vm.kernel import extract_vmlinux
             return extract_vmlinux(self.kernel().vmlinuz)
+        if ref == "kernel:initrd":
+            return self.kernel_initrd()
         kind, _, name = ref.partition(":")
         if name and kind == "initramfs":
             return self.initramfs(name)
@@ -172,7 +220,9 @@ class Builder:
 
     # -- trees ------------------------------------------------------------------------------
     def tree(self, name: str) -> Tree:
-        return self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))
+        tree = self._once(f"tree:{name}", lambda: self._make_tree(self.cfg.trees[name]))
+        self._check_tree_modules()
+        return tree
 
     def _make_tree(self, tc: TreeConfig) -> Tree:
         from imgkit.assemble import TreeSpec, assemble

@@ -76,11 +76,15 @@ def _partition_tables() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    source: str = setting(STR, "debian", choices=("debian", "host", "path"),
-                          help="where \"kernel\" comes from: a cached Debian package, /boot, or path")
+    source: str = setting(STR, "debian", choices=("debian", "host", "path", "tree"),
+                          help="where \"kernel\" comes from: a cached Debian package, /boot, path, "
+                               "or a tree's own kernel and modules")
     path: str | None = setting(STR, None, path=True, help="the kernel image, with source = \"path\"")
     moddir: str | None = setting(STR, None, path=True, help="its modules directory (lib/modules/VERSION)")
     package: str = setting(STR, "linux-image-amd64", help="the Debian package, with source = \"debian\"")
+    tree: str | None = setting(STR, None, help="the [trees.NAME] holding boot/vmlinuz-VERSION (or "
+                                               "usr/lib/modules/VERSION/vmlinuz), with source = \"tree\"")
+    version: str | None = setting(STR, None, help="which of the tree's kernels (default: the newest)")
 
 
 @dataclass(frozen=True)
@@ -316,12 +320,39 @@ def load_config(path: str) -> Config:
     cfg = parse_table(Config, data, Where(path, "top level", base), path=path, base_dir=base)
     if cfg.kernel.source == "path" and not cfg.kernel.path:
         raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
+    _check_kernel(cfg)
     _check_names(cfg)
     _check_outputs(cfg)
     _check_verity(cfg)
     if cfg.disk:
         _check_disk_keys(cfg, cfg.disk)
     return cfg
+
+
+def _check_kernel(cfg: Config) -> None:
+    """``[kernel]`` keys that belong to another source would be silently ignored; a kernel
+    tree must exist and cannot itself take modules from the kernel it provides."""
+    kc = cfg.kernel
+    if kc.source != "tree":
+        for key in ("tree", "version"):
+            if getattr(kc, key) is not None:
+                raise InputError(f"{cfg.path}: [kernel] {key} applies to source = 'tree' only "
+                                 f"(source is {kc.source!r})", hint="add source = 'tree'")
+        return
+    if kc.tree is None:
+        raise InputError(f"{cfg.path}: [kernel] source = 'tree' needs tree = 'NAME'",
+                         hint="the [trees.NAME] whose /boot/vmlinuz-VERSION boots")
+    if kc.tree not in cfg.trees:
+        known = ", ".join(sorted(cfg.trees)) or "none defined"
+        raise InputError(f"{cfg.path}: [kernel] names tree {kc.tree!r}, which is not defined",
+                         hint=f"tree defined: {known}")
+    if kc.path is not None or kc.moddir is not None:
+        raise InputError(f"{cfg.path}: [kernel] path and moddir apply to source = 'path' only "
+                         "(source is 'tree': both come from the tree)")
+    if cfg.trees[kc.tree].modules:
+        raise InputError(f"{cfg.path}: [trees.{kc.tree}] modules: the tree the kernel comes from "
+                         "cannot take modules from that kernel",
+                         hint="list the modules in the initramfs tree, not in the root tree")
 
 
 #: Partition keys that only one kind of table has: key -> (table, what to use instead).

@@ -167,3 +167,180 @@ def test_modules_tree_plain(moddir):
     assert order == [f"/lib/modules/{version}/{m.path}" for m in mods]
     e = tree[order[-1]]
     assert e.data.host_range() == (os.path.join(os.path.realpath(moddir), mods[-1].path), 0)
+
+
+# -- a tree's own kernel and modules -----------------------------------------------------------
+_SUBSET = ("kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/virtio",
+           "kernel/drivers/block")
+
+
+@pytest.fixture(scope="session")
+def merged_usr_tar(debian_kernel, tmp_path_factory):
+    """A merged-/usr root as a tar made by GNU tar: ``lib -> usr/lib``, the Debian kernel in
+    /boot and part of its modules in /usr/lib/modules/VERSION (no depmod files, as the
+    package ships them)."""
+    root = os.path.dirname(os.path.dirname(debian_kernel.vmlinuz))
+    version = debian_kernel.version
+    tar = str(tmp_path_factory.mktemp("tree") / "root.tar")
+    tools.run(["tar", "--numeric-owner", "-cf", tar, "-C", root,
+               "--transform", r"s,^lib/,usr/lib/,", f"boot/vmlinuz-{version}",
+               *[f"lib/modules/{version}/{d}" for d in _SUBSET]])
+    link_dir = tmp_path_factory.mktemp("link")
+    os.symlink("usr/lib", link_dir / "lib")
+    tools.run(["tar", "--numeric-owner", "-rf", tar, "-C", str(link_dir), "lib"])
+    return tar
+
+
+def test_tree_kernel_from_a_tar_materializes_only_what_is_needed(merged_usr_tar, debian_kernel,
+                                                                  tmp_path):
+    from imgkit.sources import load_source
+    tree = load_source(merged_usr_tar)
+    info = kernel.tree_kernel(tree, str(tmp_path), where="test tree",
+                              modules=["virtio_pci", "virtio_blk", "ext4"])
+    assert info.version == debian_kernel.version
+    with open(info.vmlinuz, "rb") as a, open(debian_kernel.vmlinuz, "rb") as b:
+        assert a.read() == b.read()
+    written = sorted(os.path.relpath(os.path.join(d, f), info.moddir)
+                     for d, _, files in os.walk(info.moddir) for f in files)
+    # only the resolved modules left the tree, and kmod's modinfo finds their dependencies
+    # among them (softdeps included: crc32c for ext4)
+    assert len(written) < 20, written
+    names = {tools.run(["modinfo", "-F", "name", os.path.join(info.moddir, w)]).stdout.decode().strip()
+             for w in written}
+    assert {"ext4", "jbd2", "virtio_blk", "virtio_pci", "crc32c_generic"} <= names
+    for w in written:
+        deps = tools.run(["modinfo", "-F", "depends", os.path.join(info.moddir, w)]).stdout.decode()
+        assert {d for d in deps.strip().split(",") if d} <= names, (w, deps)
+    from_tree = kmod.resolve_modules(info.moddir, ["virtio_pci", "virtio_blk", "ext4"])
+    assert [m.name for m in from_tree] == [m.name for m in kmod.resolve_modules(
+        debian_kernel.moddir, ["virtio_pci", "virtio_blk", "ext4"])]
+
+
+def test_unknown_module_in_a_tree_names_the_tree(merged_usr_tar, tmp_path):
+    from imgkit.sources import load_source
+    with pytest.raises(InputError) as info:
+        kernel.tree_kernel(load_source(merged_usr_tar), str(tmp_path), where="tree rootfs",
+                           modules=["ext5"])
+    assert "tree rootfs: /usr/lib/modules/" in str(info.value)
+
+
+def _fake_root(kernels=(), moddirs=(), bootc=()):
+    from imgkit.tree import BytesBlob, Entry, Tree
+    t = Tree()
+    for v in kernels:
+        t.add(Entry(f"boot/vmlinuz-{v}", Kind.FILE, data=BytesBlob(b"not a bzImage " + v.encode())))
+    for v in moddirs:
+        t.add(Entry(f"usr/lib/modules/{v}/kernel", Kind.DIR))
+    for v in bootc:
+        t.add(Entry(f"usr/lib/modules/{v}/vmlinuz", Kind.FILE, data=BytesBlob(b"bootc " + v.encode())))
+        t.add(Entry(f"usr/lib/modules/{v}/kernel", Kind.DIR))
+    t.add(Entry("lib", Kind.SYMLINK, mode=0o777, target="usr/lib"))
+    return t
+
+
+def test_tree_kernel_versions(tmp_path):
+    tree = _fake_root(kernels=["6.1.0-9-amd64", "6.1.0-50-amd64"],
+                      moddirs=["6.1.0-9-amd64", "6.1.0-50-amd64"])
+    assert kernel.tree_kernel(tree, str(tmp_path), where="t").version == "6.1.0-50-amd64"
+    assert kernel.tree_kernel(tree, str(tmp_path), where="t",
+                              version="6.1.0-9-amd64").version == "6.1.0-9-amd64"
+    with pytest.raises(InputError, match="6.1.0-9-amd64, 6.1.0-50-amd64"):
+        kernel.tree_kernel(tree, str(tmp_path), where="t", version="6.2")
+    bootc = kernel.tree_kernel(_fake_root(bootc=["6.8.0"]), str(tmp_path), where="t")
+    assert bootc.version == "6.8.0" and open(bootc.vmlinuz, "rb").read() == b"bootc 6.8.0"
+    with pytest.raises(InputError, match="no kernel in the tree"):
+        kernel.tree_kernel(_fake_root(moddirs=["6.1.0-50-amd64"]), str(tmp_path), where="t")
+
+
+def test_kernel_and_modules_of_different_versions(tmp_path):
+    tree = _fake_root(kernels=["6.1.0-57-amd64"], moddirs=["6.1.0-50-amd64"])
+    with pytest.raises(InputError) as info:
+        kernel.tree_kernel(tree, str(tmp_path), where="t")
+    assert "6.1.0-57-amd64" in str(info.value) and "6.1.0-50-amd64" in str(info.value)
+    other = kernel.KernelInfo("vmlinuz", None, "6.1.0-57-amd64")
+    assert kernel.mismatched_tree_modules(other, tree) == ["6.1.0-50-amd64"]
+    assert kernel.mismatched_tree_modules(kernel.KernelInfo("v", None, "6.1.0-50-amd64"), tree) == []
+
+
+def _config(tmp_path, text):
+    from imgkit.config import load_config
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return load_config(str(path))
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[kernel]\nsource = "tree"\n', "needs tree"),
+    ('[kernel]\nsource = "tree"\ntree = "root"\n', "not defined"),
+    ('[kernel]\nversion = "6.1"\n', "source = 'tree' only"),
+    ('[kernel]\nsource = "tree"\ntree = "root"\n[trees.root]\nmodules = ["ext4"]\ninit = "busybox"\n',
+     "cannot take modules"),
+])
+def test_kernel_tree_config_errors(tmp_path, text, message):
+    with pytest.raises(InputError, match=message):
+        _config(tmp_path, text)
+
+
+def test_build_warns_when_a_tree_has_modules_for_another_kernel(tmp_path):
+    from imgkit.build import build
+    (tmp_path / "vmlinuz-6.1.0-57-amd64").write_bytes(b"not a bzImage")
+    cfg = _config(tmp_path, """
+[kernel]
+source = "path"
+path = "vmlinuz-6.1.0-57-amd64"
+
+[trees.root]
+entries = ["dir /usr/lib/modules/6.1.0-50-amd64/kernel 0755 0 0"]
+files = { "/boot/vmlinuz" = "kernel" }
+
+[initramfs.root]
+tree = "root"
+output = "root.cpio"
+""")
+    messages: list[str] = []
+    build(cfg, str(tmp_path / "out"), progress=messages.append)
+    warnings = [m for m in messages if m.startswith("warning: tree root")]
+    assert len(warnings) == 1 and "6.1.0-50-amd64" in warnings[0] and "6.1.0-57-amd64" in warnings[0]
+
+
+def test_cli_initramfs_modules_from_a_tree(merged_usr_tar, debian_kernel, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "initrd.gz"
+    subprocess.run([sys.executable, "-m", "imgkit", "initramfs", "--init", "busybox",
+                    "--kernel-from-tree", merged_usr_tar, "--modules", "virtio_blk,ext4",
+                    "-o", str(out)], check=True)
+    names = tools.run(["bsdtar", "-tf", str(out)]).stdout.decode().split()
+    version = debian_kernel.version
+    for ko in ("fs/ext4/ext4.ko", "fs/jbd2/jbd2.ko", "drivers/block/virtio_blk.ko",
+               "crypto/crc32c_generic.ko"):
+        assert f"lib/modules/{version}/kernel/{ko}" in names, names
+
+
+def test_kernel_initrd_is_the_trees_own(tmp_path):
+    from imgkit.build import build
+    (tmp_path / "k").write_bytes(b"not a bzImage")
+    (tmp_path / "i").write_bytes(b"the tree's own initramfs\n" * 100)
+    text = """
+[kernel]
+source = "tree"
+tree = "root"
+
+[trees.root]
+files = { "/boot/vmlinuz-6.1.0-50-amd64" = "k", "/boot/initrd.img-6.1.0-50-amd64" = "i" }
+
+[trees.esp]
+files = { "/initrd" = "kernel:initrd", "/vmlinuz" = "kernel" }
+
+[initramfs.esp]
+tree = "esp"
+compress = "none"
+output = "esp.cpio"
+"""
+    build(_config(tmp_path, text), str(tmp_path / "out"))
+    tools.run(["bsdtar", "-xf", str(tmp_path / "out" / "esp.cpio"), "-C", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "initrd").read_bytes() == (tmp_path / "i").read_bytes()
+    assert (tmp_path / "out" / "vmlinuz").read_bytes() == b"not a bzImage"
+    with pytest.raises(InputError, match="kernel:initrd"):
+        build(_config(tmp_path, text.replace('source = "tree"\ntree = "root"', 'source = "host"')),
+              str(tmp_path / "out2"))

@@ -4,6 +4,7 @@ The tree goes through :func:`imgkit.assemble.assemble`, the same builder as a co
 ``[trees.NAME]``, the built-in init and its modules included."""
 from __future__ import annotations
 
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--busybox", default="/bin/busybox", metavar="PATH",
                    help="static busybox to include with --init (default /bin/busybox)")
     b.add_argument("--moddir", metavar="DIR", help="kernel modules directory (lib/modules/VERSION)")
+    b.add_argument("--kernel-from-tree", metavar="SOURCE",
+                   help="take --modules from the kernel of this root (a directory or archive, "
+                        "never unpacked): its lib/modules/VERSION")
+    b.add_argument("--kernel-version", metavar="VERSION",
+                   help="with --kernel-from-tree: which kernel (default: the newest)")
     b.add_argument("--modules", action="append", default=[], metavar="NAME",
                    help="kernel module (or alias) to include with its dependencies and softdeps;"
                         " repeatable, comma-separated allowed")
@@ -45,7 +51,7 @@ def builtin_init(args: argparse.Namespace) -> dict[str, Any]:
     if not args.init:
         raise InputError("--modules and --rc need --init busybox",
                          hint="or add the modules as files with a SOURCE of your own")
-    names = tuple(m for item in args.modules for m in item.split(",") if m)
+    names = _module_names(args)
     if names and not args.moddir:
         raise InputError("--modules needs --moddir DIR (a lib/modules/VERSION directory)",
                          hint="imgkit kernel fetch prints one for the Debian kernel")
@@ -60,7 +66,34 @@ def builtin_init(args: argparse.Namespace) -> dict[str, Any]:
             "moddir": args.moddir, "rc": rc}
 
 
+def _module_names(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(m for item in args.modules for m in item.split(",") if m)
+
+
+def _moddir_from_tree(args: argparse.Namespace, work: str) -> str | None:
+    """``--kernel-from-tree``: the requested modules copied out of the root's own
+    modules directory into ``work`` (the kernel's version must match its modules')."""
+    from imgkit.sources import load_source
+    from imgkit.vm.kernel import tree_kernel
+    if args.moddir:
+        raise InputError("give --moddir or --kernel-from-tree, not both")
+    where = f"--kernel-from-tree {args.kernel_from_tree}"
+    info = tree_kernel(load_source(args.kernel_from_tree), work, where=where,
+                       version=args.kernel_version, modules=_module_names(args))
+    progress(f"kernel {info.version} from {args.kernel_from_tree}")
+    return info.moddir
+
+
 def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="imgkit-kernel-") as work:
+        if args.kernel_from_tree:
+            args.moddir = _moddir_from_tree(args, work)
+        elif args.kernel_version:
+            raise InputError("--kernel-version needs --kernel-from-tree")
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     from imgkit.archives import write_initramfs
     from imgkit.assemble import assemble
     from imgkit.compress import method_for_path

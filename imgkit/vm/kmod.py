@@ -11,6 +11,11 @@ the ``.modinfo`` ELF section of every ``.ko`` is read directly (headers and one 
 no full read for uncompressed modules). Either way the index is cached as JSON under the user
 cache directory, keyed by the directory's path and modification times; JSON, not pickle,
 because the cache directory may be shared between users.
+
+The same index can be read from a :class:`~imgkit.tree.Tree` (a root filesystem from an
+archive, whose blobs are read lazily): :func:`materialize_modules` resolves the requested
+modules there and copies only those files out, so a build never unpacks a whole
+``lib/modules`` (hundreds of MB) to use a tree's own kernel.
 """
 from __future__ import annotations
 
@@ -18,15 +23,18 @@ import difflib
 import fnmatch
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
 import posixpath
 import re
+import shutil
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from imgkit.errors import ImageError, InputError
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
@@ -77,11 +85,14 @@ def _strip_suffix(filename: str) -> tuple[str, str | None] | None:
 # -- reading one module ----------------------------------------------------------------------
 def read_module_bytes(path: str, compression: str | None) -> bytes:
     """The uncompressed ELF image of a module file."""
-    if compression is None:
-        with open(path, "rb") as f:
-            return f.read()
     with open(path, "rb") as f:
-        raw = f.read()
+        return decompress_module(f.read(), compression, path)
+
+
+def decompress_module(raw: bytes, compression: str | None, origin: str) -> bytes:
+    """The uncompressed ELF image of a module file's bytes."""
+    if compression is None:
+        return raw
     try:
         if compression == "xz":
             return lzma.decompress(raw)
@@ -91,12 +102,123 @@ def read_module_bytes(path: str, compression: str | None) -> bytes:
             try:
                 import zstandard
             except ImportError as exc:  # pragma: no cover - depends on the host
-                raise InputError(f"{path} is zstd-compressed but the 'zstandard' module is "
+                raise InputError(f"{origin} is zstd-compressed but the 'zstandard' module is "
                                  "not installed", hint="pip install zstandard") from exc
             return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
     except (lzma.LZMAError, OSError, EOFError) as exc:
-        raise ImageError(f"cannot decompress kernel module {path}: {exc}") from exc
-    raise ImageError(f"unknown module compression {compression!r} for {path}")
+        raise ImageError(f"cannot decompress kernel module {origin}: {exc}") from exc
+    raise ImageError(f"unknown module compression {compression!r} for {origin}")
+
+
+# -- where the files are: a host directory or a tree ---------------------------------------
+class ModuleFiles(Protocol):
+    """Read access to one ``lib/modules/VERSION`` directory, wherever it lives."""
+
+    #: How messages name the directory (a host path, or ``tree NAME: /usr/lib/modules/VER``).
+    where: str
+
+    def open(self, rel: str) -> BinaryIO:
+        """The file at ``rel`` (``FileNotFoundError`` if there is none)."""
+        ...
+
+    def walk(self, top: str) -> Iterator[str]:
+        """Paths (relative to the directory) of the files below ``top``, in sorted order."""
+        ...
+
+
+class HostModules:
+    """A modules directory on the host."""
+
+    def __init__(self, moddir: str) -> None:
+        self.moddir = self.where = moddir
+
+    def open(self, rel: str) -> BinaryIO:
+        return open(os.path.join(self.moddir, rel), "rb")
+
+    def walk(self, top: str) -> Iterator[str]:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(self.moddir, top)):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                full = os.path.join(dirpath, filename)
+                yield os.path.relpath(full, self.moddir).replace(os.sep, "/")
+
+
+def find_in_tree(tree: Tree, path: str, *, follow_last: bool = True) -> Entry | None:
+    """The entry at ``path`` in ``tree``, following symlinks as the booted system would
+    (absolute targets from the tree's root; merged /usr makes ``lib`` one) and hard links to
+    their file; ``None`` if nothing is there or the links loop."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        e = tree.get("/".join([*done, part]))
+        if e is None:
+            return None
+        if e.kind is Kind.SYMLINK and (parts or follow_last):
+            hops += 1
+            if hops > 40:
+                return None
+            target = e.target or ""
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    e = tree.get("/".join(done))
+    if e is not None and e.kind is Kind.HARDLINK:
+        e = tree.get(e.target or "")
+    return e
+
+
+class TreeModules:
+    """A modules directory inside a tree (``base``: its tree path, symlinks resolved)."""
+
+    def __init__(self, tree: Tree, base: str, where: str) -> None:
+        self.tree, self.base, self.where = tree, base, where
+
+    def entry(self, rel: str) -> Entry:
+        """The regular file at ``rel``; a symlink or hard link leads to its file."""
+        e = find_in_tree(self.tree, f"{self.base}/{rel}")
+        if e is None or e.kind is not Kind.FILE:
+            raise FileNotFoundError(f"{self.where}/{rel}")
+        return e
+
+    def open(self, rel: str) -> BinaryIO:
+        """A seekable reader (``.modinfo`` is found by seeking): an archive member's reader
+        is a stream, so its bytes are read into memory (modules are small)."""
+        e = self.entry(rel)
+        if e.data is None:
+            return io.BytesIO(b"")
+        f = e.data.open()
+        if f.seekable():
+            return f
+        with f:
+            return io.BytesIO(f.read())
+
+    def walk(self, top: str) -> Iterator[str]:
+        start = find_in_tree(self.tree, f"{self.base}/{top}")
+        if start is None or start.kind is not Kind.DIR:
+            return
+        cut = len(start.path)
+        stack = [start.path]
+        while stack:
+            d = stack.pop()
+            for child in reversed(self.tree.children(d)):
+                if child.kind is Kind.DIR:
+                    stack.append(child.path)
+            for child in self.tree.children(d):
+                if child.kind in (Kind.FILE, Kind.HARDLINK):
+                    yield top + child.path[cut:]
+
+
+def _text_lines(files: ModuleFiles, name: str) -> Iterator[str]:
+    with files.open(name) as f:
+        yield from io.TextIOWrapper(f, encoding="utf-8", errors="replace")
 
 
 def modinfo_section(data_or_file, origin: str) -> bytes:
@@ -107,7 +229,6 @@ def modinfo_section(data_or_file, origin: str) -> bytes:
     """
     f = data_or_file
     if isinstance(f, (bytes, bytearray)):
-        import io
         f = io.BytesIO(f)
 
     def read_at(offset: int, size: int) -> bytes:
@@ -242,20 +363,19 @@ class ModuleIndex:
                    set(data["builtin"]), [tuple(a) for a in data["builtin_aliases"]])
 
 
-def _read_builtin(moddir: str) -> tuple[set[str], list[tuple[str, str]]]:
+def _read_builtin(files: ModuleFiles) -> tuple[set[str], list[tuple[str, str]]]:
     builtin: set[str] = set()
     aliases: list[tuple[str, str]] = []
     try:
-        with open(os.path.join(moddir, "modules.builtin"), encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    stripped = _strip_suffix(posixpath.basename(line))
-                    builtin.add(normalize(stripped[0] if stripped else line))
+        for line in _text_lines(files, "modules.builtin"):
+            line = line.strip()
+            if line:
+                stripped = _strip_suffix(posixpath.basename(line))
+                builtin.add(normalize(stripped[0] if stripped else line))
     except FileNotFoundError:
         pass
     try:
-        with open(os.path.join(moddir, "modules.builtin.modinfo"), "rb") as f:
+        with files.open("modules.builtin.modinfo") as f:
             for item in f.read().split(b"\0"):
                 key, sep, value = item.decode("utf-8", "replace").partition("=")
                 mod, dot, field = key.partition(".")
@@ -267,83 +387,90 @@ def _read_builtin(moddir: str) -> tuple[set[str], list[tuple[str, str]]]:
     return builtin, aliases
 
 
-def _index_from_depmod(moddir: str) -> ModuleIndex:
+#: depmod's files an index is read from when the directory has all of them.
+_DEPMOD_FILES = ("modules.dep", "modules.softdep", "modules.alias")
+
+
+def _index_from_depmod(files: ModuleFiles) -> ModuleIndex:
     modules: dict[str, dict] = {}
     by_path: dict[str, str] = {}
-    with open(os.path.join(moddir, "modules.dep"), encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            path, sep, deps = line.partition(":")
-            stripped = _strip_suffix(posixpath.basename(path.strip()))
-            if not sep or stripped is None:
-                raise ImageError(f"{moddir}/modules.dep line {lineno}: expected "
-                                 f"'path.ko: deps...', got {line.strip()!r}")
-            name = normalize(stripped[0])
-            by_path[path.strip()] = name
-            modules[name] = {"path": path.strip(), "comp": stripped[1],
-                             "depends": deps.split(), "pre": [], "post": []}
+    for lineno, line in enumerate(_text_lines(files, "modules.dep"), 1):
+        if not line.strip():
+            continue
+        path, sep, deps = line.partition(":")
+        stripped = _strip_suffix(posixpath.basename(path.strip()))
+        if not sep or stripped is None:
+            raise ImageError(f"{files.where}/modules.dep line {lineno}: expected "
+                             f"'path.ko: deps...', got {line.strip()!r}")
+        name = normalize(stripped[0])
+        by_path[path.strip()] = name
+        modules[name] = {"path": path.strip(), "comp": stripped[1],
+                         "depends": deps.split(), "pre": [], "post": []}
     for info in modules.values():
         info["depends"] = [by_path.get(d) or normalize(_strip_suffix(posixpath.basename(d))[0])
                            for d in info["depends"]]
-    with open(os.path.join(moddir, "modules.softdep"), encoding="utf-8") as f:
-        for line in f:
-            words = line.split(None, 2)
-            if len(words) == 3 and words[0] == "softdep" and normalize(words[1]) in modules:
-                pre, post = parse_softdep(words[2])
-                modules[normalize(words[1])]["pre"] += pre
-                modules[normalize(words[1])]["post"] += post
+    for line in _text_lines(files, "modules.softdep"):
+        words = line.split(None, 2)
+        if len(words) == 3 and words[0] == "softdep" and normalize(words[1]) in modules:
+            pre, post = parse_softdep(words[2])
+            modules[normalize(words[1])]["pre"] += pre
+            modules[normalize(words[1])]["post"] += post
     aliases = []
-    with open(os.path.join(moddir, "modules.alias"), encoding="utf-8") as f:
-        for line in f:
-            words = line.split()
-            if len(words) == 3 and words[0] == "alias":
-                aliases.append((words[1], normalize(words[2])))
-    builtin, baliases = _read_builtin(moddir)
-    return ModuleIndex(moddir, modules, aliases, builtin, baliases)
+    for line in _text_lines(files, "modules.alias"):
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias":
+            aliases.append((words[1], normalize(words[2])))
+    builtin, baliases = _read_builtin(files)
+    return ModuleIndex(files.where, modules, aliases, builtin, baliases)
 
 
-def _index_from_modinfo(moddir: str) -> ModuleIndex:
+def _index_from_modinfo(files: ModuleFiles) -> ModuleIndex:
     modules: dict[str, dict] = {}
     aliases: list[tuple[str, str]] = []
     for top in ("kernel", "updates", "extra"):
-        base = os.path.join(moddir, top)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                stripped = _strip_suffix(filename)
-                if stripped is None:
-                    continue
-                full = os.path.join(dirpath, filename)
-                rel = os.path.relpath(full, moddir).replace(os.sep, "/")
+        for rel in files.walk(top):
+            stripped = _strip_suffix(posixpath.basename(rel))
+            if stripped is None:
+                continue
+            origin = f"{files.where}/{rel}"
+            with files.open(rel) as f:
                 if stripped[1] is None:
-                    with open(full, "rb") as f:
-                        section = modinfo_section(f, full)
+                    section = modinfo_section(f, origin)
                 else:
-                    section = modinfo_section(read_module_bytes(full, stripped[1]), full)
-                info = parse_modinfo(section)
-                name = normalize(next((v for k, v in info if k == "name"), stripped[0]))
-                depends, pre, post = [], [], []
-                for key, value in info:
-                    if key == "depends":
-                        depends += [normalize(d) for d in value.split(",") if d]
-                    elif key == "softdep":
-                        p, q = parse_softdep(value)
-                        pre += p
-                        post += q
-                    elif key == "alias":
-                        aliases.append((value, name))
-                if name in modules and top != "kernel":
-                    pass  # updates/ and extra/ override kernel/, as depmod does
-                elif name in modules:
-                    continue
-                modules[name] = {"path": rel, "comp": stripped[1], "depends": depends,
-                                 "pre": pre, "post": post}
+                    section = modinfo_section(decompress_module(f.read(), stripped[1], origin),
+                                              origin)
+            info = parse_modinfo(section)
+            name = normalize(next((v for k, v in info if k == "name"), stripped[0]))
+            depends, pre, post = [], [], []
+            for key, value in info:
+                if key == "depends":
+                    depends += [normalize(d) for d in value.split(",") if d]
+                elif key == "softdep":
+                    p, q = parse_softdep(value)
+                    pre += p
+                    post += q
+                elif key == "alias":
+                    aliases.append((value, name))
+            if name in modules and top != "kernel":
+                pass  # updates/ and extra/ override kernel/, as depmod does
+            elif name in modules:
+                continue
+            modules[name] = {"path": rel, "comp": stripped[1], "depends": depends,
+                             "pre": pre, "post": post}
     if not modules:
         raise InputError(f"no kernel modules (*.ko, *.ko.xz, *.ko.zst, *.ko.gz) found under "
-                         f"{moddir}/kernel", hint="pass the lib/modules/VERSION directory")
-    builtin, baliases = _read_builtin(moddir)
-    return ModuleIndex(moddir, modules, aliases, builtin, baliases)
+                         f"{files.where}/kernel", hint="pass the lib/modules/VERSION directory")
+    builtin, baliases = _read_builtin(files)
+    return ModuleIndex(files.where, modules, aliases, builtin, baliases)
+
+
+def read_index(files: ModuleFiles) -> ModuleIndex:
+    """The index of a modules directory: from depmod's files when it has them all, else
+    from every module's ``.modinfo`` (no cache: :func:`load_index` caches host ones)."""
+    try:
+        return _index_from_depmod(files)
+    except FileNotFoundError:
+        return _index_from_modinfo(files)
 
 
 def _cache_key(moddir: str) -> str:
@@ -386,9 +513,9 @@ def load_index(moddir: str | os.PathLike, *, use_cache: bool = True) -> ModuleIn
                 return index
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    have_depmod = all(os.path.exists(os.path.join(moddir, f))
-                      for f in ("modules.dep", "modules.softdep", "modules.alias"))
-    index = _index_from_depmod(moddir) if have_depmod else _index_from_modinfo(moddir)
+    host = HostModules(moddir)
+    have_depmod = all(os.path.exists(os.path.join(moddir, f)) for f in _DEPMOD_FILES)
+    index = _index_from_depmod(host) if have_depmod else _index_from_modinfo(host)
     if cache_file is not None:
         _memo[key] = index
         try:
@@ -409,6 +536,11 @@ def load_index(moddir: str | os.PathLike, *, use_cache: bool = True) -> ModuleIn
 
 # -- resolution ------------------------------------------------------------------------------
 def resolve_modules(moddir: str | os.PathLike, names_or_aliases: Iterable[str]) -> list[Module]:
+    """The modules to load from host directory ``moddir``: see :func:`resolve_in`."""
+    return resolve_in(load_index(moddir), names_or_aliases)
+
+
+def resolve_in(index: ModuleIndex, names_or_aliases: Iterable[str]) -> list[Module]:
     """The modules to load, dependencies first, for the given names or aliases.
 
     Follows ``depends`` and both halves of ``softdep`` (``pre:`` before the module, ``post:``
@@ -416,7 +548,6 @@ def resolve_modules(moddir: str | os.PathLike, names_or_aliases: Iterable[str]) 
     Built-in modules count as satisfied. A soft dependency that names nothing known is skipped
     (as ``modprobe`` does); an unknown requested name or hard dependency is an error.
     """
-    index = load_index(moddir)
     order: list[str] = []
     done: set[str] = set()
     active: set[str] = set()
@@ -455,6 +586,40 @@ def resolve_modules(moddir: str | os.PathLike, names_or_aliases: Iterable[str]) 
         for name in found:
             visit(name, "the request")
     return [index.module(name) for name in order]
+
+
+#: Index files copied next to materialized modules (what ``modprobe`` and depmod read too).
+_INDEX_FILES = (*_DEPMOD_FILES, "modules.builtin", "modules.builtin.modinfo", "modules.order")
+
+
+def materialize_modules(files: TreeModules, names_or_aliases: Iterable[str], dest: str) -> str:
+    """Copy the modules ``names_or_aliases`` resolve to (dependencies and softdeps included)
+    and the directory's index files out of a tree into ``dest/VERSION``; returns that
+    directory, ready for :func:`resolve_modules` and :func:`modules_tree`.
+
+    Only these few files are written, never the whole ``lib/modules``. The tree's index is
+    remembered for the new directory (in memory: it lives as long as the build), so resolving
+    there gives exactly what the tree's full directory gives.
+    """
+    index = read_index(files)
+    modules = resolve_in(index, names_or_aliases)
+    out = os.path.join(dest, posixpath.basename(files.base))
+    os.makedirs(out, exist_ok=True)
+    wanted = [m.path for m in modules] + list(_INDEX_FILES)
+    for rel in wanted:
+        try:
+            src = files.open(rel)
+        except FileNotFoundError:
+            if rel in _INDEX_FILES:
+                continue
+            raise
+        target = os.path.join(out, *rel.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with src, open(target, "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20)
+    _memo[_cache_key(os.path.realpath(out))] = ModuleIndex(
+        files.where, index.modules, index.aliases, index.builtin, index.builtin_aliases)
+    return out
 
 
 def modules_tree(moddir: str | os.PathLike, modules: Iterable[Module], *, mtime: int = 0) -> Tree:
