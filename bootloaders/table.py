@@ -16,13 +16,13 @@ code (the UKI builder needs construct).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from imgkit.errors import InputError
 from imgkit.settings import INT, STR, STRINGS, setting, tables_of
 
 if TYPE_CHECKING:
-    from imgkit.disk.layout import Plan, PlannedPartition
+    from imgkit.disk.layout import PartitionSpec, Plan, PlannedPartition
     from imgkit.filesystems import BuildContext
     from imgkit.tree import Tree
 
@@ -49,6 +49,9 @@ class EltoritoEntry:
     files: Tree
     load_size: int | None = None  # 512-byte sectors the BIOS loads; None: the whole image
     boot_info_table: bool = False
+    #: Makes the written medium (a path) boot as a disk too, in place of the medium's own
+    #: isohybrid (which only ISOLINUX's image can use); None: the medium's own.
+    hybrid: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class BootPath:
                      ctx: BuildContext) -> DiskBoot:
         """Raw bytes on the disk; ``holder`` is the partition holding its filesystem."""
         return DiskBoot()
+
+    def extra_partitions(self, options: Any, table: str,
+                         partitions: tuple[PartitionSpec, ...]) -> tuple[PartitionSpec, ...]:
+        """Partitions it needs that ``partitions`` (the declared ones) lack; added after them."""
+        return ()
 
     def install(self, options: Any, disk: str, holder: PlannedPartition | None,
                 ctx: BuildContext) -> None:

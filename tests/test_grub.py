@@ -257,11 +257,29 @@ def test_mbr_gap_too_small_says_how_big(tmp_path):
         build_example(tmp_path, "grub-bios-uefi", edit=small_gap)
 
 
-def test_gpt_without_bios_boot_partition_is_refused(tmp_path):
+def test_gpt_without_bios_boot_partition_gets_one_after_the_declared_ones(tmp_path):
     def drop(text):
         return text.replace('  { name = "bios", type = "bios-boot", size = "1M" },\n', "")
+    image = build_example(tmp_path, "grub-bios-uefi", edit=drop)
+    assert "No problems found" in sh("sgdisk", "-v", image)
+    dump = sh("sfdisk", "--dump", image)
+    # The declared ESP keeps number 1; the BIOS-boot partition is added as number 2.
+    assert "img1 : " in dump and "type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in \
+        dump.split("img1 : ")[1].splitlines()[0]
+    line = dump.split("img2 : ")[1].splitlines()[0]
+    assert "type=21686148-6449-6E6F-744E-656564454649" in line and 'name="bios-boot"' in line
+    bios_start = int(line.split("start=")[1].split(",")[0])
+    assert xxd_bytes(image, 0x5C, 8) == struct.pack("<Q", bios_start)
+    assert "grub.cfg" in fstest(image, "ls", "(loop0,gpt1)/boot/grub/")
+
+
+def test_two_bios_boot_partitions_are_refused(tmp_path):
+    def two(text):
+        return text.replace('  { name = "bios", type = "bios-boot", size = "1M" },\n',
+                            '  { name = "bios", type = "bios-boot", size = "1M" },\n'
+                            '  { name = "bios2", type = "bios-boot", size = "1M" },\n')
     with pytest.raises(LayoutError, match="BIOS boot partition"):
-        build_example(tmp_path, "grub-bios-uefi", edit=drop)
+        build_example(tmp_path, "grub-bios-uefi", edit=two)
 
 
 def test_two_builds_are_bit_identical(tmp_path, bios_uefi_disk):
@@ -269,6 +287,84 @@ def test_two_builds_are_bit_identical(tmp_path, bios_uefi_disk):
     digest = [hashlib.file_digest(open(p, "rb"), "sha256").hexdigest()
               for p in (bios_uefi_disk, again)]
     assert digest[0] == digest[1]
+
+
+# -- a hybrid ISO ---------------------------------------------------------------------------------
+def xorriso_report(iso: str, what: str) -> str:
+    return sh("xorriso", "-indev", iso, f"-report_{what}", "plain")
+
+
+def build_iso(tmp_path, *, edit=None) -> str:
+    text = open(os.path.join(EXAMPLES, "grub-iso.toml")).read()
+    (tmp_path / "grub-iso.toml").write_text(edit(text) if edit else text)
+    build(load_config(str(tmp_path / "grub-iso.toml")), str(tmp_path / "out"), mtime=1700000000)
+    return str(tmp_path / "out" / "grub.iso")
+
+
+@pytest.fixture(scope="module")
+def grub_iso(tmp_path_factory):
+    return build_iso(tmp_path_factory.mktemp("grub-iso"))
+
+
+def test_iso_el_torito_entries_seen_by_xorriso(grub_iso):
+    report = xorriso_report(grub_iso, "el_torito")
+    boot = [line.split() for line in report.splitlines() if line.startswith("El Torito boot img")]
+    assert [(b[5], b[6], b[7]) for b in boot] == [("1", "BIOS", "y"), ("2", "UEFI", "y")]
+    assert "1  /boot/grub/i386-pc/eltorito.img" in report
+    assert "2  /boot/grub/efi.img" in report
+    # xorriso checks the boot info table and the --grub2-boot-info patch itself.
+    assert "El Torito img opts :   1  boot-info-table grub2-boot-info" in report
+
+
+def test_iso_system_area_is_grubs_hybrid_mbr(grub_iso):
+    report = xorriso_report(grub_iso, "system_area")
+    assert "System area summary: MBR grub2-mbr" in report
+    assert "MBR partition path :   2  /boot/grub/efi.img" in report
+    dump = sh("sfdisk", "--dump", grub_iso)
+    assert "type=ef" in dump and "bootable" in dump
+    assert os.path.getsize(grub_iso) % (1 << 20) == 0
+    # boot_hybrid.img at 0x1b0 and the core's first block list (xorrisofs(1) --grub2-mbr and
+    # --grub2-boot-info): the BIOS image's 2 KiB block * 4, + 4 and + 5.
+    lba = int([line.split()[-1] for line in xorriso_report(grub_iso, "el_torito").splitlines()
+               if line.startswith("El Torito boot img :   1")][0])
+    assert xxd_bytes(grub_iso, 0x1B0, 8) == struct.pack("<Q", lba * 4 + 4)
+    assert xxd_bytes(grub_iso, lba * 2048 + 2548, 8) == struct.pack("<Q", lba * 4 + 5)
+    hybrid = open("/usr/lib/grub/i386-pc/boot_hybrid.img", "rb").read()
+    assert xxd_bytes(grub_iso, 0, 0x1B0) == hybrid[:0x1B0]
+
+
+def test_iso_grub_cfg_and_efi_image_read_by_other_tools(grub_iso, tmp_path):
+    for path in ("/boot/grub/grub.cfg", "/boot/grub/efi.img"):
+        sh("xorriso", "-osirrox", "on", "-indev", grub_iso, "-extract", path,
+           str(tmp_path / os.path.basename(path)))
+    cfg = (tmp_path / "grub.cfg").read_text()
+    script_check(cfg)
+    assert "initrd /boot/initramfs-main.cpio" in cfg and "imgkit.via=grub-iso" in cfg
+    sh("fsck.vfat", "-n", str(tmp_path / "efi.img"))
+    listing = sh("mdir", "-i", str(tmp_path / "efi.img"), "-b", "::/EFI/BOOT")
+    assert "BOOTX64.EFI" in listing.upper()
+    # GRUB's own iso9660 driver, through the disk view of the hybrid.
+    assert "grub.cfg" in fstest(grub_iso, "ls", "(loop0)/boot/grub/")
+
+
+def test_iso_two_builds_are_bit_identical(grub_iso, tmp_path):
+    again = build_iso(tmp_path)
+    digest = [hashlib.file_digest(open(p, "rb"), "sha256").hexdigest() for p in (grub_iso, again)]
+    assert digest[0] == digest[1]
+
+
+def test_iso_bios_entry_refuses_efi_true(tmp_path):
+    with pytest.raises(InputError, match=r"\[iso\] efi"):
+        build_iso(tmp_path, edit=lambda t: t.replace('bios = { loader = "grub", ',
+                                                     'bios = { loader = "grub", efi = true, '))
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("firmware,media", [("bios", "cdrom"), ("uefi", "cdrom"),
+                                            ("bios", "disk"), ("uefi", "disk")])
+def test_hybrid_iso_boots_as_cd_and_as_disk(grub_iso, firmware, media):
+    run_expect(grub_iso, firmware, "imgkit example: grub iso booted",
+               extra=["--iso-as-disk"] if media == "disk" else [])
 
 
 # -- GNU Mach through a multiboot entry ------------------------------------------------------------
@@ -343,10 +439,10 @@ def test_gnumach_is_a_multiboot_kernel_grub_will_load(gnumach_disk, tmp_path):
 
 
 # -- real boots ---------------------------------------------------------------------------------
-def run_expect(image: str, firmware: str, expect: str, timeout: int = 60):
+def run_expect(image: str, firmware: str, expect: str, timeout: int = 60, extra=()):
     r = subprocess.run([sys.executable, "-m", "imgkit", "run", image, "--firmware", firmware,
-                        "--expect", expect, "--timeout", str(timeout), "--quiet", "--snapshot"],
-                       capture_output=True, text=True)
+                        "--expect", expect, "--timeout", str(timeout), "--quiet", "--snapshot",
+                        *extra], capture_output=True, text=True)
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"
 
 
