@@ -15,8 +15,9 @@ code (the UKI builder needs construct).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from imgkit.errors import InputError
 from imgkit.settings import INT, STR, STRINGS, setting, tables_of
