@@ -27,12 +27,17 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imgkit import tools
 from imgkit.bootloaders.table import BootPath, DiskBoot, register
 from imgkit.errors import ImageError, InputError, LayoutError, ToolError
 from imgkit.settings import BOOL, INT, STR, STRINGS, setting, tables_of
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
+
+if TYPE_CHECKING:
+    from imgkit.disk.layout import Plan
+    from imgkit.filesystems import BuildContext
 
 GRUB_LIB = "/usr/lib/grub"
 #: grub-mkimage targets -> the module directory; ``i386-pc-eltorito`` is the i386-pc kernel
@@ -245,13 +250,12 @@ def grub_tree(entries: Sequence[HostEntry] = (), *, config: str | None = None, d
 
 
 # -- grub-mkimage -----------------------------------------------------------------------------
-#: Run first by both images: if the prefix holds no grub.cfg (another disk layout than the
-#: one planned), look for the filesystem that has one.
+#: Run first by both images, by GRUB's rescue parser (plain commands: no ``if``): the
+#: filesystem holding grub.cfg becomes root and prefix, the planned one (the device of the
+#: prefix, or the boot medium) tried first, others when the disk's layout is not the planned.
 EARLY_CONFIG = f"""\
-if [ ! -e "$prefix/grub.cfg" ]; then
-    search --no-floppy --set=root --file /{CONFIG_DIR}/grub.cfg
-    set prefix=($root)/{CONFIG_DIR}
-fi
+search --no-floppy --set=root --hint=$root --file /{CONFIG_DIR}/grub.cfg
+set prefix=($root)/{CONFIG_DIR}
 """
 
 
@@ -313,7 +317,7 @@ def place_core(core: bytes, core_lba: int) -> bytes:
     return bytes(out)
 
 
-def bios_disk_boot(table: str, plan, holder_number: int, work: str, *,
+def bios_disk_boot(table: str, plan: Plan, holder_number: int, work: str, *,
                    modules: Sequence[str] = ()) -> DiskBoot:
     """boot.img and the placed core image for a disk whose partition ``holder_number`` holds
     ``/boot/grub``: in the GPT BIOS-boot partition, or the MBR gap before the first partition."""
@@ -442,7 +446,7 @@ def _read_grub_file(name: str) -> bytes:
         return f.read()
 
 
-def efi_fat(binary: str, ctx, name: str) -> str:
+def efi_fat(binary: str, ctx: BuildContext, name: str) -> str:
     """A FAT image holding ``binary`` as ``EFI/BOOT/BOOTX64.EFI`` (an ISO's UEFI El Torito
     image), in the build's work directory."""
     from imgkit import filesystems
@@ -504,7 +508,7 @@ def _root(text: str | None) -> tuple[str, str] | None:
     return kind, value
 
 
-def _menu_tree(options: GrubConfig, ctx, where: str, marker_of: str,
+def _menu_tree(options: GrubConfig, ctx: BuildContext, where: str, marker_of: str,
                efi_image: str | None = None) -> Tree:
     """grub.cfg and the entries' files; ``marker_of`` names the marker file's seed (the
     same for the two El Torito entries of an ISO, which share one grub.cfg)."""

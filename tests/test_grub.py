@@ -461,3 +461,81 @@ def test_mbr_disk_with_ext4_boots_under_seabios(ext4_mbr_disk):
 def test_gnumach_boots_through_a_grub_multiboot_entry(gnumach_disk):
     # After the banner GNU Mach panics: no Hurd servers are in Debian's amd64 archive.
     run_expect(gnumach_disk[0], "bios", "GNU Mach 1.8", timeout=60)
+
+
+# -- imgkit run --kernel: multiboot kernels -----------------------------------------------------
+def multiboot_file(path, kind: str, *, elf_class: int = 2) -> str:
+    """A file with a valid multiboot (v1 or v2) header 64 bytes in, after an ELF ident."""
+    head = b"\x7fELF" + bytes([elf_class]) + bytes(59)
+    if kind == "multiboot":
+        magic, flags = 0x1BADB002, 0x00010003
+        header = struct.pack("<III", magic, flags, (-(magic + flags)) & 0xFFFFFFFF)
+    else:
+        magic, arch, length = 0xE85250D6, 0, 24
+        header = struct.pack("<IIII", magic, arch, length, (-(magic + arch + length)) & 0xFFFFFFFF)
+        header += struct.pack("<HHI", 0, 0, 8)  # the end tag
+    path.write_bytes(head + header + bytes(4096))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind,flag", [("multiboot", "--is-x86-multiboot"),
+                                       ("multiboot2", "--is-x86-multiboot2")])
+def test_multiboot_headers_found_where_grub_file_finds_them(tmp_path, kind, flag):
+    from imgkit.vm.runimage import multiboot_kind
+    path = multiboot_file(tmp_path / "k", kind)
+    assert subprocess.run(["grub-file", flag, path]).returncode == 0
+    assert multiboot_kind(path) == kind
+    (tmp_path / "plain").write_bytes(b"\x7fELF" + bytes(8192))
+    assert subprocess.run(["grub-file", flag, str(tmp_path / "plain")]).returncode != 0
+    assert multiboot_kind(str(tmp_path / "plain")) is None
+
+
+def imgkit_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgkit", "run", *args], capture_output=True,
+                          text=True)
+
+
+def test_32bit_multiboot_kernel_goes_to_qemus_own_loader(tmp_path):
+    kernel = multiboot_file(tmp_path / "k32", "multiboot", elf_class=1)
+    (tmp_path / "m1").write_bytes(b"x")
+    r = imgkit_run("--kernel", kernel, "--module", f"{tmp_path}/m1 a=1 b", "--append", "c=2",
+                   "--print-cmdline")
+    assert r.returncode == 0, r.stderr
+    argv = __import__("shlex").split(r.stdout)
+    assert argv[argv.index("-kernel") + 1] == kernel
+    assert argv[argv.index("-initrd") + 1] == f"{tmp_path}/m1 a=1 b"
+    assert argv[argv.index("-append") + 1] == "c=2"
+
+
+def test_64bit_multiboot_kernel_is_wrapped_in_a_grub_disk(tmp_path):
+    from imgkit.vm.runimage import multiboot_spec
+    kernel = fetch_gnumach()
+    (tmp_path / "ext2fs").write_bytes(b"module")
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = multiboot_spec(kernel, [f"{tmp_path}/ext2fs --host-priv-port=1 root=device:hd0"],
+                          append="console=com0", firmware=None, workdir=str(work))
+    assert spec is not None and spec.kernel is None and spec.firmware == "bios"
+    disk = spec.drives[0].file
+    dump = sh("sfdisk", "--dump", disk)
+    assert "label: dos" in dump and "bootable" in dump
+    assert xxd_bytes(disk, 0x5C, 8) == struct.pack("<Q", 1)  # the core in the MBR gap
+    cfg = fstest(disk, "cat", "(loop0,msdos1)/boot/grub/grub.cfg")
+    script_check(cfg)
+    assert "    multiboot /boot/gnumach-1.8-486.gz console=com0" in cfg
+    assert "    module /boot/ext2fs --host-priv-port=1 root=device:hd0" in cfg
+
+
+def test_module_for_a_kernel_without_multiboot_header_is_refused(tmp_path):
+    (tmp_path / "k").write_bytes(b"\x7fELF" + bytes(8192))
+    (tmp_path / "m").write_bytes(b"m")
+    r = imgkit_run("--kernel", str(tmp_path / "k"), "--module", str(tmp_path / "m"),
+                   "--print-cmdline")
+    assert r.returncode != 0 and "no multiboot" in r.stderr
+
+
+@pytest.mark.boot
+def test_gnumach_boots_through_imgkit_run_kernel():
+    r = imgkit_run("--kernel", fetch_gnumach(), "--append", "console=com0", "--expect",
+                   "GNU Mach 1.8", "--timeout", "60", "--quiet")
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"
