@@ -13,6 +13,11 @@ images with ``grub-mkimage`` (which only writes a file) and a few patched bytes:
   first sector patched to where the rest of it lies. Its prefix ``(,gptN)/boot/grub`` names
   the partition holding ``grub.cfg`` on whichever disk the BIOS booted.
 
+- **ISO**: GRUB's ``i386-pc-eltorito`` image (cdboot.img + diskboot.img + core) as the BIOS
+  El Torito entry and a FAT holding the UEFI image as the UEFI one, both reading the ISO's
+  ``boot/grub/grub.cfg``; :func:`make_hybrid` then gives the written ISO GRUB's
+  ``boot_hybrid.img`` MBR and a partition table, as ``xorrisofs --grub2-mbr`` does.
+
 ``grub.cfg`` is made from entries (Linux: kernel, initrds, command line; multiboot and
 multiboot2: a kernel and modules with their command lines), or is a user's file taken as is.
 Kernels and modules go under ``/boot`` of the same filesystem. With fixed inputs every piece is

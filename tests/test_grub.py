@@ -359,6 +359,19 @@ def test_iso_bios_entry_refuses_efi_true(tmp_path):
                                                      'bios = { loader = "grub", efi = true, '))
 
 
+def test_iso_with_only_the_uefi_grub_entry_carries_its_grub_cfg(tmp_path):
+    def efi_only(text):
+        bios = [line for line in text.splitlines() if line.startswith("bios = ")][0]
+        return text.replace(bios + "\n", "").replace(
+            'efi = "grub_efi"', bios.replace("bios = ", "efi = ").replace('"grub"', '"grub_efi"'))
+    iso = build_iso(tmp_path, edit=efi_only)
+    report = xorriso_report(iso, "el_torito")
+    assert "UEFI" in report and "BIOS" not in report
+    sh("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/boot/grub/grub.cfg",
+       str(tmp_path / "grub.cfg"))
+    script_check((tmp_path / "grub.cfg").read_text())
+
+
 @pytest.mark.boot
 @pytest.mark.parametrize("firmware,media", [("bios", "cdrom"), ("uefi", "cdrom"),
                                             ("bios", "disk"), ("uefi", "disk")])
