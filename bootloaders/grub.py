@@ -13,6 +13,11 @@ images with ``grub-mkimage`` (which only writes a file) and a few patched bytes:
   first sector patched to where the rest of it lies. Its prefix ``(,gptN)/boot/grub`` names
   the partition holding ``grub.cfg`` on whichever disk the BIOS booted.
 
+- **ISO**: GRUB's ``i386-pc-eltorito`` image (cdboot.img + diskboot.img + core) as the BIOS
+  El Torito entry and a FAT holding the UEFI image as the UEFI one, both reading the ISO's
+  ``boot/grub/grub.cfg``; :func:`make_hybrid` then gives the written ISO GRUB's
+  ``boot_hybrid.img`` MBR and a partition table, as ``xorrisofs --grub2-mbr`` does.
+
 ``grub.cfg`` is made from entries (Linux: kernel, initrds, command line; multiboot and
 multiboot2: a kernel and modules with their command lines), or is a user's file taken as is.
 Kernels and modules go under ``/boot`` of the same filesystem. With fixed inputs every piece is
@@ -27,6 +32,7 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imgkit import tools
 from imgkit.bootloaders.table import BootPath, DiskBoot
@@ -34,13 +40,23 @@ from imgkit.errors import ImageError, InputError, LayoutError, ToolError
 from imgkit.settings import BOOL, INT, STR, STRINGS, setting, tables_of
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
 
+if TYPE_CHECKING:
+    from imgkit.disk.layout import Plan
+    from imgkit.filesystems import BuildContext
+
 GRUB_LIB = "/usr/lib/grub"
-PLATFORM_DIRS = {"i386-pc": f"{GRUB_LIB}/i386-pc", "x86_64-efi": f"{GRUB_LIB}/x86_64-efi"}
-PLATFORM_PACKAGES = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
+#: grub-mkimage targets -> the module directory; ``i386-pc-eltorito`` is the i386-pc kernel
+#: behind cdboot.img (an El Torito no-emulation image).
+PLATFORM_DIRS = {"i386-pc": f"{GRUB_LIB}/i386-pc", "i386-pc-eltorito": f"{GRUB_LIB}/i386-pc",
+                 "x86_64-efi": f"{GRUB_LIB}/x86_64-efi"}
+PLATFORM_PACKAGES = {"i386-pc": "grub-pc-bin", "i386-pc-eltorito": "grub-pc-bin",
+                     "x86_64-efi": "grub-efi-amd64-bin"}
 REMOVABLE_PATH = "EFI/BOOT/BOOTX64.EFI"
 CONFIG_DIR = "boot/grub"
 BIOS_BOOT_GUID = "21686148-6449-6e6f-744e-656564454649"
 SECTOR = 512
+#: The BIOS-boot partition added on a GPT disk that declares none (GRUB's core is ~100 KiB).
+BIOS_BOOT_SIZE = "1M"
 
 #: Modules both images carry: partition tables, filesystems, the loaders, the commands a
 #: generated grub.cfg uses, gzip for ``.gz`` kernels (GNU Mach) and the serial terminal.
@@ -48,7 +64,8 @@ COMMON_MODULES = ("part_gpt", "part_msdos", "fat", "ext2", "iso9660", "normal", 
                   "linux", "multiboot", "multiboot2", "boot", "search", "search_fs_uuid",
                   "search_fs_file", "search_label", "test", "echo", "serial", "terminal",
                   "gzio", "halt", "reboot")
-PLATFORM_MODULES = {"i386-pc": ("biosdisk",), "x86_64-efi": ()}
+PLATFORM_MODULES = {"i386-pc": ("biosdisk",), "i386-pc-eltorito": ("biosdisk",),
+                    "x86_64-efi": ()}
 
 # -- boot.img (GRUB's MBR code): offsets from include/grub/i386/pc/boot.h ---------------------
 BOOT_IMG_SIZE = 512
@@ -238,13 +255,12 @@ def grub_tree(entries: Sequence[HostEntry] = (), *, config: str | None = None, d
 
 
 # -- grub-mkimage -----------------------------------------------------------------------------
-#: Run first by both images: if the prefix holds no grub.cfg (another disk layout than the
-#: one planned), look for the filesystem that has one.
+#: Run first by both images, by GRUB's rescue parser (plain commands: no ``if``): the
+#: filesystem holding grub.cfg becomes root and prefix, the planned one (the device of the
+#: prefix, or the boot medium) tried first, others when the disk's layout is not the planned.
 EARLY_CONFIG = f"""\
-if [ ! -e "$prefix/grub.cfg" ]; then
-    search --no-floppy --set=root --file /{CONFIG_DIR}/grub.cfg
-    set prefix=($root)/{CONFIG_DIR}
-fi
+search --no-floppy --set=root --hint=$root --file /{CONFIG_DIR}/grub.cfg
+set prefix=($root)/{CONFIG_DIR}
 """
 
 
@@ -306,7 +322,7 @@ def place_core(core: bytes, core_lba: int) -> bytes:
     return bytes(out)
 
 
-def bios_disk_boot(table: str, plan, holder_number: int, work: str, *,
+def bios_disk_boot(table: str, plan: Plan, holder_number: int, work: str, *,
                    modules: Sequence[str] = ()) -> DiskBoot:
     """boot.img and the placed core image for a disk whose partition ``holder_number`` holds
     ``/boot/grub``: in the GPT BIOS-boot partition, or the MBR gap before the first partition."""
@@ -343,6 +359,113 @@ def bios_disk_boot(table: str, plan, holder_number: int, work: str, *,
                           hint=f"start the first partition at sector {sectors + 1} or later "
                                '(alignment = "1M" leaves 2047 sectors)')
     return DiskBoot(boot_code=boot_img(1), regions=((SECTOR, place_core(core, 1)),))
+
+
+# -- ISO: El Torito images and the hybrid MBR ----------------------------------------------
+ELTORITO_IMAGE = "boot/grub/i386-pc/eltorito.img"
+EFI_FAT_IMAGE = "boot/grub/efi.img"
+#: cdboot.img, the first 2048 bytes of an i386-pc-eltorito image; diskboot.img follows it,
+#: so the core a disk boot loads starts 4 sectors into the boot image.
+CDBOOT_SIZE = 2048
+ISO_BLOCK = 2048
+#: boot_hybrid.img (GRUB's MBR code for a hybrid ISO) reads the core's first sector (u64 LBA)
+#: here, where ``xorriso --grub2-mbr`` writes it; its BPB area holds code and stays.
+HYBRID_CORE_LBA = 0x1B0
+#: The El Torito boot info table at offset 8 of the boot image: the PVD's, the image's block,
+#: its length and the sum of its 32-bit words from offset 64 (mkisofs -boot-info-table).
+BOOT_INFO = struct.Struct("<IIII")
+BOOT_INFO_OFFSET, BOOT_INFO_SUMMED = 8, 64
+#: MBR partition types of a hybrid ISO, as isohybrid writes them.
+ISO_TYPE, ISO_TYPE_WITH_EFI, EFI_TYPE = 0x17, 0x00, 0xEF
+ISO_PAD, ISO_ALIGN = 300 * 1024, 1024 * 1024
+
+
+def eltorito_image(work: str, *, modules: Sequence[str] = ()) -> str:
+    """GRUB for BIOS as an El Torito no-emulation image (cdboot.img + diskboot.img + core)
+    whose prefix ``/boot/grub`` is on the medium it was booted from (CD or, hybrid, disk)."""
+    key = hashlib.sha256("\0".join(["i386-pc-eltorito", *modules]).encode()).hexdigest()[:12]
+    return mkimage("i386-pc-eltorito", os.path.join(work, f"grub-{key}-eltorito.img"),
+                   f"/{CONFIG_DIR}", modules=modules)
+
+
+def _sum32(data: bytes) -> int:
+    data += bytes(-len(data) % 4)
+    return sum(struct.unpack(f"<{len(data) // 4}I", data)) & 0xFFFFFFFF
+
+
+def make_hybrid(iso_path: str, image_size: int, *, disk_signature: int) -> None:
+    """Make a written ISO whose BIOS El Torito image is GRUB's boot as a disk too, as
+    ``xorriso --grub2-mbr boot_hybrid.img --grub2-boot-info`` does: boot_hybrid.img in the
+    MBR pointing at the core after cdboot.img, the core's block list pointing at the sectors
+    after it (the boot info table's checksum redone), and an MBR partition table: the
+    whole ISO, and the EFI El Torito image as an EFI system partition (for UEFI from a disk).
+    ``image_size`` is the BIOS image's size in bytes."""
+    from imgkit.formats import mbr
+    from imgkit.formats.iso9660.read import describe
+
+    with open(iso_path, "r+b") as f:
+        # Zeros after the last file, as mkisofs -pad and isohybrid leave: GRUB for BIOS read
+        # nothing of a grub.cfg in the CD's last block (SeaBIOS), and a disk ends on a MiB.
+        size = -(-(os.fstat(f.fileno()).st_size + ISO_PAD) // ISO_ALIGN) * ISO_ALIGN
+        f.truncate(size)
+        entries = describe(f)["el_torito"]
+        bios = [e for e in entries if e["platform"] == "bios"]
+        if not bios:
+            raise ImageError(f"{iso_path}: no BIOS El Torito entry to boot as a disk")
+        start = bios[0]["load_rba"] * ISO_BLOCK
+        f.seek(start)
+        image = bytearray(f.read(image_size))
+        cdboot = _read_grub_file("cdboot.img")
+        if len(image) != image_size or image[:BOOT_INFO_OFFSET] != cdboot[:BOOT_INFO_OFFSET] \
+                or image[BOOT_INFO_SUMMED:CDBOOT_SIZE] != cdboot[BOOT_INFO_SUMMED:CDBOOT_SIZE]:
+            raise ImageError(f"{iso_path}: the BIOS El Torito image at block "
+                             f"{bios[0]['load_rba']} is not GRUB's i386-pc-eltorito image "
+                             f"of {image_size:,} bytes (cdboot.img first)")
+        core_lba = start // SECTOR + CDBOOT_SIZE // SECTOR
+        image[CDBOOT_SIZE:CDBOOT_SIZE + SECTOR] = place_core(bytes(image[CDBOOT_SIZE:]),
+                                                             core_lba)[:SECTOR]
+        pvd, block, length, _ = BOOT_INFO.unpack_from(image, BOOT_INFO_OFFSET)
+        if block != bios[0]["load_rba"] or length != image_size:
+            raise ImageError(f"{iso_path}: the boot info table reads block {block}, length "
+                             f"{length}; expected {bios[0]['load_rba']}, {image_size}")
+        BOOT_INFO.pack_into(image, BOOT_INFO_OFFSET, pvd, block, length,
+                            _sum32(bytes(image[BOOT_INFO_SUMMED:])))
+        f.seek(start)
+        f.write(image)
+        code = bytearray(_read_grub_file("boot_hybrid.img")[:mbr.BOOT_CODE_SIZE])
+        struct.pack_into("<Q", code, HYBRID_CORE_LBA, core_lba)
+        efi = [e for e in entries if e["platform"] == "efi"]
+        parts = [mbr.MbrPartition(1, ISO_TYPE_WITH_EFI if efi else ISO_TYPE, 0, size // SECTOR,
+                                  bootable=True)]
+        if efi:
+            efi_lba = efi[0]["load_rba"] * (ISO_BLOCK // SECTOR)
+            # A count below 2 means "to the end of the medium" (as EDK2 reads it).
+            sectors = efi[0]["sectors"] if efi[0]["sectors"] > 1 else size // SECTOR - efi_lba
+            parts.append(mbr.MbrPartition(2, EFI_TYPE, efi_lba, sectors))
+        f.seek(0)
+        f.write(mbr.build_sector(parts, disk_signature=disk_signature, boot_code=bytes(code)))
+
+
+def _read_grub_file(name: str) -> bytes:
+    with open(_need(f"{PLATFORM_DIRS['i386-pc']}/{name}", "i386-pc"), "rb") as f:
+        return f.read()
+
+
+def efi_fat(binary: str, ctx: BuildContext, name: str) -> str:
+    """A FAT image holding ``binary`` as ``EFI/BOOT/BOOTX64.EFI`` (an ISO's UEFI El Torito
+    image), in the build's work directory."""
+    from imgkit import filesystems
+    from imgkit.config import FilesystemConfig
+
+    esp = Tree(default_mtime=ctx.mtime or 0)
+    _add_host(esp, REMOVABLE_PATH, binary, ctx.mtime or 0, "GRUB for UEFI")
+    serial = ctx.seed("grub", "efi.img")[:8]
+    vfat = filesystems.get("vfat")
+    fs = FilesystemConfig(name=name, type="vfat", label="GRUBEFI",
+                          options=vfat.options(uuid=f"{serial[:4]}-{serial[4:]}"))
+    image = os.path.join(ctx.work, f"{name}.img")
+    vfat.write(esp, image, 0, None, fs, ctx)
+    return image
 
 
 # -- the boot path ----------------------------------------------------------------------------
@@ -390,10 +513,37 @@ def _root(text: str | None) -> tuple[str, str] | None:
     return kind, value
 
 
+def _menu_tree(options: GrubConfig, ctx: BuildContext, where: str, marker_of: str,
+               efi_image: str | None = None) -> Tree:
+    """grub.cfg and the entries' files; ``marker_of`` names the marker file's seed (the
+    same for the two El Torito entries of an ISO, which share one grub.cfg)."""
+    entries = [HostEntry(e.title, ctx.resolve(e.kernel, where), e.type, e.cmdline,
+                         [ctx.resolve(r, where) for r in e.initrd],
+                         [(ctx.resolve(m.file, where), m.args) for m in e.modules])
+               for e in options.entries]
+    if options.config is None and not entries:
+        raise InputError(f"{ctx.config_path}: {where}: GRUB needs entries or a config",
+                         hint='entries = [{ kernel = "kernel", cmdline = "console=ttyS0" }]')
+    return grub_tree(entries, config=options.config, default=options.default,
+                     timeout=options.timeout, root=_root(options.root),
+                     marker=f"imgkit-{ctx.seed('grub', marker_of)[:16]}.id",
+                     serial=options.serial, efi_image=efi_image, mtime=ctx.mtime or 0)
+
+
+def _has_menu(options: GrubConfig) -> bool:
+    return bool(options.entries) or options.config is not None
+
+
+#: The marker seed of an ISO's grub.cfg (both El Torito entries write the same one).
+ISO_MENU = "[iso]"
+
+
 class Grub(BootPath):
     """GRUB in a filesystem (``[filesystems.NAME] grub = {...}``): grub.cfg, kernels and, with
     ``efi = true``, the UEFI image there; with ``[disk] bios = "grub"`` also boot.img and the
-    core image on the disk (BIOS-boot partition or MBR gap)."""
+    core image on the disk (BIOS-boot partition, added on GPT when none is declared, or MBR
+    gap). As ``[iso] bios = { loader = "grub", ... }``: the El Torito BIOS image, grub.cfg on
+    the ISO and GRUB's hybrid MBR."""
 
     name = "grub"
     firmware = "bios"
@@ -402,24 +552,62 @@ class Grub(BootPath):
     #: GRUB 2.06 reads both (including mke2fs 1.47's metadata_csum ext4); UEFI needs the vfat.
     fs_types = ("vfat", "ext4")
     on_disk = True
+    eltorito_capable = True
     packages = ("grub-common", "grub-pc-bin", "grub-efi-amd64-bin")
 
     def fs_files(self, options, ctx, where):
-        entries = [HostEntry(e.title, ctx.resolve(e.kernel, where), e.type, e.cmdline,
-                             [ctx.resolve(r, where) for r in e.initrd],
-                             [(ctx.resolve(m.file, where), m.args) for m in e.modules])
-                   for e in options.entries]
-        if options.config is None and not entries:
-            raise InputError(f"{ctx.config_path}: {where}: GRUB needs entries or a config",
-                             hint='entries = [{ kernel = "kernel", cmdline = "console=ttyS0" }]')
         image = efi_image(ctx.work, modules=options.modules) if options.efi else None
-        return grub_tree(entries, config=options.config, default=options.default,
-                         timeout=options.timeout, root=_root(options.root),
-                         marker=f"imgkit-{ctx.seed('grub', where)[:16]}.id",
-                         serial=options.serial, efi_image=image, mtime=ctx.mtime or 0)
+        return _menu_tree(options, ctx, where, where, image)
+
+    def extra_partitions(self, options, table, partitions):
+        from imgkit.disk import parttypes
+        from imgkit.disk.layout import PartitionSpec
+        if table != "gpt" or any(parttypes.gpt_type(p.type) == parttypes.gpt_type("bios-boot")
+                                 for p in partitions):
+            return ()
+        names = {p.name for p in partitions}
+        name = next(n for n in ("bios-boot", "grub-bios-boot", "grub-core") if n not in names)
+        return (PartitionSpec(name=name, type="bios-boot", size=BIOS_BOOT_SIZE),)
 
     def disk_regions(self, options, table, plan, holder, ctx):
         assert holder is not None
         return bios_disk_boot(table, plan, plan.partition(holder).number, ctx.work,
                               modules=options.modules)
+
+    def eltorito(self, options, ctx, where):
+        from functools import partial
+
+        from imgkit.bootloaders.table import EltoritoEntry
+        from imgkit.formats.mbr import signature_from_seed
+        if options.efi:
+            raise InputError(f"{ctx.config_path}: {where}: efi = true puts GRUB for UEFI in a "
+                             "filesystem; an ISO's UEFI entry is [iso] efi",
+                             hint='drop efi = true and add [iso] efi = "grub_efi"')
+        tree = _menu_tree(options, ctx, where, ISO_MENU)
+        image = eltorito_image(ctx.work, modules=options.modules)
+        _add_host(tree, ELTORITO_IMAGE, image, ctx.mtime or 0, "GRUB for BIOS")
+        hybrid = partial(make_hybrid, image_size=os.path.getsize(image),
+                         disk_signature=signature_from_seed(ctx.seed("grub", "iso-mbr")))
+        return EltoritoEntry("bios", ELTORITO_IMAGE, tree, load_size=CDBOOT_SIZE // SECTOR,
+                             boot_info_table=True, hybrid=hybrid)
+
+
+class GrubEfi(BootPath):
+    """GRUB for UEFI as an ISO's El Torito UEFI image (a FAT holding BOOTX64.EFI); it reads
+    the ISO's ``boot/grub/grub.cfg``: its own entries', or the BIOS GRUB entry's."""
+
+    name = "grub_efi"
+    firmware = "uefi"
+    options = GrubConfig
+    help = "UEFI boot of an ISO with GRUB (grub.cfg from its entries or the BIOS GRUB entry's)"
+    eltorito_capable = True
+    packages = ("grub-common", "grub-efi-amd64-bin")
+
+    def eltorito(self, options, ctx, where):
+        from imgkit.bootloaders.table import EltoritoEntry
+        tree = _menu_tree(options, ctx, where, ISO_MENU) if _has_menu(options) \
+            else Tree(default_mtime=ctx.mtime or 0)
+        fat = efi_fat(efi_image(ctx.work, modules=options.modules), ctx, "grub-efi")
+        _add_host(tree, EFI_FAT_IMAGE, fat, ctx.mtime or 0, "GRUB for UEFI")
+        return EltoritoEntry("uefi", EFI_FAT_IMAGE, tree)
 

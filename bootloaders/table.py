@@ -18,6 +18,7 @@ bootloader code.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,7 +26,7 @@ from imgkit.errors import InputError
 from imgkit.lazy import LazyEntry
 
 if TYPE_CHECKING:
-    from imgkit.disk.layout import Plan, PlannedPartition
+    from imgkit.disk.layout import PartitionSpec, Plan, PlannedPartition
     from imgkit.filesystems import BuildContext
     from imgkit.tree import Tree
 
@@ -52,6 +53,9 @@ class EltoritoEntry:
     files: Tree
     load_size: int | None = None  # 512-byte sectors the BIOS loads; None: the whole image
     boot_info_table: bool = False
+    #: Makes the written medium (a path) boot as a disk too, in place of the medium's own
+    #: isohybrid (which only ISOLINUX's image can use); None: the medium's own.
+    hybrid: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ class BootPath:
         """Raw bytes on the disk; ``holder`` is the partition holding its filesystem."""
         return DiskBoot()
 
+    def extra_partitions(self, options: Any, table: str,
+                         partitions: tuple[PartitionSpec, ...]) -> tuple[PartitionSpec, ...]:
+        """Partitions it needs that ``partitions`` (the declared ones) lack; added after them."""
+        return ()
+
     def install(self, options: Any, disk: str, holder: PlannedPartition | None,
                 ctx: BuildContext) -> None:
         """A step run on the written (raw) disk image."""
@@ -136,7 +145,9 @@ BUILTIN = (
     LazyPath("uki", "imgkit.bootloaders.systemd_boot:Uki", firmware="uefi", fs_types=("vfat",),
              eltorito_capable=True),
     LazyPath("grub", "imgkit.bootloaders.grub:Grub", firmware="bios", fs_types=("vfat", "ext4"),
-             on_disk=True),
+             on_disk=True, eltorito_capable=True),
+    LazyPath("grub_efi", "imgkit.bootloaders.grub:GrubEfi", firmware="uefi",
+             eltorito_capable=True),
 )
 
 _TABLE: dict[str, BootPath | LazyPath] = {p.name: p for p in BUILTIN}

@@ -455,6 +455,8 @@ class Builder:
             # A prebuilt image is checked against a fixed size below, naming the file.
             specs.append(self._partition_spec(
                 p, content if (p.size == "auto" or not p.image) else None, p.guid, holder, bios))
+        if bios:
+            specs += bios.extra_partitions(bios_options, dc.table, tuple(specs))
         blobs = self._regions()
         plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),
                                            size=None if dc.size == "auto" else dc.size,
@@ -572,8 +574,12 @@ class Builder:
                 tree.overlay(entry.files)
                 entries.append(entry)
         out = self._out_path(ic.output)
+        own_hybrid = [e.hybrid for e in entries if e.hybrid is not None]
         filesystems.get(ic.type).write_boot_media(tree, out, entries, label=ic.volume_id,
-                                                  hybrid=ic.hybrid, ctx=self.context())
+                                                  hybrid=ic.hybrid and not own_hybrid,
+                                                  ctx=self.context())
+        for make_hybrid in own_hybrid if ic.hybrid else ():
+            make_hybrid(out)
         self._record("iso", ic.output, out)
         return out
 

@@ -257,11 +257,29 @@ def test_mbr_gap_too_small_says_how_big(tmp_path):
         build_example(tmp_path, "grub-bios-uefi", edit=small_gap)
 
 
-def test_gpt_without_bios_boot_partition_is_refused(tmp_path):
+def test_gpt_without_bios_boot_partition_gets_one_after_the_declared_ones(tmp_path):
     def drop(text):
         return text.replace('  { name = "bios", type = "bios-boot", size = "1M" },\n', "")
+    image = build_example(tmp_path, "grub-bios-uefi", edit=drop)
+    assert "No problems found" in sh("sgdisk", "-v", image)
+    dump = sh("sfdisk", "--dump", image)
+    # The declared ESP keeps number 1; the BIOS-boot partition is added as number 2.
+    assert "img1 : " in dump and "type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in \
+        dump.split("img1 : ")[1].splitlines()[0]
+    line = dump.split("img2 : ")[1].splitlines()[0]
+    assert "type=21686148-6449-6E6F-744E-656564454649" in line and 'name="bios-boot"' in line
+    bios_start = int(line.split("start=")[1].split(",")[0])
+    assert xxd_bytes(image, 0x5C, 8) == struct.pack("<Q", bios_start)
+    assert "grub.cfg" in fstest(image, "ls", "(loop0,gpt1)/boot/grub/")
+
+
+def test_two_bios_boot_partitions_are_refused(tmp_path):
+    def two(text):
+        return text.replace('  { name = "bios", type = "bios-boot", size = "1M" },\n',
+                            '  { name = "bios", type = "bios-boot", size = "1M" },\n'
+                            '  { name = "bios2", type = "bios-boot", size = "1M" },\n')
     with pytest.raises(LayoutError, match="BIOS boot partition"):
-        build_example(tmp_path, "grub-bios-uefi", edit=drop)
+        build_example(tmp_path, "grub-bios-uefi", edit=two)
 
 
 def test_two_builds_are_bit_identical(tmp_path, bios_uefi_disk):
@@ -269,6 +287,97 @@ def test_two_builds_are_bit_identical(tmp_path, bios_uefi_disk):
     digest = [hashlib.file_digest(open(p, "rb"), "sha256").hexdigest()
               for p in (bios_uefi_disk, again)]
     assert digest[0] == digest[1]
+
+
+# -- a hybrid ISO ---------------------------------------------------------------------------------
+def xorriso_report(iso: str, what: str) -> str:
+    return sh("xorriso", "-indev", iso, f"-report_{what}", "plain")
+
+
+def build_iso(tmp_path, *, edit=None) -> str:
+    text = open(os.path.join(EXAMPLES, "grub-iso.toml")).read()
+    (tmp_path / "grub-iso.toml").write_text(edit(text) if edit else text)
+    build(load_config(str(tmp_path / "grub-iso.toml")), str(tmp_path / "out"), mtime=1700000000)
+    return str(tmp_path / "out" / "grub.iso")
+
+
+@pytest.fixture(scope="module")
+def grub_iso(tmp_path_factory):
+    return build_iso(tmp_path_factory.mktemp("grub-iso"))
+
+
+def test_iso_el_torito_entries_seen_by_xorriso(grub_iso):
+    report = xorriso_report(grub_iso, "el_torito")
+    boot = [line.split() for line in report.splitlines() if line.startswith("El Torito boot img")]
+    assert [(b[5], b[6], b[7]) for b in boot] == [("1", "BIOS", "y"), ("2", "UEFI", "y")]
+    assert "1  /boot/grub/i386-pc/eltorito.img" in report
+    assert "2  /boot/grub/efi.img" in report
+    # xorriso checks the boot info table and the --grub2-boot-info patch itself.
+    assert "El Torito img opts :   1  boot-info-table grub2-boot-info" in report
+
+
+def test_iso_system_area_is_grubs_hybrid_mbr(grub_iso):
+    report = xorriso_report(grub_iso, "system_area")
+    assert "System area summary: MBR grub2-mbr" in report
+    assert "MBR partition path :   2  /boot/grub/efi.img" in report
+    dump = sh("sfdisk", "--dump", grub_iso)
+    assert "type=ef" in dump and "bootable" in dump
+    assert os.path.getsize(grub_iso) % (1 << 20) == 0
+    # boot_hybrid.img at 0x1b0 and the core's first block list (xorrisofs(1) --grub2-mbr and
+    # --grub2-boot-info): the BIOS image's 2 KiB block * 4, + 4 and + 5.
+    lba = int([line.split()[-1] for line in xorriso_report(grub_iso, "el_torito").splitlines()
+               if line.startswith("El Torito boot img :   1")][0])
+    assert xxd_bytes(grub_iso, 0x1B0, 8) == struct.pack("<Q", lba * 4 + 4)
+    assert xxd_bytes(grub_iso, lba * 2048 + 2548, 8) == struct.pack("<Q", lba * 4 + 5)
+    hybrid = open("/usr/lib/grub/i386-pc/boot_hybrid.img", "rb").read()
+    assert xxd_bytes(grub_iso, 0, 0x1B0) == hybrid[:0x1B0]
+
+
+def test_iso_grub_cfg_and_efi_image_read_by_other_tools(grub_iso, tmp_path):
+    for path in ("/boot/grub/grub.cfg", "/boot/grub/efi.img"):
+        sh("xorriso", "-osirrox", "on", "-indev", grub_iso, "-extract", path,
+           str(tmp_path / os.path.basename(path)))
+    cfg = (tmp_path / "grub.cfg").read_text()
+    script_check(cfg)
+    assert "initrd /boot/initramfs-main.cpio" in cfg and "imgkit.via=grub-iso" in cfg
+    sh("fsck.vfat", "-n", str(tmp_path / "efi.img"))
+    listing = sh("mdir", "-i", str(tmp_path / "efi.img"), "-b", "::/EFI/BOOT")
+    assert "BOOTX64.EFI" in listing.upper()
+    # GRUB's own iso9660 driver, through the disk view of the hybrid.
+    assert "grub.cfg" in fstest(grub_iso, "ls", "(loop0)/boot/grub/")
+
+
+def test_iso_two_builds_are_bit_identical(grub_iso, tmp_path):
+    again = build_iso(tmp_path)
+    digest = [hashlib.file_digest(open(p, "rb"), "sha256").hexdigest() for p in (grub_iso, again)]
+    assert digest[0] == digest[1]
+
+
+def test_iso_bios_entry_refuses_efi_true(tmp_path):
+    with pytest.raises(InputError, match=r"\[iso\] efi"):
+        build_iso(tmp_path, edit=lambda t: t.replace('bios = { loader = "grub", ',
+                                                     'bios = { loader = "grub", efi = true, '))
+
+
+def test_iso_with_only_the_uefi_grub_entry_carries_its_grub_cfg(tmp_path):
+    def efi_only(text):
+        bios = [line for line in text.splitlines() if line.startswith("bios = ")][0]
+        return text.replace(bios + "\n", "").replace(
+            'efi = "grub_efi"', bios.replace("bios = ", "efi = ").replace('"grub"', '"grub_efi"'))
+    iso = build_iso(tmp_path, edit=efi_only)
+    report = xorriso_report(iso, "el_torito")
+    assert "UEFI" in report and "BIOS" not in report
+    sh("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/boot/grub/grub.cfg",
+       str(tmp_path / "grub.cfg"))
+    script_check((tmp_path / "grub.cfg").read_text())
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("firmware,media", [("bios", "cdrom"), ("uefi", "cdrom"),
+                                            ("bios", "disk"), ("uefi", "disk")])
+def test_hybrid_iso_boots_as_cd_and_as_disk(grub_iso, firmware, media):
+    run_expect(grub_iso, firmware, "imgkit example: grub iso booted",
+               extra=["--iso-as-disk"] if media == "disk" else [])
 
 
 # -- GNU Mach through a multiboot entry ------------------------------------------------------------
@@ -343,10 +452,10 @@ def test_gnumach_is_a_multiboot_kernel_grub_will_load(gnumach_disk, tmp_path):
 
 
 # -- real boots ---------------------------------------------------------------------------------
-def run_expect(image: str, firmware: str, expect: str, timeout: int = 60):
+def run_expect(image: str, firmware: str, expect: str, timeout: int = 60, extra=()):
     r = subprocess.run([sys.executable, "-m", "imgkit", "run", image, "--firmware", firmware,
-                        "--expect", expect, "--timeout", str(timeout), "--quiet", "--snapshot"],
-                       capture_output=True, text=True)
+                        "--expect", expect, "--timeout", str(timeout), "--quiet", "--snapshot",
+                        *extra], capture_output=True, text=True)
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"
 
 
@@ -365,3 +474,81 @@ def test_mbr_disk_with_ext4_boots_under_seabios(ext4_mbr_disk):
 def test_gnumach_boots_through_a_grub_multiboot_entry(gnumach_disk):
     # After the banner GNU Mach panics: no Hurd servers are in Debian's amd64 archive.
     run_expect(gnumach_disk[0], "bios", "GNU Mach 1.8", timeout=60)
+
+
+# -- imgkit run --kernel: multiboot kernels -----------------------------------------------------
+def multiboot_file(path, kind: str, *, elf_class: int = 2) -> str:
+    """A file with a valid multiboot (v1 or v2) header 64 bytes in, after an ELF ident."""
+    head = b"\x7fELF" + bytes([elf_class]) + bytes(59)
+    if kind == "multiboot":
+        magic, flags = 0x1BADB002, 0x00010003
+        header = struct.pack("<III", magic, flags, (-(magic + flags)) & 0xFFFFFFFF)
+    else:
+        magic, arch, length = 0xE85250D6, 0, 24
+        header = struct.pack("<IIII", magic, arch, length, (-(magic + arch + length)) & 0xFFFFFFFF)
+        header += struct.pack("<HHI", 0, 0, 8)  # the end tag
+    path.write_bytes(head + header + bytes(4096))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind,flag", [("multiboot", "--is-x86-multiboot"),
+                                       ("multiboot2", "--is-x86-multiboot2")])
+def test_multiboot_headers_found_where_grub_file_finds_them(tmp_path, kind, flag):
+    from imgkit.vm.runimage import multiboot_kind
+    path = multiboot_file(tmp_path / "k", kind)
+    assert subprocess.run(["grub-file", flag, path]).returncode == 0
+    assert multiboot_kind(path) == kind
+    (tmp_path / "plain").write_bytes(b"\x7fELF" + bytes(8192))
+    assert subprocess.run(["grub-file", flag, str(tmp_path / "plain")]).returncode != 0
+    assert multiboot_kind(str(tmp_path / "plain")) is None
+
+
+def imgkit_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgkit", "run", *args], capture_output=True,
+                          text=True)
+
+
+def test_32bit_multiboot_kernel_goes_to_qemus_own_loader(tmp_path):
+    kernel = multiboot_file(tmp_path / "k32", "multiboot", elf_class=1)
+    (tmp_path / "m1").write_bytes(b"x")
+    r = imgkit_run("--kernel", kernel, "--module", f"{tmp_path}/m1 a=1 b", "--append", "c=2",
+                   "--print-cmdline")
+    assert r.returncode == 0, r.stderr
+    argv = __import__("shlex").split(r.stdout)
+    assert argv[argv.index("-kernel") + 1] == kernel
+    assert argv[argv.index("-initrd") + 1] == f"{tmp_path}/m1 a=1 b"
+    assert argv[argv.index("-append") + 1] == "c=2"
+
+
+def test_64bit_multiboot_kernel_is_wrapped_in_a_grub_disk(tmp_path):
+    from imgkit.vm.runimage import multiboot_spec
+    kernel = fetch_gnumach()
+    (tmp_path / "ext2fs").write_bytes(b"module")
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = multiboot_spec(kernel, [f"{tmp_path}/ext2fs --host-priv-port=1 root=device:hd0"],
+                          append="console=com0", firmware=None, workdir=str(work))
+    assert spec is not None and spec.kernel is None and spec.firmware == "bios"
+    disk = spec.drives[0].file
+    dump = sh("sfdisk", "--dump", disk)
+    assert "label: dos" in dump and "bootable" in dump
+    assert xxd_bytes(disk, 0x5C, 8) == struct.pack("<Q", 1)  # the core in the MBR gap
+    cfg = fstest(disk, "cat", "(loop0,msdos1)/boot/grub/grub.cfg")
+    script_check(cfg)
+    assert "    multiboot /boot/gnumach-1.8-486.gz console=com0" in cfg
+    assert "    module /boot/ext2fs --host-priv-port=1 root=device:hd0" in cfg
+
+
+def test_module_for_a_kernel_without_multiboot_header_is_refused(tmp_path):
+    (tmp_path / "k").write_bytes(b"\x7fELF" + bytes(8192))
+    (tmp_path / "m").write_bytes(b"m")
+    r = imgkit_run("--kernel", str(tmp_path / "k"), "--module", str(tmp_path / "m"),
+                   "--print-cmdline")
+    assert r.returncode != 0 and "no multiboot" in r.stderr
+
+
+@pytest.mark.boot
+def test_gnumach_boots_through_imgkit_run_kernel():
+    r = imgkit_run("--kernel", fetch_gnumach(), "--append", "console=com0", "--expect",
+                   "GNU Mach 1.8", "--timeout", "60", "--quiet")
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"

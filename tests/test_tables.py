@@ -184,7 +184,7 @@ def test_registered_options_are_validated(tmp_path, registered):
     ("[disk]\noutput = 'd.img'\nbios = 'test-marker'\n",
      r"disk\.bios: expected one of syslinux, grub, got 'test-marker'", "allowed: syslinux, grub"),
     ("[iso]\noutput = 'd.iso'\nbios = { loader = 'test-marker' }\n",
-     r"iso\.bios: expected one of isolinux, got 'test-marker'", "allowed: isolinux"),
+     r"iso\.bios: expected one of isolinux, grub, got 'test-marker'", "allowed: isolinux, grub"),
     ("[filesystems.esp]\ntype = 'vfat'\ntest-marker = { text = 'x' }\n",
      r"unknown key 'test-marker' in \[filesystems\.esp\]", "syslinux, systemd_boot, tree, type, uki"),
 ])

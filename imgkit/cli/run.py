@@ -22,8 +22,12 @@ DESCRIPTION = ("Boot a kernel (direct), a UKI, a disk image (raw/qcow2) or an IS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", metavar="IMAGE",
                    help="kernel, UKI, disk image or ISO (what it is is detected)")
-    p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly")
+    p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly (a multiboot "
+                   "kernel QEMU cannot load goes through GRUB)")
     p.add_argument("--initrd", metavar="FILE", help="initramfs for a direct kernel boot")
+    p.add_argument("--module", action="append", default=[], metavar="'FILE ARGS'",
+                   help="a module of a multiboot kernel (GNU Mach, Xen) and its command line; "
+                        "repeatable")
     p.add_argument("--append", metavar="CMDLINE", help="kernel command line (direct boot; "
                    "default console=ttyS0)")
     p.add_argument("--firmware", choices=["bios", "uefi"],
@@ -67,6 +71,17 @@ def qemu_spec(args: argparse.Namespace, workdir: str) -> QemuSpec:
         progress(f"booting {args.image}: {kind.why}, {spec.firmware} firmware")
         return spec
     if args.kernel:
+        from imgkit.vm.runimage import multiboot_spec
+        if args.module and args.initrd:
+            raise InputError("a multiboot kernel takes --module, not --initrd")
+        multiboot = None if args.initrd else multiboot_spec(
+            args.kernel, args.module, append=args.append, firmware=args.firmware,
+            workdir=workdir, memory=args.mem, cpus=args.cpus, display=display,
+            extra_drives=drives, extra_args=extra)
+        if multiboot is not None:
+            progress(f"booting {args.kernel}: multiboot kernel"
+                     + (" through GRUB" if multiboot.kernel is None else ""))
+            return multiboot
         return QemuSpec(kernel=args.kernel, initrd=args.initrd,
                         append=args.append or "console=ttyS0", drives=drives, memory=args.mem,
                         cpus=args.cpus, display=display, extra_args=extra,

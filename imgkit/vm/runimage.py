@@ -1,5 +1,9 @@
 """Decide how to boot a file: which firmware, which drive interface, direct kernel or not.
 
+A multiboot kernel (``imgkit run --kernel gnumach.gz --module 'FILE ARGS'``) goes to QEMU's
+own loader when that can take it (a 32-bit ELF), else through GRUB on a small disk made on
+the fly, as QEMU refuses 64-bit multiboot ELFs (GNU Mach amd64) and multiboot2 (Xen).
+
 ``imgkit run IMAGE`` accepts a kernel, a UKI, a disk image (raw or qcow2) or an ISO. A UKI
 cannot be booted by QEMU as it is, so it is wrapped on the fly into a small GPT disk with an
 ESP holding it as ``EFI/BOOT/BOOTX64.EFI``.
@@ -7,7 +11,9 @@ ESP holding it as ``EFI/BOOT/BOOTX64.EFI``.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,4 +132,113 @@ def _wrap_uki(uki: str, workdir: str) -> str:
     disk = os.path.join(workdir, "uki-disk.img")
     write_disk(disk_plan, {"esp": esp}, disk)
     os.unlink(esp)
+    return disk
+
+
+# -- multiboot kernels (GNU Mach, Xen) ---------------------------------------------------------
+#: Header magics, how far into the file each header may start, its alignment and how many
+#: u32 words (from the magic on) sum to 0 with its checksum: magic, flags, checksum (Multiboot
+#: 0.6.96); magic, architecture, header length, checksum (Multiboot2).
+MULTIBOOT_HEADERS = {"multiboot": (0x1BADB002, 8192, 4, 3),
+                     "multiboot2": (0xE85250D6, 32768, 8, 4)}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _kernel_head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a kernel, gunzipped if it is gzipped (GNU Mach's .gz)."""
+    import gzip
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+        if head.startswith(_GZIP_MAGIC):
+            with gzip.open(path) as g:
+                head = g.read(size)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read the kernel {path!r}: {exc}") from None
+    return head
+
+
+def multiboot_kind(path: str) -> str | None:
+    """``"multiboot"``, ``"multiboot2"`` or ``None``: whether ``path`` (or its gunzipped
+    content) carries a multiboot header whose checksum holds, where the spec puts it."""
+    head = _kernel_head(path, max(limit for _, limit, _, _ in MULTIBOOT_HEADERS.values()))
+    for kind, (magic, limit, align, words) in MULTIBOOT_HEADERS.items():
+        for at in range(0, min(limit, len(head)) - 4 * words + 1, align):
+            fields = struct.unpack_from(f"<{words}I", head, at)
+            if fields[0] == magic and sum(fields) & 0xFFFFFFFF == 0:
+                return kind
+    return None
+
+
+def _qemu_loads_it(path: str, kind: str) -> bool:
+    """QEMU's own -kernel loader takes a multiboot (v1) kernel that is a 32-bit ELF as is
+    (not gzipped, not 64-bit: "Cannot load x86-64 image, give a 32bit one")."""
+    with open(path, "rb") as f:
+        ident = f.read(5)
+    return kind == "multiboot" and ident[:4] == b"\x7fELF" and ident[4] == 1
+
+
+def parse_module(text: str) -> tuple[str, str]:
+    """``--module 'FILE ARGS'`` -> (FILE, ARGS): the file, then its command line."""
+    parts = text.strip().split(None, 1)
+    if not parts:
+        raise InputError("--module needs a file, optionally followed by its command line",
+                         hint="--module '/boot/ext2fs.static --host-priv-port=1'")
+    if not os.path.isfile(parts[0]):
+        raise InputError(f"multiboot module {parts[0]!r} does not exist")
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def multiboot_spec(kernel: str, modules: Sequence[str], *, append: str | None,
+                   firmware: str | None, workdir: str, memory: int = 512, cpus: int = 1,
+                   display: str = "serial", extra_drives: tuple[Drive, ...] = (),
+                   extra_args: tuple[str, ...] = ()) -> QemuSpec | None:
+    """The QEMU spec that boots a multiboot ``kernel`` with ``modules`` (``'FILE ARGS'``), or
+    ``None`` when it is no multiboot kernel. A 32-bit ELF multiboot kernel goes to QEMU's
+    loader (modules as its ``-initrd`` list); any other (64-bit, gzipped, multiboot2) boots
+    through GRUB from a disk made in ``workdir`` (BIOS, or UEFI with ``firmware="uefi"``)."""
+    kind = multiboot_kind(kernel)
+    if kind is None:
+        if modules:
+            raise InputError(f"--module is for multiboot kernels; {kernel!r} has no multiboot "
+                             "or multiboot2 header")
+        return None
+    mods = [parse_module(m) for m in modules]
+    fw = firmware or "bios"
+    common = dict(memory=memory, cpus=cpus, display=display)
+    if fw == "bios" and _qemu_loads_it(kernel, kind):
+        listed = ",".join(" ".join(filter(None, (f.replace(",", ",,"), a.replace(",", ",,"))))
+                          for f, a in mods)
+        return QemuSpec(kernel=kernel, append=append or "", drives=extra_drives,
+                        extra_args=(("-initrd", listed) if mods else ()) + tuple(extra_args),
+                        **common)  # type: ignore[arg-type]
+    disk = _wrap_multiboot(kernel, kind, mods, append or "", fw, workdir)
+    return QemuSpec(firmware=fw, drives=(Drive(disk),) + extra_drives,
+                    extra_args=tuple(extra_args), **common)  # type: ignore[arg-type]
+
+
+def _wrap_multiboot(kernel: str, kind: str, modules: Sequence[tuple[str, str]], cmdline: str,
+                    firmware: str, workdir: str) -> str:
+    """An MBR disk of one FAT partition booting ``kernel`` with GRUB: grub.cfg with one
+    multiboot entry, boot.img and the core image in the gap (BIOS), BOOTX64.EFI (UEFI)."""
+    from imgkit.bootloaders import grub
+    from imgkit.disk import layout
+    from imgkit.disk.image import write_disk
+    from imgkit.formats.fat import write_fat
+
+    efi = grub.efi_image(workdir) if firmware == "uefi" else None
+    tree = grub.grub_tree([grub.HostEntry(os.path.basename(kernel), kernel, kind, cmdline,
+                                          modules=list(modules))],
+                          marker="imgkit-run.id", efi_image=efi)
+    fat = os.path.join(workdir, "multiboot-boot.img")
+    plan = write_fat(tree, fat, size=None, label="GRUB", serial=0x6D0B007)
+    disk_plan = layout.plan(layout.DiskSpec(table="mbr", partitions=(
+        layout.PartitionSpec(name="boot", type="esp", content_size=plan.size, bootable=True),)))
+    regions = grub.bios_disk_boot("mbr", disk_plan, 1, workdir)
+    disk = os.path.join(workdir, "multiboot-disk.img")
+    write_disk(disk_plan, {"boot": fat}, disk, boot_code=regions.boot_code,
+               extra_regions=regions.regions)
+    os.unlink(fat)
     return disk
