@@ -153,7 +153,7 @@ def parse_attributes(spec: int | str | Iterable[int | str] | None) -> int:
             mask |= 1 << item
         elif isinstance(item, str) and item.strip().lower() in ATTRIBUTE_NAMES:
             mask |= ATTRIBUTE_NAMES[item.strip().lower()]
-        elif isinstance(item, str) and item.strip().isdigit() and int(item) < 64:
+        elif isinstance(item, str) and item.strip().isascii() and item.strip().isdigit() and int(item) < 64:
             mask |= 1 << int(item)
         else:
             raise InputError(f"unknown GPT attribute {item!r}",

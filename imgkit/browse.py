@@ -63,6 +63,7 @@ def locate(spec: str) -> Location:
         raise InputError(f"image {image!r} does not exist")
     if os.path.isdir(image):
         raise InputError(f"{image!r} is a directory, expected an image or archive file")
+    detect.regular_file(image)
     keep: list = []
     found = detect.sniff_path(image)
     path = image

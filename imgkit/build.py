@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from imgkit import filesystems
+from imgkit import filesystems, scratch
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
 from imgkit.config import (
@@ -85,7 +85,7 @@ class Builder:
         of empty partitions needs none)."""
         if self._work is None:
             import tempfile
-            self._work = tempfile.mkdtemp(prefix="imgkit-build-")
+            self._work = tempfile.mkdtemp(prefix="imgkit-build-", dir=scratch.current())
         return self._work
 
     def close(self) -> None:

@@ -307,21 +307,75 @@ class Config:
 
 # --------------------------------------------------------------------------------------------
 
-def load_config(path: str) -> Config:
-    """Parse and validate the build config at ``path``."""
+def _read_toml(path: str) -> dict[str, Any]:
+    """The TOML at ``path``; a missing, unreadable, non-regular or non-UTF-8 file is an
+    :class:`InputError` naming it."""
+    from imgkit.detect import regular_file
+
+    regular_file(path, "config file")
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError(f"config file {path!r} does not exist") from None
+            raw = f.read()
+    except OSError as exc:
+        raise InputError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset "
+                         f"{exc.start}", hint="TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def _check_cycles(cfg: Config) -> None:
+    """No artifact may be built from itself (a tree holding the filesystem made of it):
+    one line naming the cycle instead of endless recursion."""
+    edges: dict[str, list[str]] = {}
+    for t in cfg.trees.values():
+        edges[f"tree:{t.name}"] = [src for _, src in t.files if is_ref(src)]
+    for i in cfg.initramfs.values():
+        edges[f"initramfs:{i.name}"] = [f"tree:{i.tree}"]
+    for f in cfg.filesystems.values():
+        edges[f"fs:{f.name}"] = [f"tree:{f.tree}"] if f.tree else []
+    for u in cfg.uki.values():
+        edges[f"uki:{u.name}"] = [r for r in (u.kernel, *u.initrd) if is_ref(r)]
+    done: set[str] = set()
+    for start in edges:
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if node in done:
+                    continue
+                if node in path:
+                    cycle = path[path.index(node):] + [node]
+                    raise InputError(f"{cfg.path}: {' -> '.join(cycle)}: an artifact is built "
+                                     "from itself", hint="remove one of these references")
+                path.append(node)
+            children = edges.get(node, [])
+            if i < len(children):
+                stack.append((node, i + 1))
+                stack.append((children[i], 0))
+            else:
+                path.pop()
+                done.add(node)
+
+
+def load_config(path: str) -> Config:
+    """Parse and validate the build config at ``path``."""
+    data = _read_toml(path)
     base = os.path.dirname(os.path.abspath(path))
     cfg = parse_table(Config, data, Where(path, "top level", base), path=path, base_dir=base)
     if cfg.kernel.source == "path" and not cfg.kernel.path:
         raise InputError(f"{path}: [kernel] source = 'path' needs path = '...'")
     _check_kernel(cfg)
     _check_names(cfg)
+    _check_cycles(cfg)
     _check_outputs(cfg)
     _check_verity(cfg)
     if cfg.disk:

@@ -85,6 +85,60 @@ def reader(fs_type: str | None) -> Any:
     return importlib.import_module(name) if name else None
 
 
+def regular_file(path: str | os.PathLike, what: str = "image") -> str:
+    """``path`` if it is a regular file (symlinks followed); else an :class:`InputError`
+    naming it. A FIFO, a socket or a device (``/dev/zero``) would block a reader or never
+    end, so none is read where a file is expected."""
+    import stat
+
+    from imgkit.errors import InputError
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path!r} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path!r} cannot be read: {exc.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        return path
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+            else "a character device" if stat.S_ISCHR(st.st_mode)
+            else "a block device" if stat.S_ISBLK(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+    raise InputError(f"{what} {path!r} is {kind}, expected a regular file",
+                     hint="copy the data into a file first" if kind != "a directory" else None)
+
+
+_MULTIBOOT_MAGIC = (0x1BADB002).to_bytes(4, "little")
+_MULTIBOOT2_MAGIC = (0xE85250D6).to_bytes(4, "little")
+
+
+def kernel_kind(path: str | os.PathLike) -> tuple[str | None, str]:
+    """What QEMU's ``-kernel`` would make of ``path``: ``("bzimage" | "elf" | "multiboot",
+    description)`` for a kernel it boots, ``(None, what the file is)`` otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(HEAD)
+    found = sniff_bytes(head)
+    multiboot = any(head[i:i + 4] == _MULTIBOOT_MAGIC for i in range(0, min(len(head), 8192), 4))
+    if found.format == "bzimage":
+        return "bzimage", "a Linux bzImage"
+    if multiboot:
+        return "multiboot", "a multiboot kernel"
+    if found.format == "elf":
+        return "elf", "an ELF executable"
+    if any(head[i:i + 4] == _MULTIBOOT2_MAGIC for i in range(0, min(len(head), 32768), 8)):
+        return None, "a multiboot2 kernel (QEMU boots multiboot2 only through GRUB)"
+    if found.compression:
+        return None, (f"{found.compression}-compressed data" + (
+            f" ({found.format})" if found.format != found.compression else "")
+            + ": decompress it first")
+    if not head:
+        return None, "an empty file"
+    if found.format == "unknown":
+        return None, "not a recognised format" + (" (zeros)" if not head.strip(b"\0") else "")
+    return None, f"{'an' if found.format[:1] in 'aeiou' else 'a'} {found.format} image"
+
+
 def sniff(f: BinaryIO, offset: int = 0) -> Detected:
     """What the data at ``offset`` of the binary file ``f`` is."""
     f.seek(offset)

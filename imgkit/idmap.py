@@ -75,7 +75,7 @@ def parse_ranges(text: str) -> tuple[IdRange, ...]:
     out = []
     for chunk in text.split(","):
         nums = chunk.split()
-        if len(nums) != 3 or not all(n.isdigit() for n in nums):
+        if len(nums) != 3 or not all(n.isascii() and n.isdigit() for n in nums):
             raise InputError(f"id range {chunk.strip()!r}: expected 'INSIDE OUTSIDE COUNT', "
                              "three non-negative integers")
         inside, outside, count = map(int, nums)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from imgkit import detect as _detect
-from imgkit import tools
+from imgkit import scratch, tools
 from imgkit.detect import ARCHIVE_FORMATS, DISK_FORMATS, FORMATS, FS_FORMATS
 from imgkit.disk import probe
 from imgkit.errors import ImageError, InputError
@@ -38,6 +38,7 @@ def _opened(source: str | os.PathLike | BinaryIO) -> Iterator[BinaryIO]:
             raise InputError(f"image {path!r} does not exist")
         if os.path.isdir(path):
             raise InputError(f"{path!r} is a directory, expected an image file")
+        _detect.regular_file(path)
         try:
             f = open(path, "rb")
         except OSError as exc:
@@ -159,7 +160,8 @@ class _TempRaw:
 
     def __init__(self, src: str) -> None:
         qcow2.check_self_contained(src)
-        fd, self.path = tempfile.mkstemp(prefix="imgkit-raw-", suffix=".img")
+        fd, self.path = tempfile.mkstemp(prefix="imgkit-raw-", suffix=".img",
+                                            dir=scratch.current())
         os.close(fd)
         weakref.finalize(self, _unlink, self.path)
         tools.run(["qemu-img", "convert", "-U", qcow2.qemu_filename(src), "-O", "raw", self.path])

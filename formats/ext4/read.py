@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from imgkit import scratch
 from imgkit.errors import ImageError, InputError
 from imgkit.formats.blobs import available, cstr, read_at
 from imgkit.formats.ext4 import c_ext4, debugfs
@@ -59,7 +60,7 @@ class DebugfsBlob:
     keep: object = field(default=None, compare=False, repr=False)
 
     def open(self) -> BinaryIO:
-        with tempfile.TemporaryDirectory(prefix="imgkit-dump-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="imgkit-dump-", dir=scratch.current()) as tmp:
             out = os.path.join(tmp, "data")
             _run(self.device, [f"dump <{self.inode}> {debugfs.quote(out)}"])
             f = open(out, "rb")
@@ -77,7 +78,7 @@ def _device(path: str, offset: int) -> tuple[str, object | None]:
     """The name debugfs opens: ``PATH?offset=N``; a path with ``?`` goes through a symlink."""
     path, holder = os.path.abspath(path), None
     if "?" in path:
-        holder = tempfile.TemporaryDirectory(prefix="imgkit-link-")
+        holder = tempfile.TemporaryDirectory(prefix="imgkit-link-", dir=scratch.current())
         link = os.path.join(holder.name, "image")
         os.symlink(path, link)
         path = link
@@ -105,6 +106,7 @@ def open_tree(path: str, offset: int = 0, size: int | None = None, *, what: str 
     device, holder = _device(path, offset)
     keep = (holder, keep) if holder or keep else None
     names: dict[int, list[tuple[str, int]]] = {}   # inode -> [(path, full mode)]
+    dirs = {2: ""}   # directory inode -> its path: a second name is a cycle (or a damaged fs)
     level = [(2, "")]
     while level:
         out = _run(device, [f"ls -p -r <{ino}>" for ino, _ in level])
@@ -126,6 +128,12 @@ def open_tree(path: str, offset: int = 0, size: int | None = None, *, what: str 
                 path = f"{parent}/{name}" if parent else name
                 names.setdefault(ino, []).append((path, mode))
                 if stat.S_ISDIR(mode):
+                    if ino in dirs:
+                        raise ImageError(
+                            f"{what}: directory /{path} is inode {ino}, already listed as "
+                            f"/{dirs[ino]}: the directory tree has a cycle (a damaged filesystem)",
+                            hint="e2fsck -fn shows the damage")
+                    dirs[ino] = path
                     nxt.append((ino, path))
         level = nxt
     info = _ext_stats(device, [2] + list(names))
@@ -199,7 +207,7 @@ def _ext_slow_links(device: str, inodes: set[int]) -> dict[int, str]:
     if not inodes:
         return {}
     out: dict[int, str] = {}
-    with tempfile.TemporaryDirectory(prefix="imgkit-links-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="imgkit-links-", dir=scratch.current()) as tmp:
         _run(device, [f"dump <{ino}> {debugfs.quote(os.path.join(tmp, str(ino)))}"
                           for ino in sorted(inodes)])
         for ino in inodes:

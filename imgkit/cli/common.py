@@ -25,29 +25,127 @@ def epoch(value: str | None) -> int | None:
         value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise InputError(f"--mtime/SOURCE_DATE_EPOCH must be seconds since 1970, got {value!r}")
     return int(value)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so every ``finally`` and ``with`` runs
+    (temporaries removed, QEMU killed), then the command exits ``128 + signal``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    import signal
+    # one unwinding is enough: a second signal must not interrupt the clean-up
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _on_signals() -> dict:
+    """Make SIGTERM and SIGHUP unwind the command (in the main thread only)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore(saved: dict) -> None:
+    import signal
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def _error(message: str, hint: str | None = None) -> int:
+    print(f"imgkit: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"imgkit: hint: {hint}", file=sys.stderr)
+    return 1
+
+
+def _os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of ``--timeout``: a positive, finite number of seconds."""
+    import argparse
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+#: The compression levels each method accepts (``--level``).
+LEVELS = {"gzip": (0, 9), "xz": (0, 9), "zstd": (1, 22), "lz4": (1, 12)}
+
+
+def check_level(method: str, level: int | None) -> None:
+    """``--level`` within what ``method`` accepts (none is accepted for no compression)."""
+    if level is None:
+        return
+    if method not in LEVELS:
+        raise InputError(f"--level {level}: {method!r} has no compression levels",
+                         hint="drop --level, or choose a compression with --compress")
+    low, high = LEVELS[method]
+    if not low <= level <= high:
+        raise InputError(f"--level {level}: {method} levels are {low} to {high}")
+
+
 def guarded(func: Handler, args: argparse.Namespace) -> int:
     """Run one command: library errors become one line and a hint (exit status 1), Ctrl-C
-    exits 130; with ``--debug`` errors keep their traceback and the commands run are logged."""
+    exits 130, SIGTERM 143 and SIGHUP 129 (after the same clean-up); with ``--debug`` errors
+    keep their traceback and the commands run are logged.
+
+    The command's temporaries live in one scratch directory (:mod:`imgkit.scratch`), removed
+    on every way out and swept by the next run after a SIGKILL. Errors of the host rather
+    than of imgkit (a full disk, a read-only directory, memory exhausted, input nested too
+    deeply) are reported as one line too."""
+    from imgkit import scratch
+
     debug = bool(getattr(args, "debug", False))
     if debug:
         import logging
         logging.basicConfig(level=logging.DEBUG, format="imgkit: %(message)s")
+    saved = _on_signals()
     try:
-        return func(args)
+        with scratch.run_scratch():
+            return func(args)
     except ImgkitError as exc:
         if debug:
             raise
-        print(f"imgkit: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"imgkit: hint: {exc.hint}", file=sys.stderr)
-        return 1
+        return _error(str(exc), exc.hint)
     except KeyboardInterrupt:
         print("imgkit: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        import signal
+        print(f"imgkit: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:
         return 1
+    except MemoryError:
+        if debug:
+            raise
+        return _error("out of memory", "an input declares a size or count far beyond what it holds")
+    except RecursionError:
+        if debug:
+            raise
+        return _error("input nested too deeply to process")
+    except OSError as exc:
+        if debug:
+            raise
+        return _error(_os_error(exc))
+    finally:
+        _restore(saved)

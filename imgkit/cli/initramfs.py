@@ -8,7 +8,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from imgkit.cli.common import progress
+from imgkit.cli.common import check_level, progress
 from imgkit.cli.tree_options import add_output_options, add_tree_options, report, tree_spec
 from imgkit.errors import InputError
 
@@ -103,8 +103,9 @@ def _build(args: argparse.Namespace) -> int:
     if not spec.sources and not spec.entries and not spec.files and not spec.init:
         raise InputError("nothing to archive: give at least one SOURCE, --entry or --file",
                          hint="e.g. imgkit initramfs rootfs/ -o initrd.zst")
+    method = args.compress or method_for_path(args.output)
+    check_level(method, args.level)
     result = write_initramfs(assemble(spec, progress=progress), args.output,
-                             compress=args.compress or method_for_path(args.output),
-                             level=args.level, crc=args.format == "crc")
+                             compress=method, level=args.level, crc=args.format == "crc")
     report(args, result, started)
     return 0

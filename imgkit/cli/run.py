@@ -6,7 +6,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from imgkit.cli.common import progress
+from imgkit.cli.common import positive_seconds, progress
 from imgkit.errors import InputError
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--display", choices=["serial", "gtk"], default="serial",
                    help="serial console on the terminal (default) or a GTK window")
     p.add_argument("--expect", metavar="TEXT", help="exit 0 as soon as TEXT is on the console")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="SECONDS",
                    help="give up (exit 1, console tail shown) after this long (default 300)")
     p.add_argument("--mem", type=int, default=512, metavar="MiB", help="guest memory (default 512)")
     p.add_argument("--cpus", type=int, default=1)
@@ -71,7 +71,9 @@ def qemu_spec(args: argparse.Namespace, workdir: str) -> QemuSpec:
         progress(f"booting {args.image}: {kind.why}, {spec.firmware} firmware")
         return spec
     if args.kernel:
+        from imgkit import detect
         from imgkit.vm.runimage import multiboot_spec
+        detect.regular_file(args.kernel, "--kernel")   # a FIFO or device would block
         if args.module and args.initrd:
             raise InputError("a multiboot kernel takes --module, not --initrd")
         multiboot = None if args.initrd else multiboot_spec(
@@ -82,12 +84,25 @@ def qemu_spec(args: argparse.Namespace, workdir: str) -> QemuSpec:
             progress(f"booting {args.kernel}: multiboot kernel"
                      + (" through GRUB" if multiboot.kernel is None else ""))
             return multiboot
+        check_kernel(args.kernel)
         return QemuSpec(kernel=args.kernel, initrd=args.initrd,
                         append=args.append or "console=ttyS0", drives=drives, memory=args.mem,
                         cpus=args.cpus, display=display, extra_args=extra,
                         firmware=args.firmware or "bios")
     raise InputError("nothing to boot: give IMAGE or --kernel",
                      hint="imgkit run disk.img, or imgkit run --kernel vmlinuz --initrd initrd.zst")
+
+
+def check_kernel(path: str) -> None:
+    """``--kernel`` must be a kernel QEMU boots directly; otherwise say what the file is
+    rather than boot it and wait for the whole timeout."""
+    from imgkit import detect
+
+    kind, what = detect.kernel_kind(detect.regular_file(path, "--kernel"))
+    if kind is None:
+        raise InputError(f"--kernel {path}: not a kernel QEMU can boot directly: it is {what}",
+                         hint="give a Linux bzImage (vmlinuz), an ELF vmlinux or a multiboot "
+                              "kernel; boot disks, ISOs and UKIs as IMAGE")
 
 
 def print_cmdline(spec: QemuSpec, accel: str) -> None:

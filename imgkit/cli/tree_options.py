@@ -57,9 +57,20 @@ def host_files(items: list[str]) -> tuple[tuple[str, str, int | None], ...]:
         parts = item.split(":")
         if len(parts) not in (2, 3):
             raise InputError(f"--file {item!r}: expected HOST:DEST or HOST:DEST:MODE")
-        mode = int(parts[2], 8) if len(parts) == 3 else None
+        mode = _file_mode(item, parts[2]) if len(parts) == 3 else None
         files.append((parts[0], parts[1], mode))
     return tuple(files)
+
+
+def _file_mode(item: str, text: str) -> int:
+    """The MODE of ``--file HOST:DEST:MODE``: octal, permission and setuid/setgid/sticky bits."""
+    if not (text.isascii() and text.isdigit() and set(text) <= set("01234567")):
+        raise InputError(f"--file {item!r}: MODE must be octal (like 0644), got {text!r}")
+    mode = int(text, 8)
+    if mode > 0o7777:
+        raise InputError(f"--file {item!r}: MODE {text} has bits beyond 07777",
+                         hint="give permission bits only: the file type comes from HOST")
+    return mode
 
 
 def tree_spec(args: argparse.Namespace, **init: Any) -> TreeSpec:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from imgkit.cli.common import guarded
+from imgkit.cli.common import guarded, positive_seconds
 from imgkit.errors import InputError
 
 DESCRIPTION = ("Boot a minimal VM (cached kernel and initramfs), mount the current directory "
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", type=int, default=1, metavar="N", help="guest CPUs (default 1)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="set an environment variable for the command (repeatable)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                    help="kill the VM after this long and exit with status 124")
     p.add_argument("--kernel", metavar="PATH",
                    help="kernel to boot (default: the host's if readable, else Debian's, "

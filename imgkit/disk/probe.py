@@ -106,7 +106,7 @@ class PartitionTable:
 
     def find(self, spec: str) -> Partition | None:
         """The partition numbered ``spec`` (digits) or, failing that, named ``spec``."""
-        if spec.isdigit():
+        if spec.isascii() and spec.isdigit():
             for p in self.partitions:
                 if p.number == int(spec):
                     return p

@@ -26,6 +26,7 @@ from typing import BinaryIO
 import libarchive
 from libarchive import ffi
 
+from imgkit import scratch
 from imgkit.errors import ImageError, InputError
 from imgkit.sources import posix_acl
 from imgkit.sources.posix_acl import AclEntry, Tag
@@ -65,7 +66,7 @@ class Spool:
     """
 
     def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="imgkit-spool-")
+        fd, self.path = tempfile.mkstemp(prefix="imgkit-spool-", dir=scratch.current())
         self._f = os.fdopen(fd, "wb")
         self._block = max(os.fstat(fd).st_blksize, 512)
         self.size = 0

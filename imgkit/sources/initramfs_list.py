@@ -39,8 +39,11 @@ def looks_like_list(path: str) -> bool:
     """Whether ``path`` is a text file, which among our sources only a list can be.
 
     Every archive format libarchive reads has binary headers (even ASCII cpio pads names with
-    NULs), so a text file is parsed as a list and a typo gets a line-numbered error.
+    NULs), so a text file is parsed as a list and a typo gets a line-numbered error. A FIFO
+    or a device is refused here (:class:`InputError`): reading one would block or never end.
     """
+    from imgkit.detect import regular_file
+    regular_file(path, "source")
     try:
         with open(path, "rb") as f:
             head = f.read(8192)
@@ -63,6 +66,9 @@ def read_initramfs_list(path: str, *, default_mtime: int = 0,
             lines = f.readlines()
     except OSError as exc:
         raise InputError(f"cannot read list file {path!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"list file {path!r} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} "
+                         f"at offset {exc.start}") from None
     return parse_list_lines(lines, origin=path, base=os.path.dirname(os.path.abspath(path)),
                             default_mtime=default_mtime, env=env)
 
@@ -108,7 +114,7 @@ def _octal(value: str, what: str, where: str) -> int:
 
 
 def _int(value: str, what: str, where: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise InputError(f"{where}: {what} must be a non-negative integer, got {value!r}")
     return int(value)
 

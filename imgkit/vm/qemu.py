@@ -279,6 +279,13 @@ def _emit(console, text: str) -> None:
         console.flush()
 
 
+def check_timeout(timeout: float) -> None:
+    """A timeout is a positive, finite number of seconds (``-1`` or ``nan`` never expire)."""
+    import math
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
 def boot(spec: QemuSpec, *, expect: str | Pattern[str] | None = None, timeout: float = 120.0,
          console: IO | None = None,
          fail_patterns: Iterable[str | Pattern[str]] = DEFAULT_FAIL_PATTERNS,
@@ -292,6 +299,7 @@ def boot(spec: QemuSpec, *, expect: str | Pattern[str] | None = None, timeout: f
     appears, or when QEMU exits before ``expect`` was seen (with its stderr and command line).
     The console is copied to ``console`` (a text or binary stream) as it arrives.
     """
+    check_timeout(timeout)
     _check_inputs(spec)
     qemu = tools.which(QEMU)
     accel = accel or choose_accel()
@@ -325,6 +333,8 @@ def run_interactive(spec: QemuSpec, *, timeout: float | None = None,
     QEMU stays in the caller's session (it must read the terminal) and is killed at the
     timeout or if this process is interrupted.
     """
+    if timeout is not None:
+        check_timeout(timeout)
     _check_inputs(spec)
     qemu = tools.which(QEMU)
     accel = accel or choose_accel()

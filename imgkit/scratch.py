@@ -1,0 +1,90 @@
+"""One scratch directory per run, so a killed run's temporaries are found and removed.
+
+The big temporaries of a command (the build work directory, archive spools, converted
+qcow2 images, debugfs dumps) go below ``$TMPDIR/imgkit-scratch-PID-XXXX`` (:func:`current`
+names it while :func:`run_scratch` is active; the CLI activates it for every command) and the
+whole directory is removed on the way out. A run killed with SIGKILL cannot remove it, so
+every run first sweeps the ``imgkit-scratch-PID-*`` directories whose process is gone.
+Caches stay where they are: only this run's own temporaries live here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from imgkit.errors import ImgkitError
+
+PREFIX = "imgkit-scratch-"
+_OWNED = re.compile(r"imgkit-scratch-(\d+)-")
+_current: str | None = None
+
+
+def current() -> str | None:
+    """This run's scratch directory, or None (then :mod:`tempfile`'s default) outside one."""
+    return _current
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_gone(name: str, pattern: re.Pattern[str]) -> bool:
+    """Whether the temporary ``name`` carries the pid of a process that no longer exists."""
+    m = pattern.match(name)
+    return bool(m) and int(m[1]) != os.getpid() and not pid_alive(int(m[1]))
+
+
+def sweep_stale(parent: str) -> list[str]:
+    """Remove the scratch directories in ``parent`` whose run is gone; returns their paths."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        if owner_gone(name, _OWNED) and os.path.isdir(path) and not os.path.islink(path):
+            try:
+                if os.stat(path).st_uid != os.getuid():
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def run_scratch() -> Iterator[str]:
+    """Create this run's scratch directory (after sweeping stale ones), remove it at the end."""
+    try:
+        parent = tempfile.gettempdir()
+    except OSError as exc:   # "No usable temporary directory found in [...]"
+        raise ImgkitError(f"no usable temporary directory: {exc}",
+                          hint="set TMPDIR to a writable directory") from None
+    sweep_stale(parent)
+    try:
+        path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+    except OSError as exc:
+        raise ImgkitError(f"cannot create a temporary directory in {parent}: {exc.strerror}",
+                          hint="set TMPDIR to a writable directory") from None
+    global _current
+    saved, _current = _current, path
+    try:
+        yield path
+    finally:
+        _current = saved
+        shutil.rmtree(path, ignore_errors=True)
