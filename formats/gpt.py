@@ -306,6 +306,10 @@ def build_gpt(disk_sectors: int, partitions: Sequence[GptPartition], *, disk_gui
 
 
 def _parse_header(f: BinaryIO, lba: int, sector_size: int, what: str):
+    size = f.seek(0, 2)
+    if lba * sector_size + HEADER_SIZE > size:
+        raise ImageError(f"{what} GPT header at LBA {lba}: expected it within the image's "
+                         f"{size} bytes, got offset {lba * sector_size}")
     f.seek(lba * sector_size)
     raw = f.read(HEADER_SIZE)
     if len(raw) < HEADER_SIZE:
@@ -322,8 +326,13 @@ def _parse_header(f: BinaryIO, lba: int, sector_size: int, what: str):
     hdr = parsed.fields.value
     if hdr.my_lba != lba:
         raise ImageError(f"{what} GPT header at LBA {lba} says it is at LBA {hdr.my_lba}")
-    f.seek(hdr.entries_lba * sector_size)
-    entries_raw = f.read(hdr.num_entries * ENTRY_SIZE)
+    start, length = hdr.entries_lba * sector_size, hdr.num_entries * ENTRY_SIZE
+    if start + length > size:
+        raise ImageError(f"{what} GPT entry array: expected {hdr.num_entries} entries of "
+                         f"{ENTRY_SIZE} bytes within the image's {size} bytes, got "
+                         f"{length} bytes at offset {start} (LBA {hdr.entries_lba})")
+    f.seek(start)
+    entries_raw = f.read(length)
     if len(entries_raw) != hdr.num_entries * ENTRY_SIZE:
         raise ImageError(f"{what} GPT entry array at LBA {hdr.entries_lba}: the image ends first")
     if zlib.crc32(entries_raw) != hdr.entries_crc32:
@@ -331,6 +340,17 @@ def _parse_header(f: BinaryIO, lba: int, sector_size: int, what: str):
                          f"{zlib.crc32(entries_raw):08x} does not match the header's "
                          f"{hdr.entries_crc32:08x}")
     return hdr, entries_raw
+
+
+def _parse_entry(raw: bytes):
+    """One entry; a name that is not valid UTF-16 (a lone surrogate) is shown with U+FFFD
+    rather than refused: the name is only a label, the rest of the entry is still good."""
+    try:
+        return GptEntry.parse(raw)
+    except ConstructError:
+        e = GptEntry.parse(raw[:56] + bytes(ENTRY_SIZE - 56))
+        e.name = raw[56:].decode("utf-16-le", "replace").split("\0", 1)[0]
+        return e
 
 
 def _detect_sector_size(f: BinaryIO) -> int:
@@ -351,9 +371,11 @@ def read_gpt(f: BinaryIO, *, sector_size: int | None = None) -> GptTable:
         sector_size = _detect_sector_size(f)
     hdr, entries_raw = _parse_header(f, 1, sector_size, "primary")
     parts = []
-    for i, e in enumerate(Array(hdr.num_entries, GptEntry).parse(entries_raw), start=1):
-        if e.type_guid.int == 0:
+    for i in range(1, hdr.num_entries + 1):
+        raw = entries_raw[(i - 1) * ENTRY_SIZE:i * ENTRY_SIZE]
+        if not any(raw[:16]):
             continue
+        e = _parse_entry(raw)
         parts.append(GptPartition(i, e.type_guid, e.unique_guid, e.first_lba, e.last_lba,
                                   e.attributes, e.name))
     try:

@@ -21,6 +21,7 @@ from construct import (
     Array,
     Bytes,
     Const,
+    ConstructError,
     If,
     IfThenElse,
     Int8ul,
@@ -183,6 +184,9 @@ class PEImage:
                 raise ImageError(f"{path}: not a PE file: expected the 'MZ' signature, "
                                  f"got {head[:2]!r}")
             lfanew = DosHeader.parse(head).e_lfanew
+            if lfanew + 24 > size:
+                raise ImageError(f"{path}: e_lfanew at offset 0x3c: expected the PE header "
+                                 f"within the file's {size:#x} bytes, got {lfanew:#x}")
             f.seek(lfanew)
             if f.read(4) != PE_SIGNATURE:
                 raise ImageError(f"{path}: no 'PE\\0\\0' signature at offset {lfanew:#x} "
@@ -193,7 +197,13 @@ class PEImage:
             if magic not in (PE32_MAGIC, PE32PLUS_MAGIC):
                 raise ImageError(f"{path}: unknown optional header magic "
                                  f"{magic!r}, expected 0x10b (PE32) or 0x20b (PE32+)")
-            opt = OptionalHeader.parse(opt_raw)
+            try:
+                opt = OptionalHeader.parse(opt_raw)
+            except ConstructError as exc:
+                raise ImageError(f"{path}: optional header at offset {lfanew + 24:#x}: expected "
+                                 f"its data directories within SizeOfOptionalHeader "
+                                 f"({coff.SizeOfOptionalHeader} bytes), got "
+                                 f"{type(exc).__name__}") from None
             table = _read_exact(f, 40 * coff.NumberOfSections, path)
             sections = []
             for i in range(coff.NumberOfSections):

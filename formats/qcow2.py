@@ -82,10 +82,16 @@ class Qcow2Header:
         """The files or URLs outside this image that QEMU would open with it."""
         out = []
         if self.backing_file is not None:
-            out.append(f"backing file {self.backing_file!r}")
+            out.append(f"backing file {_shown(self.backing_file)}")
         if self.external_data or self.data_file is not None:
-            out.append(f"external data file {self.data_file or '(unnamed)'!r}")
+            out.append(f"external data file {_shown(self.data_file or '(unnamed)')}")
         return out
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A name read from the image, quoted and cut to one readable length for a message."""
+    text = repr(name[:limit])
+    return text + f" (first {limit} of {len(name)} characters)" if len(name) > limit else text
 
 
 def _read(f: BinaryIO, offset: int, size: int, file_size: int, what: str) -> bytes:

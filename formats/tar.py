@@ -25,7 +25,7 @@ from typing import BinaryIO
 import libarchive
 from libarchive import ffi
 
-from imgkit.errors import ImageError
+from imgkit.errors import ImageError, InputError
 from imgkit.holes import Ranges, blob_data_ranges, gaps, read_range
 from imgkit.sources import posix_acl
 from imgkit.sources.archive import _ACL_TAGS, _ACL_XATTRS
@@ -60,10 +60,27 @@ class TarWritten:
     warnings: list[str] = field(default_factory=list)
 
 
+_U32 = 0xFFFFFFFF
+
+
+def _check_values(e: Entry, meta: Entry) -> None:
+    """Owners and device numbers must fit Linux's 32-bit ``uid_t``/``gid_t`` and device
+    numbers, as the cpio writer requires: pax would store any number, and the kernel or
+    ``tar -x`` would then truncate it to another owner or device."""
+    values = [("uid", meta.uid), ("gid", meta.gid)]
+    if e.kind in (Kind.CHAR, Kind.BLOCK):
+        values += [("device major", e.rdev[0]), ("device minor", e.rdev[1])]
+    for what, value in values:
+        if not 0 <= value <= _U32:
+            raise InputError(f"{e.origin or '/' + e.path}: {what} {value} does not fit in "
+                             f"32 bits (expected 0..{_U32})")
+
+
 def _header(e: Entry, primary: Entry | None, ranges: Ranges | None, acl_text: bool,
             warnings: list[str]) -> ffi.c_archive_entry_p:
-    p = ffi.entry_new()
     meta = primary if (e.kind is Kind.HARDLINK and primary is not None) else e
+    _check_values(e, meta)
+    p = ffi.entry_new()
     name = (e.path + "/" if e.kind is Kind.DIR else e.path) if e.path else "./"
     ffi.entry_update_pathname_utf8(p, name.encode())
     ffi.entry_set_mode(p, meta.st_mode)

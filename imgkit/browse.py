@@ -150,12 +150,17 @@ def _archive_tree(loc: Location) -> Tree:
     from imgkit.sources.archive import read_archive
 
     try:
-        return read_archive(loc.path)
+        tree = read_archive(loc.path)
     except ImageError:
         if loc.kind != "unknown":
             raise
         with open(loc.path, "rb") as f:
             raise _inspect.unknown_format(loc.what, f.read(16)) from None
+    if loc.kind == "unknown" and not any(e.path for e in tree):
+        # libarchive takes zeros (or an empty file) for an empty tar: nothing was recognised
+        with open(loc.path, "rb") as f:
+            raise _inspect.unknown_format(loc.what, f.read(16)) from None
+    return tree
 
 
 _keep_alive: dict[int, list] = {}

@@ -11,6 +11,7 @@ import calendar
 import io
 import os
 import stat
+import struct
 from typing import BinaryIO
 
 from imgkit.errors import ImageError, InputError
@@ -169,6 +170,11 @@ def _el_torito(f: BinaryIO, base: int, limit: int, catalog: int) -> list[dict]:
     return entries
 
 
+#: What pycdlib raises, besides its own exception, on records whose lengths it trusts.
+_PYCDLIB_PARSE_ERRORS = (struct.error, ValueError, IndexError, KeyError, UnicodeError,
+                         OverflowError, AttributeError, TypeError, ZeroDivisionError)
+
+
 def open_tree(path: str, offset: int = 0, size: int | None = None, *, what: str | None = None,
               keep: object = None) -> Tree:
     """The files of the ISO 9660 image at ``offset`` of ``path``, read by pycdlib.
@@ -238,6 +244,11 @@ def open_tree(path: str, offset: int = 0, size: int | None = None, *, what: str 
                 tree.add(Entry(other, Kind.HARDLINK, target=first, **common))
     except PyCdlibException as exc:
         raise ImageError(f"{what}: cannot read the ISO 9660 image: {exc}") from exc
+    except _PYCDLIB_PARSE_ERRORS as exc:
+        # pycdlib trusts some lengths and offsets of the records it parses; a damaged image
+        # then fails inside it with a plain Python error
+        raise ImageError(f"{what}: cannot read the ISO 9660 image: a damaged record "
+                         f"({type(exc).__name__}: {exc})") from exc
     finally:
         try:
             iso.close()

@@ -201,6 +201,8 @@ def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
                     continue
                 p = ae._entry_p
                 mode = ae.mode
+                if not 0 <= mode <= 0xFFFFFFFF:
+                    raise ImageError(f"{origin}: expected a 32-bit file mode, got {mode}")
                 xattrs, group_bits = _xattrs_and_acls(p, rel, origin, losses, named)
                 _check_unrepresentable(p, rel, losses)
                 perm = stat.S_IMODE(mode)
