@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Debian's own Python: readable by every user, so the unprivileged test run can use the venv.
 PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 
-.PHONY: setup system-packages venv demo lint test test-root test-unprivileged bench clean
+.PHONY: setup system-packages venv demo lint test test-root test-unprivileged fuzz bench clean
 
 setup: system-packages venv
 
@@ -57,6 +57,14 @@ test-unprivileged:
 	    echo "== the same tests as uid 65534 =="; \
 	    VENV=$(VENV) PYTHON=$(PYTHON) tests/unprivileged.sh $(PYTEST_ARGS); \
 	else echo "(not root: the run above was already unprivileged)"; fi
+
+# The hostile-input corpus at length: thousands of mutated images, bad configs and arguments
+# (tests/fuzzing.py), each under a time and memory limit. FUZZ_SEED picks another corpus.
+FUZZ_CASES ?= 5000
+FUZZ_SEED ?= 14
+fuzz: venv
+	IMGKIT_FUZZ_CASES=$(FUZZ_CASES) IMGKIT_FUZZ_SEED=$(FUZZ_SEED) \
+	    $(PY) -m pytest -p no:cacheprovider -q -ra tests/test_fuzz.py $(PYTEST_ARGS)
 
 bench: setup cache
 	$(PY) bench/run.py

@@ -329,6 +329,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
         raise InputError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:   # an integer of more than 4300 digits
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _check_cycles(cfg: Config) -> None:

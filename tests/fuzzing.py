@@ -294,6 +294,21 @@ BAD_CONFIGS = [
     "[uki.u]\ncmdline = \"x\"\nkernel = \"uki:u\"\noutput = \"u.efi\"\n",
     "[trees.a]\nfiles = { \"/x\" = \"initramfs:b\" }\n[initramfs.b]\ntree = \"a\"\n",
 ]
+HOSTILE_LISTS = [
+    "nod /x 0600 0 0 c " + "1" * 5000 + " 1\n",
+    "dir /x " + "7" * 5000 + " 0 0\n",
+    "slink /a b 0777 0 0\nslink /b a 0777 0 0\nfile /a/x {hello} 0644 0 0\n",
+    "file /x {hello} 0644 0 0 x\n",
+    "file /x {hello} 0644 0 0 y\nfile /y {hello} 0644 0 0 x\n",
+    "file /x {fifo} 0644 0 0\n",
+    "file /x /dev/zero 0644 0 0\n",
+    "file /x ${{NO_SUCH_VARIABLE}} 0644 0 0\n",
+    "dir /" + "/".join(["d"] * 3000) + " 0755 0 0\n",
+    "dir /x 0755 0 0\n" * 3 + "\xff\xfe not utf-8\n" * 2000,
+    "nod /x 0600 0 0 x 1 1\n",
+    "dir /../../etc 0755 0 0\n",
+    "file /x {hello} 0644 0 0 ../../escape\n",
+]
 BAD_CONFIG_BYTES = [b"\xff\xfe[trees.a]\n", b"seed = \"\xc3\x28\"\n", b"\x00" * 64]
 
 BAD_ARGS = [
@@ -391,6 +406,14 @@ def _fixed_cases(seeds: dict[str, Path], work: Path) -> list[dict]:
                 a = a.replace(key, value)
             out.append(a)
         cases.append({"name": f"argv {n}: {' '.join(argv)[:80]}", "argv": out})
+    hello = special / "hello"
+    hello.write_text("hello\n")
+    for n, text in enumerate(HOSTILE_LISTS):
+        lst = special / f"list{n}.txt"
+        lst.write_bytes(text.format(hello=hello, fifo=fifo).encode("utf-8", "surrogateescape")
+                        .replace(b"\xc3\xbf\xc3\xbe", b"\xff\xfe"))
+        cases.append({"name": f"list {n}: {text[:60]!r}",
+                      "argv": ["initramfs", str(lst), "-o", "{out}/l.cpio", "--compress", "none"]})
     for n, text in enumerate([t.encode() for t in BAD_CONFIGS] + BAD_CONFIG_BYTES):
         cfg = special / f"bad{n}.toml"
         cfg.write_bytes(text)

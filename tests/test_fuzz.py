@@ -213,3 +213,21 @@ def test_level_and_mode_checks(tmp_path):
     _one_error(_imgkit("initramfs", "--mtime", "\u00b2", "--entry", "dir /x 0755 0 0", "-o", out,
                        tmp=tmp_path), "--mtime")
     assert not list(tmp_path.glob("a.cpio*"))
+
+
+def test_source_nested_beyond_path_max(tmp_path):
+    """A directory source nested deeper than PATH_MAX: one short error line."""
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(50):
+            os.mkdir("d" * 100, dir_fd=fd)
+            nfd = os.open("d" * 100, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    r = _imgkit("initramfs", str(deep), "-o", str(tmp_path / "x.cpio"), tmp=tmp_path)
+    err = _one_error(r, "File name too long", "characters")
+    assert len(err) < 600 and not (tmp_path / "x.cpio").exists()

@@ -70,8 +70,10 @@ def _error(message: str, hint: str | None = None) -> int:
 
 
 def _os_error(exc: OSError) -> str:
-    where = f": {exc.filename}" if exc.filename else ""
-    return f"{exc.strerror or exc}{where}"
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes)) else ""
+    if len(name) > 160:   # a path too long to use is too long to read, too
+        name = f"{name[:60]}...{name[-60:]} ({len(name)} characters)"
+    return f"{exc.strerror or exc}" + (f": {name}" if name else "")
 
 
 def positive_seconds(text: str) -> float:

@@ -2,6 +2,7 @@
 turned into one :class:`imgkit.assemble.TreeSpec`; and their common summary line."""
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,9 @@ def host_files(items: list[str]) -> tuple[tuple[str, str, int | None], ...]:
         if len(parts) not in (2, 3):
             raise InputError(f"--file {item!r}: expected HOST:DEST or HOST:DEST:MODE")
         mode = _file_mode(item, parts[2]) if len(parts) == 3 else None
+        if os.path.exists(parts[0]) and not (os.path.isfile(parts[0]) or os.path.isdir(parts[0])):
+            from imgkit.detect import regular_file
+            regular_file(parts[0], "--file")   # a device or FIFO: refused, naming it
         files.append((parts[0], parts[1], mode))
     return tuple(files)
 

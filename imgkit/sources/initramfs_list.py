@@ -104,6 +104,8 @@ def parse_list_lines(lines: Iterable[str], *, origin: str, base: str, default_mt
 
 
 def _octal(value: str, what: str, where: str) -> int:
+    if len(value) > 24:
+        raise InputError(f"{where}: {what} must be octal (like 0755), got {value[:24]!r}...")
     try:
         mode = int(value, 8)
     except ValueError:
@@ -116,6 +118,9 @@ def _octal(value: str, what: str, where: str) -> int:
 def _int(value: str, what: str, where: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise InputError(f"{where}: {what} must be a non-negative integer, got {value!r}")
+    if len(value.lstrip("0")) > 20:   # beyond 64 bits; and int() refuses > 4300 digits
+        raise InputError(f"{where}: {what} {value[:24]}... has {len(value)} digits, expected "
+                         "at most a 64-bit number")
     return int(value)
 
 
