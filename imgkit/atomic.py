@@ -28,7 +28,7 @@ _DENIED = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENAMETOOLONG}
 
 def sweep_stale(directory: str) -> list[str]:
     """Remove the temporaries in ``directory`` left by writers that no longer run."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:

@@ -339,8 +339,8 @@ def _check_cycles(cfg: Config) -> None:
     edges: dict[str, list[str]] = {}
     for t in cfg.trees.values():
         edges[f"tree:{t.name}"] = [src for _, src in t.files if is_ref(src)]
-    for i in cfg.initramfs.values():
-        edges[f"initramfs:{i.name}"] = [f"tree:{i.tree}"]
+    for ic in cfg.initramfs.values():
+        edges[f"initramfs:{ic.name}"] = [f"tree:{ic.tree}"]
     for f in cfg.filesystems.values():
         edges[f"fs:{f.name}"] = [f"tree:{f.tree}"] if f.tree else []
     for u in cfg.uki.values():
@@ -350,8 +350,8 @@ def _check_cycles(cfg: Config) -> None:
         stack: list[tuple[str, int]] = [(start, 0)]
         path: list[str] = []
         while stack:
-            node, i = stack.pop()
-            if i == 0:
+            node, step = stack.pop()
+            if step == 0:
                 if node in done:
                     continue
                 if node in path:
@@ -360,9 +360,9 @@ def _check_cycles(cfg: Config) -> None:
                                      "from itself", hint="remove one of these references")
                 path.append(node)
             children = edges.get(node, [])
-            if i < len(children):
-                stack.append((node, i + 1))
-                stack.append((children[i], 0))
+            if step < len(children):
+                stack.append((node, step + 1))
+                stack.append((children[step], 0))
             else:
                 path.pop()
                 done.add(node)

@@ -4,7 +4,8 @@ The big temporaries of a command (the build work directory, archive spools, conv
 qcow2 images, debugfs dumps) go below ``$TMPDIR/imgkit-scratch-PID-XXXX`` (:func:`current`
 names it while :func:`run_scratch` is active; the CLI activates it for every command) and the
 whole directory is removed on the way out. A run killed with SIGKILL cannot remove it, so
-every run first sweeps the ``imgkit-scratch-PID-*`` directories whose process is gone.
+every run first sweeps the ``imgkit-scratch-PID-*`` directories that no run holds: each run
+keeps a lock on a file inside its own, which the kernel drops when the run dies.
 Caches stay where they are: only this run's own temporaries live here.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from imgkit.errors import ImgkitError
 
 PREFIX = "imgkit-scratch-"
 _OWNED = re.compile(r"imgkit-scratch-(\d+)-")
+LOCK = ".lock"
 _current: str | None = None
 
 
@@ -49,22 +51,52 @@ def owner_gone(name: str, pattern: re.Pattern[str]) -> bool:
 
 def sweep_stale(parent: str) -> list[str]:
     """Remove the scratch directories in ``parent`` whose run is gone; returns their paths."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
         return removed
     for name in names:
         path = os.path.join(parent, name)
-        if owner_gone(name, _OWNED) and os.path.isdir(path) and not os.path.islink(path):
-            try:
-                if os.stat(path).st_uid != os.getuid():
-                    continue
-            except OSError:
+        if not _OWNED.match(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            if os.stat(path).st_uid != os.getuid():
                 continue
+        except OSError:
+            continue
+        if _unlocked(path, name):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _unlocked(path: str, name: str) -> bool:
+    """Whether no run holds the scratch directory ``path``: its lock file can be locked (a
+    lock is released by the kernel when its holder dies, whatever pid namespace it ran in).
+    Without a lock file (a run killed before it made one) the pid in the name decides."""
+    import fcntl
+    try:
+        fd = os.open(os.path.join(path, LOCK), os.O_RDWR)
+    except FileNotFoundError:
+        return owner_gone(name, _OWNED)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _lock(path: str) -> int:
+    """Hold the lock of this run's scratch directory (released on exit, even by SIGKILL)."""
+    import fcntl
+    fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 @contextlib.contextmanager
@@ -82,9 +114,11 @@ def run_scratch() -> Iterator[str]:
         raise ImgkitError(f"cannot create a temporary directory in {parent}: {exc.strerror}",
                           hint="set TMPDIR to a writable directory") from None
     global _current
+    lock = _lock(path)
     saved, _current = _current, path
     try:
         yield path
     finally:
         _current = saved
         shutil.rmtree(path, ignore_errors=True)
+        os.close(lock)

@@ -285,6 +285,15 @@ def test_stale_scratch_of_a_live_process_is_kept(tmp_path):
     dead = tmpdir / f"imgkit-scratch-{dead_pid}-abc"
     dead.mkdir()
     (dead / "spool").write_bytes(b"x")
+    # a run in another pid namespace: its pid means nothing here, its lock is held
+    import fcntl
+    held = tmpdir / f"imgkit-scratch-{dead_pid}-def"
+    held.mkdir()
+    lock = os.open(held / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    released = tmpdir / f"imgkit-scratch-{os.getpid()}-ghi"
+    released.mkdir()
+    (released / ".lock").write_bytes(b"")
     out = tmp_path / "out"
     out.mkdir()
     stale = out / f".i.cpio.imgkit-{dead_pid}-abc123.tmp"
@@ -294,8 +303,9 @@ def test_stale_scratch_of_a_live_process_is_kept(tmp_path):
     r = _imgkit("initramfs", "--entry", "dir /x 0755 0 0", "-o", str(out / "i.cpio"),
                 env=_env(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert live.exists() and mine.exists()
-    assert not dead.exists() and not stale.exists()
+    os.close(lock)
+    assert live.exists() and mine.exists() and held.exists()
+    assert not dead.exists() and not stale.exists() and not released.exists()
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
