@@ -331,3 +331,29 @@ def test_signal_during_run_kills_qemu(tmp_path, sig, status):
     assert "Traceback" not in err, err
     assert _wait_gone(str(disk)) == []
     assert _leftovers(tmp_path / "tmpdir") == []
+
+
+def test_qemu_killed_under_run_is_one_error(tmp_path):
+    """QEMU dying under ``imgkit run`` (here SIGKILL from outside) ends the run with one
+    error line and nothing left behind."""
+    import shutil
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 not installed")
+    disk = tmp_path / "blank.img"
+    disk.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * (1 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "imgkit", "run", str(disk), "--firmware",
+                             "bios", "--timeout", "60", "--quiet", "--expect", "never"],
+                            env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+    deadline, qemu = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not qemu:
+        qemu = [p for p in _descendants(proc.pid)
+                if b"qemu" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        time.sleep(0.1)
+    assert qemu, "QEMU never started"
+    time.sleep(0.5)
+    for pid in qemu:
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and len(ERROR_LINE.findall(err)) == 1, err
+    assert _leftovers(tmp_path / "tmpdir") == []
