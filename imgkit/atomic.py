@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -59,6 +60,14 @@ def _make_temp(dest: str) -> str:
     if os.path.isdir(dest):
         raise InputError(f"output {dest} is a directory, expected a file name",
                          hint=f"name a file inside it, e.g. {os.path.join(dest, 'image')}")
+    if os.path.exists(dest) and not os.path.isfile(dest):
+        # the rename would put a regular file where a device node or FIFO was
+        st_mode = os.stat(dest).st_mode
+        kind = ("a character device" if stat.S_ISCHR(st_mode) else "a block device"
+                if stat.S_ISBLK(st_mode) else "a FIFO" if stat.S_ISFIFO(st_mode) else "a socket")
+        raise InputError(f"output {dest} is {kind}, expected a regular file or a new name",
+                         hint="outputs are written beside their name and renamed over it: "
+                              "write a file, then copy it (dd) to the device")
     if not os.path.isdir(directory):
         raise InputError(f"output directory {directory} of {dest} does not exist",
                          hint=f"create it first: mkdir -p {directory}")

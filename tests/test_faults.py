@@ -357,3 +357,22 @@ def test_qemu_killed_under_run_is_one_error(tmp_path):
     assert proc.returncode == 1, err
     assert "Traceback" not in err and len(ERROR_LINE.findall(err)) == 1, err
     assert _leftovers(tmp_path / "tmpdir") == []
+
+
+def test_output_over_a_device_or_fifo_is_refused(tmp_path):
+    """An output renamed over its name must not turn a device node or a FIFO into a regular
+    file (as root, ``-o /dev/full`` would have replaced the device)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = _imgkit("tar", "--entry", "dir /x 0755 0 0", "-o", str(fifo), env=_env(tmp_path))
+    _one_error(r, "is a FIFO")
+    assert fifo.is_fifo()
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    (tmp_path / "cfg.toml").write_text(BIG_TOML)
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = _imgkit("build", str(tmp_path / "cfg.toml"), "-O", str(out), env=_env(tmp_path))
+        _one_error(r, "-O")
+        assert "initramfs" not in r.stderr   # refused before building anything

@@ -26,12 +26,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of outputs on stdout")
 
 
+def check_output_dir(path: str) -> None:
+    """``-O DIR`` is a directory, or a name one can be made at: said before anything is
+    built, not after the first artifact."""
+    import os
+
+    from imgkit.errors import InputError
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise InputError(f"-O {path}: expected a directory, got an existing file")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"-O {path}: {parent} is a file, so no directory can be made there")
+
+
 def run(args: argparse.Namespace) -> int:
     from imgkit.build import build
     from imgkit.config import load_config
 
     started = time.monotonic()
     quiet = args.json or args.quiet
+    check_output_dir(args.output_dir)
     result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
                    progress=None if quiet else progress, only=tuple(args.only))
     if args.json:
