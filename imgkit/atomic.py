@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from imgkit.errors import ImgkitError, InputError
-from imgkit.scratch import owner_gone
+from imgkit.scratch import hold_signals, owner_gone, release_signals
 
 _STALE = re.compile(r"\..*\.imgkit-(\d+)-[A-Za-z0-9_]+\.tmp\Z", re.S)
 #: Errors of the output filesystem, not of imgkit: reported as one line naming the output.
@@ -89,8 +89,14 @@ def atomic_path(dest: str | os.PathLike, *, mode: int = 0o644) -> Iterator[str]:
     For writers that hand a path to an external tool (``mke2fs``, ``qemu-img``).
     """
     dest = os.fspath(dest)
-    tmp = _make_temp(dest)
+    mask = hold_signals()
     try:
+        tmp = _make_temp(dest)
+    except BaseException:
+        release_signals(mask)
+        raise
+    try:
+        release_signals(mask)
         yield tmp
         os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, dest)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 
@@ -22,12 +23,24 @@ from imgkit.errors import ImgkitError
 PREFIX = "imgkit-scratch-"
 _OWNED = re.compile(r"imgkit-scratch-(\d+)-")
 LOCK = ".lock"
+_DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _current: str | None = None
 
 
 def current() -> str | None:
     """This run's scratch directory, or None (then :mod:`tempfile`'s default) outside one."""
     return _current
+
+
+def hold_signals() -> set[signal.Signals]:
+    """Defer SIGINT, SIGTERM and SIGHUP (whose handlers raise) while a temporary is created
+    and the block that removes it is not yet entered; returns the mask to restore."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+
+
+def release_signals(mask: set[signal.Signals]) -> None:
+    """Deliver what :func:`hold_signals` deferred (call it inside the cleaning block)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def pid_alive(pid: int) -> bool:
@@ -108,17 +121,24 @@ def run_scratch() -> Iterator[str]:
         raise ImgkitError(f"no usable temporary directory: {exc}",
                           hint="set TMPDIR to a writable directory") from None
     sweep_stale(parent)
+    # a signal handler that raises (SIGTERM, Ctrl-C) waits until the directory exists and
+    # the block that removes it is entered
+    mask = hold_signals()
     try:
         path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
     except OSError as exc:
+        release_signals(mask)
         raise ImgkitError(f"cannot create a temporary directory in {parent}: {exc.strerror}",
                           hint="set TMPDIR to a writable directory") from None
     global _current
-    lock = _lock(path)
-    saved, _current = _current, path
+    saved, lock = _current, None
     try:
+        release_signals(mask)
+        lock = _lock(path)
+        _current = path
         yield path
     finally:
         _current = saved
         shutil.rmtree(path, ignore_errors=True)
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
