@@ -39,25 +39,37 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+_received: list[int] = []
+
+
 def _terminate(signum: int, _frame: object) -> None:
     import signal
-    # one unwinding is enough: a second signal must not interrupt the clean-up
+    # one unwinding is enough: a second signal must not interrupt the clean-up, nor kill
+    # the process once the command has returned its status
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+    _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
 def _on_signals() -> dict:
-    """Make SIGTERM and SIGHUP unwind the command (in the main thread only)."""
+    """Make SIGINT, SIGTERM and SIGHUP unwind the command (in the main thread only)."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    wanted = [signal.SIGTERM, signal.SIGHUP]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        wanted.append(signal.SIGINT)
+    return {sig: signal.signal(sig, _terminate) for sig in wanted}
 
 
 def _restore(saved: dict) -> None:
     import signal
+    if _received:
+        return   # exiting on a signal: the others stay ignored
     for sig, handler in saved.items():
         signal.signal(sig, handler)
 
