@@ -517,7 +517,8 @@ def _menu_tree(options: GrubConfig, ctx: BuildContext, where: str, marker_of: st
                efi_image: str | None = None) -> Tree:
     """grub.cfg and the entries' files; ``marker_of`` names the marker file's seed (the
     same for the two El Torito entries of an ISO, which share one grub.cfg)."""
-    entries = [HostEntry(e.title, ctx.resolve(e.kernel, where), e.type, e.cmdline,
+    entries = [HostEntry(e.title, ctx.resolve(e.kernel, where), e.type,
+                         ctx.substitute(e.cmdline, where),
                          [ctx.resolve(r, where) for r in e.initrd],
                          [(ctx.resolve(m.file, where), m.args) for m in e.modules])
                for e in options.entries]

@@ -208,7 +208,7 @@ class Syslinux(BootPath):
     def fs_files(self, options, ctx, where):
         return syslinux_tree(ctx.resolve(options.kernel, where),
                              ctx.resolve(options.initrd, where) if options.initrd else None,
-                             options.append, mtime=ctx.mtime or 0)
+                             ctx.substitute(options.append, where), mtime=ctx.mtime or 0)
 
     def fs_room(self, options):
         return INSTALL_ROOM
@@ -246,7 +246,7 @@ class Isolinux(BootPath):
         if options.initrd:
             put("boot/initrd", ctx.resolve(options.initrd, where))
             initrd = "/boot/initrd"
-        text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, options.append)
+        text = syslinux_cfg("linux", "/boot/vmlinuz", initrd, ctx.substitute(options.append, where))
         tree.add(Entry("isolinux/isolinux.cfg", Kind.FILE, mode=0o644, mtime=ctx.mtime or 0,
                        data=BytesBlob(text.encode())))
         return EltoritoEntry("bios", "isolinux/isolinux.bin", tree, load_size=4,

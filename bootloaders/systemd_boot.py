@@ -199,7 +199,8 @@ class SystemdBoot(BootPath):
 
     def fs_files(self, options, ctx, where):
         entries = [BootEntry(id=e.id, title=e.title, linux=ctx.resolve(e.kernel, where),
-                             initrds=[ctx.resolve(r, where) for r in e.initrd], options=e.options)
+                             initrds=[ctx.resolve(r, where) for r in e.initrd],
+                             options=ctx.substitute(e.options, where))
                    for e in options.entries]
         ukis = [(r.partition(":")[2] or os.path.basename(r), ctx.resolve(r, where))
                 for r in options.ukis]

@@ -16,6 +16,7 @@ small :class:`~imgkit.filesystems.BuildContext` rather than this driver.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -283,11 +284,19 @@ class Builder:
         return self._once(f"uki:{name}", make)
 
     # -- dm-verity --------------------------------------------------------------------------
-    def substitute(self, text: str) -> str:
-        """``text`` with each ``${verity:PARTITION}`` replaced by that partition's root hash
-        (the config checked that every substitution is one of those)."""
-        return SUBSTITUTION.sub(lambda m: self.verity(m.group(1).partition(":")[2]).root_hash_hex,
-                                text)
+    def substitute(self, text: str, where: str = "cmdline") -> str:
+        """A kernel command line with ``${cmdline}`` replaced by the config's top-level
+        ``cmdline`` (so an image's command line is declared once for every boot path) and
+        each ``${verity:PARTITION}`` by that partition's root hash."""
+        def value(m: re.Match[str]) -> str:
+            kind, _, name = m.group(1).partition(":")
+            if kind == "cmdline" and not name:
+                return self.cfg.cmdline
+            if kind == "verity" and name:
+                return self.verity(name).root_hash_hex
+            raise InputError(f"{self.cfg.path}: {where}: unknown substitution ${{{m.group(1)}}}",
+                             hint="there are ${cmdline} and ${verity:PARTITION}")
+        return SUBSTITUTION.sub(value, text)
 
     def _disk_partition(self, name: str) -> PartitionConfig:
         assert self.cfg.disk is not None
@@ -366,7 +375,7 @@ class Builder:
         """What filesystem and boot path handlers may use of this build."""
         return self._once("context", lambda: BuildContext(
             config_path=self.cfg.path, work=self.work, mtime=self.mtime, resolve=self.resolve,
-            seed=self._seed, progress=self.progress))
+            seed=self._seed, progress=self.progress, substitute=self.substitute))
 
     def fs_tree(self, fc: FilesystemConfig) -> Tree:
         """The filesystem's tree plus the files of the boot paths it holds."""

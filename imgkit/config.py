@@ -119,8 +119,9 @@ class InitramfsConfig:
 @dataclass(frozen=True)
 class UkiConfig:
     name: str
-    cmdline: str = setting(STR, help="the kernel command line; ${verity:PARTITION} is that "
-                                     "partition's dm-verity root hash")
+    cmdline: str = setting(STR, "${cmdline}",
+                           help="the kernel command line; ${cmdline} is the top-level cmdline, "
+                                "${verity:PARTITION} that partition's dm-verity root hash")
     kernel: str = setting(STR, "kernel", path=True, help="the kernel: a reference or host path")
     initrd: tuple[str, ...] = setting(STRINGS, (), path=True, help="initrds, concatenated")
     os_release: str | None = setting(STR, None, path=True, help="os-release file or text")
@@ -290,6 +291,9 @@ class Config:
     base_dir: str
     seed: str = setting(STR, "imgkit", help="every UUID, serial and hash seed derives from it")
     mtime: int | None = setting(INT, None, help="clamp times to it (default: $SOURCE_DATE_EPOCH)")
+    cmdline: str = setting(STR, "", help="the kernel command line declared once: ${cmdline} in a "
+                                         "UKI cmdline (its default), a syslinux append or a "
+                                         "systemd-boot/GRUB entry's options or cmdline")
     kernel: KernelConfig = setting(table_of(KernelConfig), default_factory=KernelConfig,
                                    help="what \"kernel\" refers to")
     trees: dict[str, TreeConfig] = setting(_named(TreeConfig), default_factory=dict,
@@ -518,7 +522,7 @@ def _check_names(cfg: Config) -> None:
 
 #: A substitution in a kernel command line: ``${verity:NAME}``, the root hash of partition NAME.
 SUBSTITUTION = re.compile(r"\$\{([^}]*)\}")
-SUBSTITUTION_KINDS = ("verity",)
+SUBSTITUTION_KINDS = ("verity", "cmdline")
 
 
 def substitutions(text: str) -> list[tuple[str, str]]:
@@ -590,13 +594,19 @@ def _check_verity(cfg: Config) -> None:
         elif has_key:
             raise InputError(f"{where}: verity_key and verity_certificate go with "
                              "verity_signature", hint='add verity_signature = "PARTITION"')
+    if substitutions(cfg.cmdline):
+        raise InputError(f"{cfg.path}: cmdline: the top-level command line takes no ${{...}}",
+                         hint="substitutions go in the UKI or boot entry command lines")
     for u in cfg.uki.values():
         for kind, name in substitutions(u.cmdline):
+            if kind == "cmdline" and not name:
+                continue
             if kind not in SUBSTITUTION_KINDS or not name:
                 raise InputError(f"{cfg.path}: [uki.{u.name}] cmdline: unknown substitution "
                                  f"${{{kind}{':' + name if name else ''}}}",
-                                 hint="the one there is: ${verity:PARTITION}, the root hash "
-                                      "of a partition a verity partition protects")
+                                 hint="there are ${cmdline} (the top-level cmdline) and "
+                                      "${verity:PARTITION}, the root hash of a partition a "
+                                      "verity partition protects")
             if name not in hashed:
                 raise InputError(f"{cfg.path}: [uki.{u.name}] cmdline: ${{verity:{name}}} names "
                                  f"no partition that a verity partition protects",

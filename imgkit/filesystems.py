@@ -40,6 +40,9 @@ class BuildContext:
     resolve: Callable[[str, str], str]  # (reference or host path, where it is written) -> path
     seed: Callable[..., str]  # (*purpose) -> hex digest derived from the config's seed
     progress: Callable[[str], None]
+    #: (command line, where it is written) -> it with ``${cmdline}``/``${verity:NAME}``
+    #: replaced; boot paths pass every kernel command line they write through it.
+    substitute: Callable[..., str] = lambda text, where="cmdline": text
 
 
 @dataclass(frozen=True)
