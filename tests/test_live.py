@@ -97,9 +97,11 @@ def test_init_config_needs_the_busybox_init(tmp_path):
 # -- images: an initramfs whose init stacks layers, and roots on partitions --------------------
 
 CHECK = r"""#!/bin/busybox sh
-/bin/busybox echo "LIVE-ROOT $(/bin/busybox cat /etc/layer) $(/bin/busybox cat /hooked 2>/dev/null || /bin/busybox cat /dev/hooked-note)"
+hooked=$(/bin/busybox cat /hooked 2>/dev/null || /bin/busybox cat /dev/hooked-note)
+/bin/busybox echo "LIVE-ROOT $(/bin/busybox cat /etc/layer) $hooked"
 /bin/busybox grep -E ' / ' /proc/mounts | /bin/busybox sed 's/^/MOUNT /'
 /bin/busybox echo LIVE-DONE
+if [ -p /dev/initctl ]; then /bin/busybox echo off > /dev/initctl; /bin/busybox sleep 60; fi
 /bin/busybox poweroff -f
 """
 
@@ -162,6 +164,7 @@ command = ["/bin/busybox", "sh", "/check"]"""
 
 SQUASHFS_CONFIG = """root = "PARTLABEL=sq"
 fstype = "squashfs"
+initctl = true
 before_exec = [["sh", "-c", "echo from-initramfs > /newroot/dev/hooked-note"]]
 command = ["/bin/busybox", "sh", "-c", "echo hook > /tmp/x; exec /bin/busybox sh /check"]"""
 
@@ -194,6 +197,7 @@ def debian_kernel():
 
 
 def boot_direct(out, expect: str) -> str:
+    """Boot Debian's kernel with the built initramfs and disk; the console log."""
     r = imgkit("run", "--kernel", debian_kernel().vmlinuz, "--initrd", str(out / "initrd.zst"),
                "--append", "console=ttyS0 panic=-1", "--drive", str(out / "disk.img"),
                "--snapshot", "--expect", expect, "--timeout", BOOT_TIMEOUT, check=False)
@@ -204,7 +208,7 @@ def boot_direct(out, expect: str) -> str:
 @pytest.mark.boot
 def test_boot_squashfs_partition_root(tmp_path):
     out = build_stack(tmp_path, SQUASHFS_CONFIG)
-    log = boot_direct(out, "LIVE-DONE")
+    log = boot_direct(out, "/dev/initctl written: powering off")
     assert "LIVE-ROOT squashfs from-initramfs" in log, log[-3000:]
     assert "squashfs" in log[log.index("LIVE-ROOT"):]
 
@@ -234,10 +238,20 @@ def test_live_iso_holds_the_squashfs_and_the_boot_files(tmp_path):
     assert "-rwxr-xr-x 0/0" in listing and "squashfs-root/sbin/init" in listing, listing
 
 
+def test_live_iso_is_reproducible(tmp_path):
+    digests = []
+    for run in ("a", "b"):
+        imgkit("build", EXAMPLE, "-O", str(tmp_path / run), "-q")
+        digests.append(sh("sha256sum", str(tmp_path / run / "live.iso")).split()[0])
+    assert digests[0] == digests[1]
+
+
 @pytest.mark.boot
-def test_boot_live_iso_as_cd(tmp_path):
+@pytest.mark.parametrize("media", ["cdrom", "disk"])
+def test_boot_live_iso(tmp_path, media):
     out = tmp_path / "out"
     imgkit("build", EXAMPLE, "-O", str(out), "-q")
-    r = imgkit("run", str(out / "live.iso"), "--firmware", "bios", "--expect",
+    extra = ["--iso-as-disk"] if media == "disk" else []
+    r = imgkit("run", str(out / "live.iso"), "--firmware", "bios", *extra, "--snapshot", "--expect",
                "imgkit live: overlay root is writable", "--timeout", BOOT_TIMEOUT, check=False)
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
