@@ -43,6 +43,9 @@ class TreeSpec:
     moddir: str | None = None
     #: The ``/etc/imgkit/rc`` script the built-in init runs when there is no ``root=``.
     rc: str | None = None
+    #: The built-in init's declarative config (an :class:`imgkit.vm.guest_init.InitConfig`),
+    #: written as ``/etc/imgkit/init.conf``; the modules it needs are added to ``modules``.
+    init_config: object | None = None
     #: Mode bits kept from a host file placed with ``files`` (a config keeps no group/other
     #: write bits from the host's umask).
     file_mask: int = 0o7777
@@ -74,26 +77,30 @@ def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -
     """
     user = _assemble_user(spec)
     if spec.init is None:
-        if spec.modules or spec.rc is not None:
-            raise InputError(f"{spec.origin}: modules and rc need init = 'busybox'",
+        if spec.modules or spec.rc is not None or spec.init_config is not None:
+            raise InputError(f"{spec.origin}: modules, rc and init_config need init = 'busybox'",
                              hint="or add the modules as files with a source of your own")
         return user
     if spec.init != "busybox":
         raise InputError(f"{spec.origin}: init {spec.init!r}: expected 'busybox'")
-    from imgkit.vm.guest_init import busybox_init_tree
+    from imgkit.vm.guest_init import busybox_init_tree, init_config_modules, render_init_conf
     from imgkit.vm.kmod import resolve_modules
 
+    wanted = spec.modules
+    if spec.init_config is not None:
+        render_init_conf(spec.init_config)  # its errors first, before modules are looked up
+        wanted = tuple(dict.fromkeys(wanted + init_config_modules(spec.init_config)))
     modules = []
-    if spec.modules:
+    if wanted:
         if not spec.moddir:
             raise InputError(f"{spec.origin}: modules need a kernel modules directory "
                              "(lib/modules/VERSION)",
                              hint="--moddir DIR on the command line; [kernel] in a config")
-        modules = resolve_modules(spec.moddir, spec.modules)
+        modules = resolve_modules(spec.moddir, wanted)
         if progress:
             progress(f"{len(modules)} modules: {', '.join(m.name for m in modules)}")
     base = busybox_init_tree(spec.busybox, modules, spec.moddir, rc_script=spec.rc,
-                             mtime=spec.mtime or 0)
+                             init_config=spec.init_config, mtime=spec.mtime or 0)
     base.overlay(user)
     return base
 

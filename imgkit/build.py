@@ -230,7 +230,7 @@ class Builder:
         from imgkit.idmap import idmap_from_options
 
         moddir = None
-        if tc.modules:
+        if tc.modules or tc.init_config is not None:
             moddir = self.kernel().moddir
             if not moddir:
                 raise InputError(f"[trees.{tc.name}] modules need a kernel modules directory",
@@ -244,7 +244,7 @@ class Builder:
                         origin=f"{self.cfg.path}: [trees.{tc.name}]",
                         entries_origin=f"{self.cfg.path}: [trees.{tc.name}] entries line",
                         init=tc.init, modules=tc.modules, moddir=moddir, rc=tc.rc,
-                        file_mask=0o755)
+                        init_config=tc.init_config, file_mask=0o755)
         tree = assemble(spec, progress=lambda msg: self.progress(f"tree {tc.name}: {msg}"))
         for warning in tree.warnings:
             self.progress(f"warning: tree {tc.name}: {warning}")

@@ -50,6 +50,7 @@ from imgkit.settings import (
     table_of,
     tables_of,
 )
+from imgkit.vm.guest_init import InitConfig
 
 if TYPE_CHECKING:
     from imgkit.disk.layout import Table
@@ -106,6 +107,10 @@ class TreeConfig:
     init: str | None = setting(STR, None, choices=("busybox",), help="add imgkit's /init and busybox")
     modules: tuple[str, ...] = setting(STRINGS, (), help="kernel modules (and their dependencies) to add")
     rc: str | None = setting(STR, None, help="shell script the built-in init runs when there is no root=")
+    # -- the built-in init's declarative config (imgkit.vm.guest_init.InitConfig) --
+    init_config: InitConfig | None = setting(
+        table_of(InitConfig), None,
+        help="what the built-in init mounts as the root and runs (written as /etc/imgkit/init.conf)")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,13 @@
 #   4. with root=: waits for the device, mounts it on /newroot, moves /dev /proc /sys into
 #      it and switch_root's to init=; without root=: runs /etc/imgkit/rc if present, else a
 #      shell on the console, then powers off.
+# /etc/imgkit/init.conf, when present, is sourced before the command line is read (imgkit
+# writes it from [trees.NAME.init_config], every value quoted): it sets root=, rootfile=
+# (an image on the root device, loop-mounted), lowers= (overlay layers above the root,
+# comma-separated, later wins), upper= (tmpfs or a device), command= (the final argv,
+# quoted), initctl=, switch= (switch_root or chroot) and the hook functions hook_before_root,
+# hook_after_root and hook_before_exec. The command line overrides it with imgkit.root=,
+# imgkit.file=, imgkit.lowers=, imgkit.upper=, imgkit.fstype=, imgkit.init=, imgkit.switch=.
 # On failure it prints "imgkit-init: ERROR ..." and then powers off if panic= is set (after
 # that many seconds; negative means at once), else opens a shell.
 
@@ -59,8 +66,19 @@ if [ -f /etc/imgkit/modules ]; then
     done < /etc/imgkit/modules
 fi
 
-# -- kernel command line ---------------------------------------------------------------------
-root= rootfstype= rootflags= mode=ro rootdelay=10 init=/sbin/init panic= cmd= want_shell=
+# -- init config, then the kernel command line ----------------------------------------------
+root= rootfstype= rootflags= mode=ro rootdelay=10 command="'/sbin/init'" panic= cmd= want_shell=
+rootfile= lowers= upper= initctl= switch=switch_root
+hook_before_root() { :; }
+hook_after_root() { :; }
+hook_before_exec() { :; }
+run_hook() {
+    stage=$1; shift
+    "$@" || say "warning: $stage hook '$*' exited with status $?"
+}
+if [ -f /etc/imgkit/init.conf ]; then
+    . /etc/imgkit/init.conf || fail "cannot read /etc/imgkit/init.conf"
+fi
 
 handle() {
     arg=$(echo "$1" | tr -d '"')
@@ -71,7 +89,14 @@ handle() {
         ro) mode=ro ;;
         rw) mode=rw ;;
         rootdelay=*) rootdelay=${arg#rootdelay=} ;;
-        init=*) init=${arg#init=} ;;
+        init=*) command="'${arg#init=}'" ;;
+        imgkit.init=*) command="'${arg#imgkit.init=}'" ;;
+        imgkit.root=*) root=${arg#imgkit.root=} ;;
+        imgkit.file=*) rootfile=${arg#imgkit.file=} ;;
+        imgkit.fstype=*) rootfstype=${arg#imgkit.fstype=} ;;
+        imgkit.lowers=*) lowers=${arg#imgkit.lowers=} ;;
+        imgkit.upper=*) upper=${arg#imgkit.upper=} ;;
+        imgkit.switch=*) switch=${arg#imgkit.switch=} ;;
         panic=*) panic=${arg#panic=} ;;
         imgkit.cmd=*) cmd=${arg#imgkit.cmd=} ;;
         imgkit.shell) want_shell=1 ;;
@@ -102,7 +127,7 @@ if [ -n "$cmd" ]; then
 fi
 
 # -- no root: run the hook or a shell, then power off ----------------------------------------
-if [ -z "$root" ]; then
+if [ -z "$root" ] && [ -z "$lowers" ]; then
     if [ -f /etc/imgkit/rc ]; then
         sh /etc/imgkit/rc || say "warning: /etc/imgkit/rc exited with status $?"
     elif [ -z "$cmd" ]; then
@@ -137,19 +162,19 @@ partuuid() {
 
 lower() { echo "$1" | tr 'A-Z' 'a-z'; }
 
-find_root() {
-    case "$root" in
-        /dev/*) [ -b "$root" ] && echo "$root" ;;
-        LABEL=*|UUID=*) findfs "$root" 2>/dev/null ;;
+find_dev() {
+    case "$1" in
+        /dev/*) [ -b "$1" ] && echo "$1" ;;
+        LABEL=*|UUID=*) findfs "$1" 2>/dev/null ;;
         PARTLABEL=*)
-            want=${root#PARTLABEL=}
+            want=${1#PARTLABEL=}
             for ev in /sys/class/block/*/uevent; do
                 if grep -qx "PARTNAME=$want" "$ev" 2>/dev/null; then
                     echo "/dev/$(basename "$(dirname "$ev")")"; return
                 fi
             done ;;
         PARTUUID=*)
-            want=$(lower "${root#PARTUUID=}")
+            want=$(lower "${1#PARTUUID=}")
             for p in /sys/class/block/*; do
                 [ -f "$p/partition" ] || continue
                 if [ "$(partuuid "$(basename "$p")")" = "$want" ]; then
@@ -160,29 +185,108 @@ find_root() {
     esac
 }
 
-say "waiting up to ${rootdelay}s for root=$root"
-tries=$((rootdelay * 10))
-dev=
-while :; do
-    dev=$(find_root)
-    [ "$dev" = unsupported ] && fail "root=$root is not understood (expected /dev/NAME, LABEL=, UUID=, PARTLABEL= or PARTUUID=)"
-    [ -n "$dev" ] && [ -b "$dev" ] && break
-    tries=$((tries - 1))
-    [ $tries -le 0 ] && fail "root device root=$root did not appear within ${rootdelay}s (block devices: $(ls /sys/class/block 2>/dev/null | tr '\n' ' '))"
-    usleep 100000
-done
+# wait_dev SPEC: sets dev to the block device SPEC names, once it has appeared (else fail).
+wait_dev() {
+    tries=$((rootdelay * 10))
+    while :; do
+        dev=$(find_dev "$1")
+        [ "$dev" = unsupported ] && fail "$1 is not understood (expected /dev/NAME, LABEL=, UUID=, PARTLABEL= or PARTUUID=)"
+        [ -n "$dev" ] && [ -b "$dev" ] && return
+        tries=$((tries - 1))
+        [ $tries -le 0 ] && fail "device $1 did not appear within ${rootdelay}s (block devices: $(ls /sys/class/block 2>/dev/null | tr '\n' ' '))"
+        usleep 100000
+    done
+}
+
+# mount_dev SPEC DIR OPTS [TYPE]: mount the device SPEC names on DIR.
+mount_dev() {
+    say "waiting up to ${rootdelay}s for $1"
+    wait_dev "$1"
+    if [ -n "$4" ]; then
+        mount -t "$4" -o "$3" "$dev" "$2" || fail "cannot mount $dev ($1) as $4"
+    else
+        mount -o "$3" "$dev" "$2" || fail "cannot mount $dev ($1); known filesystems: $(grep -v nodev /proc/filesystems | tr -d '\t' | tr '\n' ' ')"
+    fi
+    say "mounted $dev ($1) on $2 ($3)"
+}
+
+# mount_layer SPEC DIR OPTS [TYPE]: a device, DEVICE:/path (an image file, loop-mounted, or
+# a directory on that device, mounted once under /run/imgkit/media) or /dir of the initramfs.
+media=0
+mount_layer() {
+    mkdir -p "$2"
+    case "$1" in
+        *:/*)
+            spec=${1%%:/*} path=/${1#*:/}
+            key=$(echo "$spec" | tr -c 'A-Za-z0-9\n' _)
+            mnt=/run/imgkit/media/$key
+            if ! grep -q " $mnt " /proc/mounts; then
+                mkdir -p "$mnt"
+                mount_dev "$spec" "$mnt" ro
+            fi
+            if [ -d "$mnt$path" ]; then
+                mount --bind "$mnt$path" "$2" || fail "cannot bind $path of $spec on $2"
+            elif [ -f "$mnt$path" ]; then
+                if [ -n "$4" ]; then
+                    mount -t "$4" -o loop,ro "$mnt$path" "$2" || fail "cannot loop-mount $path of $spec as $4"
+                else
+                    mount -o loop,ro "$mnt$path" "$2" || fail "cannot loop-mount $path of $spec (is the loop module loaded, and the filesystem's?)"
+                fi
+                say "loop-mounted $path of $spec on $2"
+            else
+                fail "$path is neither a file nor a directory on $spec (it holds: $(ls "$mnt" | tr '\n' ' '))"
+            fi ;;
+        /dev/*|*=*) mount_dev "$1" "$2" "$3" "$4" ;;
+        /*) [ -d "$1" ] || fail "layer $1 is not a directory of the initramfs"
+            mount --bind "$1" "$2" || fail "cannot bind $1 on $2" ;;
+        *) fail "layer $1 is not understood (expected a device, DEVICE:/path or /dir)" ;;
+    esac
+}
+
+hook_before_root
 
 opts=$mode
 [ -n "$rootflags" ] && opts="$opts,$rootflags"
-if [ -n "$rootfstype" ]; then
-    mount -t "$rootfstype" -o "$opts" "$dev" /newroot || fail "cannot mount $dev (root=$root) as $rootfstype"
+layer_spec=$root
+[ -n "$root" ] && [ -n "$rootfile" ] && layer_spec="$root:$rootfile"
+if [ -z "$lowers" ] && [ -z "$upper" ]; then
+    mount_layer "$layer_spec" /newroot "$opts" "$rootfstype"
 else
-    mount -o "$opts" "$dev" /newroot || fail "cannot mount $dev (root=$root); known filesystems: $(grep -v nodev /proc/filesystems | tr -d '\t' | tr '\n' ' ')"
+    # the stack: root at the bottom, then lowers (later wins); overlayfs lists the top first
+    n=0 lowerdir= type=$rootfstype saved_ifs=$IFS
+    stack="$layer_spec,$lowers"  # split on the commas: only expanded text is split
+    set -f; IFS=,
+    for layer in $stack; do
+        IFS=$saved_ifs; set +f
+        [ -z "$layer" ] && continue
+        n=$((n + 1))
+        mount_layer "$layer" "/run/imgkit/layer/$n" ro "$type"
+        type=
+        lowerdir="/run/imgkit/layer/$n${lowerdir:+:$lowerdir}"
+    done
+    IFS=$saved_ifs; set +f
+    [ $n -ge 1 ] || fail "no overlay layers (root= or lowers= must name at least one)"
+    overlay_opts="lowerdir=$lowerdir"
+    if [ -n "$upper" ]; then
+        mkdir -p /run/imgkit/upper
+        if [ "$upper" = tmpfs ]; then
+            mount -t tmpfs -o mode=0755 tmpfs /run/imgkit/upper || fail "cannot mount the tmpfs upper layer"
+        else
+            mount_dev "$upper" /run/imgkit/upper rw
+        fi
+        mkdir -p /run/imgkit/upper/upper /run/imgkit/upper/work || fail "cannot make upper/ and work/ on $upper"
+        overlay_opts="$overlay_opts,upperdir=/run/imgkit/upper/upper,workdir=/run/imgkit/upper/work"
+    fi
+    mount -t overlay overlay -o "$overlay_opts" /newroot || fail "cannot mount the overlay ($overlay_opts; is the overlay module loaded?)"
+    say "mounted an overlay of $n layers${upper:+ under $upper} on /"
 fi
-say "mounted $dev on / ($opts)"
 
+hook_after_root
+
+eval "set -- $command"' "$@"'
+init=$1
 if [ ! -e "/newroot$init" ] && [ ! -L "/newroot$init" ]; then
-    fail "init=$init does not exist on the root filesystem $dev"
+    fail "the final command $init does not exist on the root filesystem ($layer_spec${lowers:+,$lowers})"
 fi
 
 for fs in dev proc sys; do
@@ -193,6 +297,29 @@ for fs in dev proc sys; do
     fi
 done
 
-exec switch_root /newroot "$init" "$@"
-echo "imgkit-init: ERROR: switch_root to $init failed"
+hook_before_exec
+
+# /dev/initctl: a watcher, forked now, that powers off on any write. Its root stays the
+# initramfs, which switch_root empties, so it keeps busybox on a tmpfs of its own and holds
+# the FIFO open (read-write: the open does not wait for a writer).
+if [ -n "$initctl" ] && [ -d /newroot/dev ]; then
+    mkdir -p /run/imgkit/keep
+    mount -t tmpfs -o size=4m,mode=0700 tmpfs /run/imgkit/keep && cp /bin/busybox /run/imgkit/keep/busybox \
+        && rm -f /newroot/dev/initctl && mkfifo -m 0600 /newroot/dev/initctl \
+        || fail "cannot make /dev/initctl"
+    exec 3<>/newroot/dev/initctl
+    (
+        read -r -n 1 _ <&3
+        echo "imgkit-init: /dev/initctl written: powering off"
+        exec /run/imgkit/keep/busybox poweroff -f
+    ) &
+    exec 3>&-
+fi
+
+case "$switch" in
+    switch_root) exec switch_root /newroot "$@" ;;
+    chroot) cd /newroot && exec chroot /newroot "$@" ;;
+    *) fail "switch=$switch: expected switch_root or chroot" ;;
+esac
+echo "imgkit-init: ERROR: $switch to $init failed"
 poweroff -f

@@ -3,20 +3,30 @@
 It holds ``/init`` (``imgkit/data/init.sh``), a static busybox, the two device nodes the
 kernel needs before devtmpfs is mounted (``/dev/console`` so early output has somewhere to
 go, ``/dev/null``), the mount points the init uses, the kernel modules to load with their
-load-order file, and optionally ``/etc/imgkit/rc``, the hook run when no ``root=`` is given.
+load-order file, optionally ``/etc/imgkit/rc``, the hook run when no ``root=`` is given, and
+``/etc/imgkit/init.conf``, the declarative init config (:class:`InitConfig`) rendered as
+shell assignments and hook functions, because busybox ``sh`` cannot read TOML: every value is
+single-quoted, so the init sources the file without anything in it being expanded.
 Everything is owned by 0:0 whoever builds it: metadata lives in the tree.
 """
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from imgkit.errors import InputError
-from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
-from imgkit.vm.kmod import Module, modules_tree
+from imgkit.settings import BOOL, INT, STR, STRINGS, ValueType, Where, setting
+
+if TYPE_CHECKING:  # the config reads InitConfig without the tree machinery
+    from imgkit.tree import Tree
+    from imgkit.vm.kmod import Module
 
 RC_PATH = "etc/imgkit/rc"
+CONF_PATH = "etc/imgkit/init.conf"
 _DIRS = ("bin", "sbin", "etc", "proc", "sys", "dev", "mnt", "root", "tmp", "run", "newroot")
 
 
@@ -27,13 +37,18 @@ def init_script() -> bytes:
 
 def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
                       modules: Iterable[Module] = (), moddir: str | os.PathLike | None = None,
-                      rc_script: str | None = None, *, mtime: int = 0) -> Tree:
+                      rc_script: str | None = None, *, init_config: InitConfig | None = None,
+                      mtime: int = 0) -> Tree:
     """An initramfs tree: built-in ``/init``, static busybox, device nodes, modules, rc hook.
 
     ``busybox_path`` must be a *static* busybox (Debian: busybox-static), since the
     initramfs has no libc. ``modules`` (from :func:`imgkit.vm.kmod.resolve_modules`) are taken
-    from ``moddir``. ``rc_script`` becomes ``/etc/imgkit/rc``.
+    from ``moddir``. ``rc_script`` becomes ``/etc/imgkit/rc``, ``init_config``
+    ``/etc/imgkit/init.conf`` (its modules, :func:`init_config_modules`, are the caller's).
     """
+    from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
+    from imgkit.vm.kmod import modules_tree
+
     busybox_path = os.fspath(busybox_path)
     try:
         size = os.stat(busybox_path).st_size
@@ -62,5 +77,123 @@ def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
     if rc_script is not None:
         tree.add(Entry(RC_PATH, Kind.FILE, mode=0o755, mtime=mtime,
                        data=BytesBlob(rc_script.encode()), origin="rc_script"))
+    if init_config is not None:
+        tree.add(Entry(CONF_PATH, Kind.FILE, mode=0o644, mtime=mtime,
+                       data=BytesBlob(render_init_conf(init_config).encode()),
+                       origin="init_config"))
     return tree
+
+
+# -- the declarative init config ---------------------------------------------------------------
+
+def _argv_lists(value: Any, where: Where, key: str, path: bool) -> tuple[tuple[str, ...], ...]:
+    if not all(isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+               for argv in value):
+        raise where.error(key, "a list of argv lists (e.g. [[\"mkdir\", \"-p\", \"/x\"]])", value)
+    return tuple(tuple(argv) for argv in value)
+
+
+ARGV_LISTS = ValueType("list of argv lists", (list,), _argv_lists)
+
+#: Where each layer or root spelling comes from, as the init reads it.
+LAYER_HELP = ("a device (/dev/vdX, LABEL=, UUID=, PARTLABEL=, PARTUUID=), DEVICE:/path for an "
+              "image file or a directory on that device, /path for a directory of the initramfs")
+
+#: Modules a root of that filesystem type needs beyond its own name.
+_FSTYPE_MODULES = {"iso9660": ("isofs",), "vfat": ("vfat", "nls_cp437", "nls_ascii"),
+                   "ext2": ("ext4",), "ext3": ("ext4",)}
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """What the built-in ``/init`` mounts as the root and runs, declared rather than scripted.
+
+    The root is one layer (``root``, with ``file`` for an image on it) or, with ``lowers`` or
+    ``upper``, an overlayfs stack: ``root`` at the bottom, then ``lowers`` (later wins), then
+    the writable ``upper``. The kernel command line overrides it: ``imgkit.root=``,
+    ``imgkit.file=``, ``imgkit.lowers=A,B``, ``imgkit.upper=``, ``imgkit.fstype=``,
+    ``imgkit.init=``, ``imgkit.switch=`` (and the usual ``root=``, ``init=``, ``ro``/``rw``).
+    """
+
+    root: str | None = setting(STR, None, help=f"the root (bottom layer): {LAYER_HELP}")
+    file: str | None = setting(STR, None, help="an image file on the root device that is the root "
+                                               "(loop-mounted; e.g. /live/root.squashfs)")
+    fstype: str | None = setting(STR, None, help="the root's filesystem type (default: probed)")
+    lowers: tuple[str, ...] = setting(STRINGS, (), help=f"overlay layers above root, later wins: "
+                                                         f"{LAYER_HELP}")
+    upper: str | None = setting(STR, None, help="the overlay's writable layer: \"tmpfs\" or a "
+                                                "device (its upper/ and work/ are made)")
+    rw: bool = setting(BOOL, False, help="mount a single-device root read-write")
+    delay: int = setting(INT, 10, help="seconds to wait for each device")
+    before_root: tuple[tuple[str, ...], ...] = setting(
+        ARGV_LISTS, (), help="commands run in the initramfs before the root is set up")
+    after_root: tuple[tuple[str, ...], ...] = setting(
+        ARGV_LISTS, (), help="commands run once the root is mounted on /newroot")
+    before_exec: tuple[tuple[str, ...], ...] = setting(
+        ARGV_LISTS, (), help="commands run just before the final command is executed")
+    command: tuple[str, ...] = setting(STRINGS, ("/sbin/init",),
+                                       help="the final command (argv), run in the root as PID 1")
+    initctl: bool = setting(BOOL, False, help="a /dev/initctl FIFO: any write to it powers off")
+    switch: str = setting(STR, "switch_root", choices=("switch_root", "chroot"),
+                          help="how the root is entered")
+
+
+def _layers(cfg: InitConfig) -> list[str]:
+    return ([cfg.root] if cfg.root else []) + list(cfg.lowers)
+
+
+def _check_spec(value: str, what: str) -> None:
+    if not value or any(c in value for c in ",\n\0"):
+        raise InputError(f"init config {what}: {value!r} cannot be told apart in a list",
+                         hint="a layer holds no comma or newline")
+
+
+def init_config_modules(cfg: InitConfig) -> tuple[str, ...]:
+    """Kernel modules the config needs on top of the user's: loop and squashfs for image
+    files, overlay for a stack, the root filesystem type's own."""
+    wanted: list[str] = []
+    if cfg.file or any(":/" in layer for layer in cfg.lowers):
+        wanted += ["loop", "squashfs"]
+    if cfg.lowers or cfg.upper:
+        wanted.append("overlay")
+    if cfg.fstype:
+        wanted += _FSTYPE_MODULES.get(cfg.fstype, (cfg.fstype,))
+    return tuple(dict.fromkeys(wanted))
+
+
+def render_init_conf(cfg: InitConfig) -> str:
+    """``/etc/imgkit/init.conf``: the config as shell assignments and hook functions.
+
+    Every word is single-quoted (:func:`shlex.quote`), so sourcing it expands nothing and
+    argv lists survive any character; the init ``eval``s the quoted final command.
+    """
+    if cfg.file and not cfg.root:
+        raise InputError("init config: file needs root, the device the file is on",
+                         hint="e.g. root = \"LABEL=LIVE\" and file = \"/live/root.squashfs\"")
+    if cfg.file and not cfg.file.startswith("/"):
+        raise InputError(f"init config file: expected an absolute path, got {cfg.file!r}")
+    if not _layers(cfg):
+        raise InputError("init config: nothing to mount as the root",
+                         hint="set root (a device) or lowers (overlay layers)")
+    for layer in _layers(cfg) + ([cfg.upper] if cfg.upper else []):
+        _check_spec(layer, "layer")
+    q = shlex.quote
+    lines = ["# /etc/imgkit/init.conf: read by /init (sourced; every value is quoted)",
+             f"root={q(cfg.root or '')}",
+             f"rootfile={q(cfg.file or '')}",
+             f"rootfstype={q(cfg.fstype or '')}",
+             f"lowers={q(','.join(cfg.lowers))}",
+             f"upper={q(cfg.upper or '')}",
+             f"mode={'rw' if cfg.rw else 'ro'}",
+             f"rootdelay={int(cfg.delay)}",
+             f"command={q(' '.join(q(a) for a in cfg.command))}",
+             f"initctl={'1' if cfg.initctl else ''}",
+             f"switch={q(cfg.switch)}"]
+    for hook in ("before_root", "after_root", "before_exec"):
+        argvs = getattr(cfg, hook)
+        lines.append(f"hook_{hook}() {{")
+        lines += [f"    run_hook {hook} {' '.join(q(a) for a in argv)}" for argv in argvs]
+        lines.append("    :")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
 
