@@ -202,7 +202,8 @@ def write_squashfs(tree: Tree, path: str, *, compression: str = "gzip",
                    "-root-mode", f"{root.mode & 0o7777:o}", "-root-uid", str(root.uid),
                    "-root-gid", str(root.gid), "-root-time", str(root.mtime),
                    "-mkfs-time", str(epoch), "-reproducible"],
-                  env={"SOURCE_DATE_EPOCH": ""} if "SOURCE_DATE_EPOCH" in os.environ else None)
+                  # the times are given explicitly; mksquashfs refuses both at once
+                  env={"SOURCE_DATE_EPOCH": None})
     return SquashfsInfo(os.path.getsize(path), tuple(warnings))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imgkit.errors import InputError
 from imgkit.idmap import KEEP, IdMap
@@ -16,6 +17,9 @@ from imgkit.sources import load_source
 from imgkit.sources.initramfs_list import parse_list_lines
 from imgkit.sources.oci import split_image_prefix
 from imgkit.tree import Entry, FileBlob, Kind, Tree
+
+if TYPE_CHECKING:
+    from imgkit.vm.guest_init import InitConfig
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class TreeSpec:
     rc: str | None = None
     #: The built-in init's declarative config (an :class:`imgkit.vm.guest_init.InitConfig`),
     #: written as ``/etc/imgkit/init.conf``; the modules it needs are added to ``modules``.
-    init_config: object | None = None
+    init_config: InitConfig | None = None
     #: Mode bits kept from a host file placed with ``files`` (a config keeps no group/other
     #: write bits from the host's umask).
     file_mask: int = 0o7777

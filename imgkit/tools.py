@@ -70,14 +70,19 @@ class Runner:
 
     env: Mapping[str, str] | None = None
 
-    def _prepare(self, argv: Sequence[str], env: Mapping[str, str] | None,
+    def _prepare(self, argv: Sequence[str], env: Mapping[str, str | None] | None,
                  how: str) -> tuple[list[str], dict[str, str]]:
-        """The resolved argv and the clean environment every command gets, logged."""
+        """The resolved argv and the clean environment every command gets, logged; a
+        variable given as ``None`` is removed (a tool that refuses to run when it is set)."""
         argv = [str(a) for a in argv]
         argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
         full_env = _clean_env()
         full_env.update(self.env or {})
-        full_env.update(env or {})
+        for key, value in (env or {}).items():
+            if value is None:
+                full_env.pop(key, None)
+            else:
+                full_env[key] = value
         _log_debug(f"{how}: {shlex.join(argv)}")
         return argv, full_env
 
@@ -90,7 +95,7 @@ class Runner:
         stdout: IO | int | None = None,
         stderr: IO | int | None = None,
         cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         check: bool = True,
         timeout: float | None = None,
     ) -> subprocess.CompletedProcess:
@@ -127,7 +132,7 @@ class Runner:
         stdout: IO | int | None = None,
         stderr: IO | int | None = None,
         cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         new_session: bool = True,
         kill_with_parent: bool = False,
     ) -> subprocess.Popen:
