@@ -33,6 +33,7 @@ BLOCK_BITS = 12
 BLOCK = 1 << BLOCK_BITS
 SLOT = 32                                   # a nid counts 32-byte slots from meta_blkaddr
 NULL_ADDR = 0xFFFFFFFF
+NAME_MAX = 255
 
 SUPERBLOCK = Record("ErofsSuperBlock", 128, [
     ("magic", "I"), ("checksum", "I"), ("feature_compat", "I"), ("blkszbits", "B"),
@@ -279,6 +280,11 @@ def _plan(tree: Tree, build_time: int, warnings: list[str]) -> tuple[dict[str, _
         if e.kind is Kind.DIR:
             children = tree.children(e.path)
             node.names = [b".", b".."] + [os.fsencode(c.name) for c in children]
+            for c, name in zip(children, node.names[2:], strict=True):
+                if len(name) > NAME_MAX:
+                    raise InputError(f"erofs: the name of {c.path!r} is {len(name)} bytes; "
+                                     f"erofs names are at most {NAME_MAX}",
+                                     hint=f"entry from {c.origin}" if c.origin else None)
             node.nlink = 2 + sum(1 for c in children if c.kind is Kind.DIR)
             node.size = dir_size(node.names)
         else:
@@ -419,15 +425,18 @@ def write_erofs(tree: Tree, path: str, *, label: str = "", uuid: str | None = No
 
 
 def estimate_size(tree: Tree) -> int:
-    """An upper bound of the image size: every inode extended with its tail in a block of its
-    own, plus the data in whole blocks."""
+    """An upper bound of the image size: every inode extended with its xattrs and its tail,
+    twice (an inode moved to the next block wastes less than itself), plus the whole blocks."""
     total = BLOCK
     for e in tree:
-        size = e.size if e.kind is not Kind.DIR else 12 * (len(tree.children(e.path)) + 2) + sum(
-            len(os.fsencode(c.name)) for c in tree.children(e.path)) + 2
-        xattrs = sum(8 + len(k) + len(v) for k, v in e.xattrs)
-        total += INODE_EXTENDED.size + XATTR_IBODY_HEADER.size + xattrs + _align(size, BLOCK) \
-            + (BLOCK if size > BLOCK - INODE_EXTENDED.size else 0)
+        if e.kind is Kind.DIR:
+            size = dir_size([b".", b".."] + [os.fsencode(c.name) for c in tree.children(e.path)])
+        else:
+            size = e.size
+        xattrs = sum(XATTR_ENTRY.size + 3 + len(k) + len(v) for k, v in e.xattrs)
+        meta = INODE_EXTENDED.size + XATTR_IBODY_HEADER.size + xattrs
+        tail = size % BLOCK
+        total += 2 * (meta + tail) + SLOT + size - tail
     return _align(total, BLOCK)
 
 

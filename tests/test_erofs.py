@@ -234,3 +234,92 @@ def test_disk_with_an_erofs_partition(tmp_path):
     # the same config builds the same bytes
     build(load_config(str(tmp_path / "t.toml")), str(tmp_path / "again"), mtime=1700000000)
     assert (tmp_path / "again" / "t.img").read_bytes() == (tmp_path / "out" / "t.img").read_bytes()
+
+
+def test_reader_reads_what_mkfs_erofs_made(tmp_path):
+    """The reader against a tool we did not write: an image ``mkfs.erofs`` made from a
+    directory (uncompressed; its tail packing and its dirent blocks)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "small").write_bytes(b"s" * 100)
+    (src / "big").write_bytes(bytes(range(256)) * 70)
+    (src / "sub" / "deep").write_text("deep\n")
+    os.symlink("sub/deep", src / "link")
+    os.link(src / "small", src / "sub" / "again")
+    os.chmod(src / "big", 0o600)
+    image = str(tmp_path / "m.erofs")
+    sh("mkfs.erofs", "-T1700000000", image, str(src))
+    back = open_tree(image)
+    assert {e.path for e in back} == {"", "sub", "small", "big", "sub/deep", "link", "sub/again"}
+    assert back["big"].data.open().read() == (src / "big").read_bytes()
+    assert back["big"].mode == 0o600
+    assert back["small"].data.open().read() == b"s" * 100
+    assert back["sub/deep"].data.open().read() == b"deep\n"
+    assert back["link"].target == "sub/deep"
+    assert {back["sub/again"].kind, back["small"].kind} == {Kind.FILE, Kind.HARDLINK}
+    with open(image, "rb") as f:
+        desc = detect.reader("erofs").describe(f)
+    assert desc["checksum_ok"] is True and desc["created"] == 1700000000
+
+
+@pytest.mark.boot
+def test_boot_an_erofs_root(tmp_path):
+    """Debian's kernel mounts the erofs root (its module loaded by imgkit's init) by
+    PARTLABEL and runs the init on it."""
+    from imgkit import tools
+    from imgkit.compress import compressed_writer
+    from imgkit.formats.cpio import write_cpio
+    from imgkit.tree import FileBlob
+    from imgkit.vm import guest_init, kernel, kmod, qemu
+
+    kern = kernel.fetch_debian_kernel(os.environ.get("IMGKIT_CACHE"))
+    root = Tree()
+    for d in ("dev", "proc", "sys", "tmp"):
+        root.add(Entry(d, Kind.DIR, mode=0o755))
+    root.add(Entry("bin/busybox", Kind.FILE, mode=0o755,
+                   data=FileBlob("/bin/busybox", os.path.getsize("/bin/busybox"))))
+    root.add(Entry("bin/owned", Kind.FILE, mode=0o4750, uid=1234, gid=4321, data=BytesBlob(b"o")))
+    root.add(Entry("sbin/init", Kind.FILE, mode=0o755, data=BytesBlob(
+        b"#!/bin/busybox sh\n/bin/busybox echo EROFS-ROOT pid=$$\n"
+        b"/bin/busybox grep ' / ' /proc/mounts | /bin/busybox sed 's/^/MOUNT /'\n"
+        b"/bin/busybox stat -c 'STAT %u:%g %a' /bin/owned\n/bin/busybox poweroff -f\n")))
+    fs = str(tmp_path / "root.erofs")
+    write_erofs(root, fs)
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    tools.run(["sgdisk", "-n", "1:2048:+4M", "-t", "1:8304", "-c", "1:erofs-root", str(disk)])
+    with open(fs, "rb") as src, open(disk, "r+b") as dst:
+        dst.seek(2048 * 512)
+        shutil.copyfileobj(src, dst)
+    mods = kmod.resolve_modules(kern.moddir, ["virtio_pci", "virtio_blk", "erofs"])
+    tree = guest_init.busybox_init_tree(modules=mods, moddir=kern.moddir)
+    initrd = str(tmp_path / "initrd.zst")
+    with open(initrd, "wb") as f, compressed_writer(f, "zstd") as w:
+        write_cpio(tree, w)
+    spec = qemu.QemuSpec(kernel=kernel.extract_vmlinux(kern.vmlinuz), initrd=initrd,
+                         append="console=ttyS0 panic=-1 quiet root=PARTLABEL=erofs-root "
+                                "rootfstype=erofs",
+                         drives=(qemu.Drive(str(disk), readonly=True),))
+    result = qemu.boot(spec, expect=re.compile(r"MOUNT /dev/vda1 / erofs ro\S*"), timeout=90)
+    assert "EROFS-ROOT pid=1" in result.log
+    assert "STAT 1234:4321 4750" in result.log
+
+
+def test_estimate_is_an_upper_bound(tmp_path, sample_tree):
+    from imgkit.formats.erofs import estimate_size
+    for n in range(300):
+        sample_tree.add(Entry(f"many/f{n}", Kind.FILE, data=BytesBlob(b"z" * (n * 37 % 5000)),
+                              xattrs=(("user.n", b"%d" % n),) if n % 3 else ()))
+    image = str(tmp_path / "t.erofs")
+    info = write_erofs(sample_tree, image)
+    sh("fsck.erofs", image)
+    assert info.size <= estimate_size(sample_tree) < 2 * info.size + 8192
+
+
+def test_too_long_a_name_is_an_input_error(tmp_path):
+    from imgkit.errors import InputError
+    tree = Tree()
+    tree.add(Entry("d/" + "n" * 256, Kind.FILE, data=BytesBlob(b"")))
+    with pytest.raises(InputError, match="256 bytes"):
+        write_erofs(tree, str(tmp_path / "t.erofs"))
