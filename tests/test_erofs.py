@@ -105,6 +105,8 @@ def test_contents_extracted_by_fsck(tmp_path, sample_tree):
             tree.remove(p)
     tree.add(Entry("data/big", Kind.FILE, data=BytesBlob(bytes(range(256)) * 4097)))
     tree.add(Entry("data/page", Kind.FILE, data=BytesBlob(b"p" * 8192)))
+    if root:
+        tree.add(Entry("dev/nvme", Kind.BLOCK, mode=0o600, rdev=(259, 70000)))
     image, out = str(tmp_path / "t.erofs"), tmp_path / "x"
     write_erofs(tree, image)
     sh("fsck.erofs", f"--extract={out}", "--preserve-perms", image)
