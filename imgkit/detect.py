@@ -26,7 +26,8 @@ COMPRESSIONS = ("gzip", "xz", "zstd", "lz4", "lz4-legacy", "bzip2")
 #: filesystem is read through its entry in the filesystem table (:mod:`imgkit.filesystems`).
 READ_ONLY_FILESYSTEMS: dict[str, str] = {}
 _FILESYSTEM_OF = {"fat12": "vfat", "fat16": "vfat", "fat32": "vfat", "ext2": "ext4",
-                  "ext3": "ext4", "ext4": "ext4", "iso9660": "iso9660", "squashfs": "squashfs"}
+                  "ext3": "ext4", "ext4": "ext4", "iso9660": "iso9660", "squashfs": "squashfs",
+                  "erofs": "erofs"}
 
 HEAD = 34 * 1024
 _COMPRESSION_MAGIC = (

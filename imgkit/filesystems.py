@@ -119,6 +119,7 @@ BUILTIN = (
     LazyType("ext4", "imgkit.fstypes.ext4:Ext4"),
     LazyType("iso9660", "imgkit.fstypes.iso9660:Iso9660", partition=False, boot_media=True),
     LazyType("squashfs", "imgkit.fstypes.squashfs:Squashfs"),
+    LazyType("erofs", "imgkit.fstypes.erofs:Erofs"),
 )
 
 _TABLE: dict[str, FilesystemType | LazyType] = {t.name: t for t in BUILTIN}

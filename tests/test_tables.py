@@ -179,8 +179,8 @@ def test_registered_options_are_validated(tmp_path, registered):
 
 @pytest.mark.parametrize("body,message,hint", [
     ("[filesystems.d]\ntype = 'test-tar'\n",
-     r"filesystems\.d\.type: expected one of vfat, ext4, iso9660, squashfs, got 'test-tar'",
-     "allowed: vfat, ext4, iso9660, squashfs"),
+     r"filesystems\.d\.type: expected one of vfat, ext4, iso9660, squashfs, erofs, got 'test-tar'",
+     "allowed: vfat, ext4, iso9660, squashfs, erofs"),
     ("[disk]\noutput = 'd.img'\nbios = 'test-marker'\n",
      r"disk\.bios: expected one of syslinux, grub, got 'test-marker'", "allowed: syslinux, grub"),
     ("[iso]\noutput = 'd.iso'\nbios = { loader = 'test-marker' }\n",
