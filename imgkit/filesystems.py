@@ -15,7 +15,7 @@ its format module (pycdlib, construct...) only inside the method that needs it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
@@ -160,6 +160,20 @@ def get(name: str) -> FilesystemType:
 def handlers() -> tuple[FilesystemType, ...]:
     """Every registered handler, each module imported (for the reference)."""
     return tuple(get(n) for n in list(_TABLE))
+
+
+def report_image(fs: Any, kind: str, image_size: int, warnings: Sequence[str],
+                 room: int | None, ctx: BuildContext) -> int:
+    """For types written into a file of their own (squashfs, erofs): refuse an image bigger
+    than the ``room`` it is given, report its warnings and size; returns the size."""
+    if room is not None and image_size > room:
+        raise InputError(f"filesystem {fs.name}: the {kind.split()[0]} image is {image_size:,} "
+                         f"bytes, more than the {room:,} bytes it is given",
+                         hint="give the partition more room or leave its size out")
+    for warning in warnings:
+        ctx.progress(f"warning: {warning}")
+    ctx.progress(f"filesystem {fs.name}: {kind}, {image_size:,} bytes")
+    return image_size
 
 
 def size_or_none(text: str | None, what: str) -> int | None:

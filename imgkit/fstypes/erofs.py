@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgkit.errors import InputError
-from imgkit.filesystems import FilesystemType
+from imgkit.filesystems import FilesystemType, report_image
 from imgkit.settings import BOOL, STR, setting
 
 
@@ -34,14 +34,7 @@ class Erofs(FilesystemType):
         o: ErofsOptions = fs.options
         info = write_erofs(tree, path, label=fs.label, uuid=o.uuid,
                            seed=ctx.seed("erofs", fs.name), checksum=o.checksum)
-        if size is not None and info.size > size:
-            raise InputError(f"filesystem {fs.name}: the erofs image is {info.size:,} bytes, "
-                             f"more than the {size:,} bytes it is given",
-                             hint="give the partition more room or leave its size out")
-        for warning in info.warnings:
-            ctx.progress(f"warning: {warning}")
-        ctx.progress(f"filesystem {fs.name}: erofs, {info.size:,} bytes")
-        return info.size
+        return report_image(fs, "erofs", info.size, info.warnings, size, ctx)
 
     def describe(self, f, offset=0, size=None):
         from imgkit.formats.erofs import describe

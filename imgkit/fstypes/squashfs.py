@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgkit.errors import InputError
-from imgkit.filesystems import FilesystemType, size_or_none
+from imgkit.filesystems import FilesystemType, report_image, size_or_none
 from imgkit.settings import SIZE, STR, setting
 
 
@@ -37,14 +37,7 @@ class Squashfs(FilesystemType):
         block = size_or_none(o.block_size, f"[filesystems.{fs.name}] block_size") or 0
         info = write_squashfs(tree, path, compression=o.compression, block_size=block,
                               mtime=ctx.mtime, work=ctx.work)
-        if size is not None and info.size > size:
-            raise InputError(f"filesystem {fs.name}: the squashfs image is {info.size:,} bytes, "
-                             f"more than the {size:,} bytes it is given",
-                             hint="give the partition more room or leave its size out")
-        for warning in info.warnings:
-            ctx.progress(f"warning: {warning}")
-        ctx.progress(f"filesystem {fs.name}: squashfs ({o.compression}), {info.size:,} bytes")
-        return info.size
+        return report_image(fs, f"squashfs ({o.compression})", info.size, info.warnings, size, ctx)
 
     def describe(self, f, offset=0, size=None):
         from imgkit.formats.squashfs import describe
