@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from imgkit import tools
 from imgkit.errors import ImageError, InputError
 from imgkit.formats.records import Record
-from imgkit.holes import file_data_ranges
+from imgkit.holes import file_data_ranges, pwrite_all
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -167,7 +167,7 @@ class _LevelWriter:
 
     def flush(self) -> None:
         if self.buf:
-            _pwrite_all(self.fd, bytes(self.buf.ljust(self.size, b"\0")), self.pos)
+            pwrite_all(self.fd, bytes(self.buf.ljust(self.size, b"\0")), self.pos)
             self.pos += self.size
             self.buf = bytearray()
 
@@ -217,13 +217,6 @@ def _hash_blocks(fd: int, start: int, blocks: int, block_size: int, salted: _Has
             pos += want
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
 def write_hash_tree(data_path: str, hash_path: str, params: VerityParams, *,
                     data_size: int | None = None) -> VerityTree:
     """Write the dm-verity hash device of ``data_path`` (its first ``data_size`` bytes, by
@@ -250,7 +243,7 @@ def write_hash_tree(data_path: str, hash_path: str, params: VerityParams, *,
     with open(data_path, "rb") as data, open(hash_path, "w+b") as out:
         fd = out.fileno()
         os.ftruncate(fd, hash_blocks * params.hash_block_size)
-        _pwrite_all(fd, superblock(params, data_blocks), 0)
+        pwrite_all(fd, superblock(params, data_blocks), 0)
         root: list[bytes] = []
         below_fd, below_start, below_blocks = data.fileno(), 0, data_blocks
         block_size, sparse = params.data_block_size, True

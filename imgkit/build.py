@@ -125,10 +125,25 @@ class Builder:
         if not output:
             return
         dest = self._out_path(output)
-        import shutil
+        from imgkit.holes import copy_sparse
         with atomic_path(dest) as tmp:
-            shutil.copyfile(built, tmp)
+            size = os.path.getsize(built)
+            with open(tmp, "wb") as f:   # holes stay holes: an ext4 of one directory stays small
+                f.truncate(size)
+                copy_sparse(built, f.fileno(), 0, size)
         self._record(kind, name, dest)
+
+    def _check_room(self, size: int, what: str, directory: str) -> None:
+        """Refuse an image bigger than the free space where it is written, before writing
+        anything (a typo such as ``size = "10T"`` must not fill the disk)."""
+        os.makedirs(directory, exist_ok=True)
+        st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        if size > free:
+            from imgkit.sizes import format_size
+            raise InputError(f"{self.cfg.path}: {what} is {format_size(size)} "
+                             f"({size:,} bytes), more than the {format_size(free)} free in "
+                             f"{directory}", hint="give a smaller size, or free space there")
 
     # -- kernel -----------------------------------------------------------------------------
     def kernel(self) -> KernelInfo:
@@ -408,6 +423,8 @@ class Builder:
             path = os.path.join(self.work, f"fs-{name}.img")
             want = size if size is not None else (
                 None if fc.size == "auto" else parse_size(fc.size, what=f"[filesystems.{name}] size"))
+            if want is not None:
+                self._check_room(want, f"[filesystems.{name}] size", self.work)
             filesystems.get(fc.type).write(self.fs_tree(fc), path, 0, want, fc, self.context(),
                                            disk_offset=disk_offset)
             self._publish("filesystem", name, path, fc.output)
@@ -472,6 +489,7 @@ class Builder:
                                            alignment=dc.alignment, seed=self._seed("disk"),
                                            disk_guid=dc.guid, disk_signature=dc.signature,
                                            reserved=tuple(r for r, _ in blobs)))
+        self._check_room(plan.disk_size, "[disk] size", self.output_dir)
         regions = bios.disk_regions(bios_options, dc.table, plan, holder, self.context()) \
             if bios else boot.DiskBoot()
         out = self._out_path(dc.output)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from imgkit.errors import ImageError
-from imgkit.tree import Blob
+
+if TYPE_CHECKING:
+    from imgkit.tree import Blob
 
 _CHUNK = 1 << 20
 
@@ -89,3 +92,70 @@ def read_range(fd: int, offset: int, length: int, path: str) -> Iterator[bytes]:
             raise ImageError(f"/{path}: source shrank while it was being archived")
         yield chunk
         offset += len(chunk)
+
+
+_CHUNK = 1 << 20
+
+
+def copy_sparse(src: str, dst_fd: int, dst_offset: int, size: int | None = None) -> None:
+    """Copy the data extents of file ``src`` to ``dst_fd`` at ``dst_offset``; holes are skipped.
+
+    The destination must already read as zeros there (a fresh sparse file).
+    """
+    with open(src, "rb") as f:
+        sfd = f.fileno()
+        end = os.fstat(sfd).st_size if size is None else size
+        pos = 0
+        while pos < end:
+            try:
+                data = os.lseek(sfd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:        # only a hole is left
+                    return
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                data = pos                          # no hole support: copy everything
+            if data >= end:
+                return
+            try:
+                hole = os.lseek(sfd, data, os.SEEK_HOLE)
+            except OSError:
+                hole = end
+            hole = min(hole, end)
+            _copy_range(sfd, dst_fd, data, dst_offset + data, hole - data, src)
+            pos = hole
+
+
+def _copy_range(sfd: int, dfd: int, src_off: int, dst_off: int, count: int, name: str) -> None:
+    while count > 0:
+        try:
+            n = os.copy_file_range(sfd, dfd, count, src_off, dst_off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            _copy_range_slow(sfd, dfd, src_off, dst_off, count, name)
+            return
+        if n == 0:
+            raise ImageError(f"{name} ended early while being copied (it changed meanwhile?)")
+        src_off, dst_off, count = src_off + n, dst_off + n, count - n
+
+
+def _copy_range_slow(sfd: int, dfd: int, src_off: int, dst_off: int, count: int,
+                     name: str) -> None:
+    """pread/pwrite fallback that still skips all-zero chunks, keeping the output sparse."""
+    zero = bytes(_CHUNK)
+    while count > 0:
+        buf = os.pread(sfd, min(count, _CHUNK), src_off)
+        if not buf:
+            raise ImageError(f"{name} ended early while being copied (it changed meanwhile?)")
+        if buf != zero[:len(buf)]:
+            pwrite_all(dfd, buf, dst_off)
+        src_off, dst_off, count = src_off + len(buf), dst_off + len(buf), count - len(buf)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``os.pwrite`` until every byte of ``data`` is written."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -303,8 +303,9 @@ def test_boot_an_erofs_root(tmp_path):
                          append="console=ttyS0 panic=-1 quiet root=PARTLABEL=erofs-root "
                                 "rootfstype=erofs",
                          drives=(qemu.Drive(str(disk), readonly=True),))
-    result = qemu.boot(spec, expect=re.compile(r"MOUNT /dev/vda1 / erofs ro\S*"), timeout=90)
+    result = qemu.boot(spec, expect=re.compile(r"STAT \d+:\d+ \d+\r?\n"), timeout=90)
     assert "EROFS-ROOT pid=1" in result.log
+    assert re.search(r"MOUNT /dev/vda1 / erofs ro\S*", result.log), result.log
     assert "STAT 1234:4321 4750" in result.log
 
 

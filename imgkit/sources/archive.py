@@ -71,6 +71,8 @@ class Spool:
         self._block = max(os.fstat(fd).st_blksize, 512)
         self.size = 0
         self._pos = 0   # where the file object writes next
+        self.data_bytes = 0
+        self.limit = spool_limit(os.path.dirname(self.path))
         weakref.finalize(self, _unlink, self.path)
 
     def append_member(self, archive_p, size: int | None,
@@ -89,6 +91,9 @@ class Spool:
                                   ctypes.byref(off)) != ffi.ARCHIVE_EOF:
             if not n.value:
                 continue
+            self.data_bytes += n.value
+            if self.data_bytes > self.limit:
+                raise SpoolFull(self.limit)
             if start + off.value != self._pos:
                 self._f.seek(start + off.value)
             self._f.write(ctypes.string_at(buf, n.value))
@@ -106,6 +111,26 @@ class Spool:
         """Close the spool; a trailing hole of the last member still counts in its size."""
         self._f.truncate(self.size)
         self._f.close()
+
+
+class SpoolFull(Exception):
+    """The archive's data would pass the spool's limit (see :func:`spool_limit`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def spool_limit(directory: str) -> int:
+    """How many bytes of file data an archive may spool: ``$IMGKIT_SPOOL_LIMIT`` (a size such
+    as ``20G``), else 90% of the free space where the spool lives, so that a compression bomb
+    ends in an error instead of a full ``$TMPDIR``."""
+    given = os.environ.get("IMGKIT_SPOOL_LIMIT")
+    if given:
+        from imgkit.sizes import parse_size
+        return parse_size(given, what="IMGKIT_SPOOL_LIMIT")
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize * 9 // 10
 
 
 def _unlink(path: str) -> None:
@@ -219,8 +244,16 @@ def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
                     raise ImageError(f"{origin}: unsupported file type (mode {mode:o})")
                 if kind is Kind.FILE:
                     size = ffi.entry_size(p) if ffi.entry_size_is_set(p) else None
-                    offset, length, ranges = spool.append_member(
-                        archive._pointer, size, sparse=ffi.entry_sparse_count(p) > 0)
+                    try:
+                        offset, length, ranges = spool.append_member(
+                            archive._pointer, size, sparse=ffi.entry_sparse_count(p) > 0)
+                    except SpoolFull as full:
+                        raise ImageError(
+                            f"{origin}: the archive's data passes {full.limit:,} bytes, the "
+                            f"limit of its spool in {os.path.dirname(spool.path)}",
+                            hint="IMGKIT_SPOOL_LIMIT=SIZE raises it (default: 90% of the free "
+                                 "space there); a small archive expanding this far is a "
+                                 "compression bomb") from None
                     fields["data"] = SpoolBlob(spool, offset, length, ranges)
                 elif kind is Kind.SYMLINK:
                     fields["target"] = ae.linkpath
