@@ -552,3 +552,141 @@ def test_gnumach_boots_through_imgkit_run_kernel():
     r = imgkit_run("--kernel", fetch_gnumach(), "--append", "console=com0", "--expect",
                    "GNU Mach 1.8", "--timeout", "60", "--quiet")
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"
+
+
+# -- inspect: multiboot kernels, GRUB's boot.img and core.img as Debian's grub-pc-bin ships them --
+CORE_MODULES = ("biosdisk", "part_msdos", "part_gpt", "fat", "normal")
+
+
+def inspect_json(path: str) -> dict:
+    return __import__("json").loads(sh(sys.executable, "-m", "imgkit", "inspect", "--json", path))
+
+
+def inspect_text(path: str) -> str:
+    return sh(sys.executable, "-m", "imgkit", "inspect", path)
+
+
+def debian_core(tmp_path, prefix: str) -> str:
+    """A core image made by grub-mkimage itself (not through imgkit)."""
+    out = str(tmp_path / "core.img")
+    subprocess.run(["grub-mkimage", "-O", "i386-pc", "-o", out, "-p", prefix, *CORE_MODULES],
+                   check=True)
+    return out
+
+
+def test_debian_gnumach_inspected_as_a_gzipped_64bit_multiboot_kernel(tmp_path):
+    kernel = fetch_gnumach()
+    elf = tmp_path / "gnumach"
+    elf.write_bytes(subprocess.run(["gzip", "-dc", kernel], check=True,
+                                   capture_output=True).stdout)
+    assert subprocess.run(["grub-file", "--is-x86-multiboot", str(elf)]).returncode == 0
+    assert sh("file", "-b", str(elf)).startswith("ELF 64-bit")
+    # the header's offset and flags as grep and xxd find them in the gunzipped kernel
+    at = int(sh("grep", "-obUaP", r"\x02\xb0\xad\x1b", str(elf)).split(":")[0])
+    flags = struct.unpack("<I", xxd_bytes(elf, at + 4, 4))[0]
+    d = inspect_json(kernel)
+    assert d["format"] == "multiboot"
+    assert d["multiboot"]["offset"] == at and d["multiboot"]["flags"] == f"{flags:#x}"
+    assert d["multiboot"]["elf"] == "ELF64" and d["multiboot"]["compression"] == "gzip"
+    assert f"Kernel: multiboot kernel, ELF64, gzip-compressed, flags {flags:#x}" in \
+        inspect_text(kernel)
+    assert "multiboot kernel, ELF64, flags" in inspect_text(str(elf))
+
+
+def test_multiboot2_header_inspected_with_its_tags(tmp_path):
+    path = multiboot_file(tmp_path / "k2", "multiboot2")
+    assert subprocess.run(["grub-file", "--is-x86-multiboot2", path]).returncode == 0
+    d = inspect_json(path)
+    assert d["format"] == "multiboot2" and d["multiboot"]["offset"] == 64
+    assert d["multiboot"]["architecture"] == 0 and d["multiboot"]["tags"] == []
+
+
+def test_debian_boot_img_and_core_img_in_the_mbr_gap(tmp_path):
+    """boot.img and core.img exactly as grub-pc-bin ships them and grub-mkimage makes them:
+    boot.img's default kernel sector (1) and diskboot's default block list (from sector 2)
+    are an MBR-gap install, as grub-bios-setup writes it."""
+    disk = str(tmp_path / "disk.img")
+    subprocess.run(["truncate", "-s", "8M", disk], check=True)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: dos\nstart=2048, type=83\n", check=True)
+    core = debian_core(tmp_path, "(,msdos1)/boot/grub")
+    subprocess.run(["dd", f"if={BOOT_IMG}", f"of={disk}", "bs=440", "count=1", "conv=notrunc",
+                    "status=none"], check=True)
+    subprocess.run(["dd", f"if={core}", f"of={disk}", "bs=512", "seek=1", "conv=notrunc",
+                    "status=none"], check=True)
+    lba = struct.unpack("<Q", xxd_bytes(disk, 0x5C, 8))[0]
+    start, length, segment = struct.unpack("<QHH", xxd_bytes(disk, 512 + 500, 12))
+    assert (lba, start) == (1, 2)
+    d = inspect_json(disk)
+    assert d["format"] == "mbr" and d["table"]["partitions"][0]["start_lba"] == 2048
+    assert d["boot_code"]["loader"] == "GRUB i386-pc boot.img"
+    assert d["boot_code"]["core_lba"] == lba
+    found = d["boot_code"]["core"]
+    assert found["blocklist"] == {"start_lba": start, "sectors": length,
+                                  "segment": f"{segment:#x}"}
+    assert found["prefix"] == "(,msdos1)/boot/grub"
+    text = inspect_text(disk)
+    assert "Boot code: GRUB i386-pc boot.img, core image at sector 1" in text
+    assert "prefix (,msdos1)/boot/grub" in text
+
+
+def test_debian_core_img_in_a_bios_boot_partition(tmp_path):
+    """grub-mkimage's core placed in a GPT BIOS-boot partition made by sgdisk, the two fields
+    grub-bios-setup patches (boot.img's kernel sector, the first block list) set by dd."""
+    disk = str(tmp_path / "disk.img")
+    subprocess.run(["truncate", "-s", "8M", disk], check=True)
+    sh("sgdisk", "-n", "1:2048:4095", "-t", "1:EF02", "-n", "2:4096:0", "-t", "2:8300", disk)
+    core = debian_core(tmp_path, "(,gpt2)/boot/grub")
+    sectors = -(-os.path.getsize(core) // 512)
+
+    def poke(offset: int, data: bytes) -> None:
+        subprocess.run(["dd", f"of={disk}", "bs=1", f"seek={offset}", "conv=notrunc",
+                        "status=none"], input=data, check=True)
+
+    subprocess.run(["dd", f"if={BOOT_IMG}", f"of={disk}", "bs=440", "count=1", "conv=notrunc",
+                    "status=none"], check=True)
+    subprocess.run(["dd", f"if={core}", f"of={disk}", "bs=512", "seek=2048", "conv=notrunc",
+                    "status=none"], check=True)
+    poke(0x5C, struct.pack("<Q", 2048))
+    poke(2048 * 512 + 500, struct.pack("<Q", 2049))
+    d = inspect_json(disk)
+    assert d["boot_code"]["core_lba"] == 2048
+    assert d["boot_code"]["core"]["prefix"] == "(,gpt2)/boot/grub"
+    part = d["table"]["partitions"][0]
+    assert part["type"] == grub.BIOS_BOOT_GUID
+    assert part["filesystem"]["format"] == "grub-core"
+    assert part["filesystem"]["blocklist"]["start_lba"] == 2049
+    assert part["filesystem"]["blocklist"]["sectors"] == sectors - 1
+    assert part["filesystem"]["prefix"] == "(,gpt2)/boot/grub"
+
+
+def test_debian_core_and_boot_img_files_inspected_alone(tmp_path):
+    core = debian_core(tmp_path, "/boot/grub")
+    d = inspect_json(core)
+    assert d["format"] == "grub-core" and d["grub_core"]["prefix"] == "/boot/grub"
+    assert inspect_json(BOOT_IMG)["boot_code"]["loader"] == "GRUB i386-pc boot.img"
+
+
+def test_imgkit_grub_disk_inspected_like_grubs_own(bios_uefi_disk):
+    d = inspect_json(bios_uefi_disk)
+    bios = d["table"]["partitions"][0]
+    lba = struct.unpack("<Q", xxd_bytes(bios_uefi_disk, 0x5C, 8))[0]
+    assert d["boot_code"]["core_lba"] == lba == bios["start_lba"]
+    assert bios["filesystem"]["prefix"] == "(,gpt2)/boot/grub"
+
+
+def test_ls_of_the_grub_esp_shows_grub_cfg(bios_uefi_disk):
+    listing = sh(sys.executable, "-m", "imgkit", "ls", f"{bios_uefi_disk}:esp")
+    assert "/boot/grub/grub.cfg" in listing and "/EFI/BOOT/BOOTX64.EFI" in listing
+    # the same files as GRUB's own FAT driver lists
+    assert "grub.cfg" in fstest(bios_uefi_disk, "ls", "(loop0,gpt2)/boot/grub/")
+
+
+def test_positional_multiboot_kernel_boots_like_kernel(tmp_path):
+    k32 = multiboot_file(tmp_path / "k32", "multiboot", elf_class=1)
+    r = imgkit_run(k32, "--append", "c=2", "--print-cmdline")
+    assert r.returncode == 0, r.stderr
+    argv = __import__("shlex").split(r.stdout)
+    assert argv[argv.index("-kernel") + 1] == k32
+    r = imgkit_run(fetch_gnumach(), "--append", "console=com0", "--print-cmdline")
+    assert r.returncode == 0, r.stderr
+    assert "-kernel" not in r.stdout and "through GRUB" in r.stderr
