@@ -16,10 +16,13 @@ from typing import Any, BinaryIO
 
 #: What :func:`sniff` can answer (besides ``"unknown"``).
 FORMATS = ("gpt", "mbr", "fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660",
-           "squashfs", "erofs", "cpio", "tar", "zip", "qcow2", "pe", "uki", "bzimage", "elf")
+           "squashfs", "erofs", "cpio", "tar", "zip", "qcow2", "pe", "uki", "bzimage", "elf",
+           "multiboot", "multiboot2", "grub-boot", "grub-core")
 DISK_FORMATS = ("gpt", "mbr")
 FS_FORMATS = ("fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660", "squashfs", "erofs")
 ARCHIVE_FORMATS = ("cpio", "tar", "zip")
+#: Kernels a multiboot loader boots (GNU Mach, Xen); ``compression`` says if gzipped.
+MULTIBOOT_FORMATS = ("multiboot", "multiboot2")
 COMPRESSIONS = ("gzip", "xz", "zstd", "lz4", "lz4-legacy", "bzip2")
 
 #: Filesystems imgkit reads but cannot write yet: describe-only modules. Every other
@@ -42,6 +45,11 @@ _GPT_SIGNATURE = b"EFI PART"
 _EROFS_AT, _EROFS_MAGIC = 1024, b"\xe2\xe1\xf5\xe0"       # 0xE0F5E1E2 little-endian
 _BZIMAGE_AT, _BZIMAGE_MAGIC = 0x202, b"HdrS"               # the x86 boot protocol header
 _BOOT_SIGNATURE = b"\x55\xaa"
+#: The messages GRUB's i386-pc boot.img (MBR code) and diskboot.img (the core image's first
+#: sector) print, which identify them (boot.S and diskboot.S ``notification_string`` on).
+GRUB_BOOT_IMG_MARK = b"GRUB \x00Geom\x00Hard Disk\x00Read\x00 Error"
+GRUB_DISKBOOT_MARK = b"loading\x00"
+GRUB_DISKBOOT_MARK2 = b"Geom\x00Read\x00 Error"
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,12 @@ class Detected:
 
     @property
     def is_archive(self) -> bool:
-        return self.format in ARCHIVE_FORMATS or self.compression is not None
+        return self.format in ARCHIVE_FORMATS or (self.compression is not None
+                                                  and self.format not in MULTIBOOT_FORMATS)
+
+    @property
+    def is_multiboot(self) -> bool:
+        return self.format in MULTIBOOT_FORMATS
 
     @property
     def filesystem(self) -> str | None:
@@ -110,25 +123,21 @@ def regular_file(path: str | os.PathLike, what: str = "image") -> str:
                      hint="copy the data into a file first" if kind != "a directory" else None)
 
 
-_MULTIBOOT_MAGIC = (0x1BADB002).to_bytes(4, "little")
-_MULTIBOOT2_MAGIC = (0xE85250D6).to_bytes(4, "little")
-
-
 def kernel_kind(path: str | os.PathLike) -> tuple[str | None, str]:
     """What QEMU's ``-kernel`` would make of ``path``: ``("bzimage" | "elf" | "multiboot",
     description)`` for a kernel it boots, ``(None, what the file is)`` otherwise."""
     with open(path, "rb") as f:
         head = f.read(HEAD)
     found = sniff_bytes(head)
-    multiboot = any(head[i:i + 4] == _MULTIBOOT_MAGIC for i in range(0, min(len(head), 8192), 4))
     if found.format == "bzimage":
         return "bzimage", "a Linux bzImage"
-    if multiboot:
+    if found.format == "multiboot" and not found.compression:
         return "multiboot", "a multiboot kernel"
     if found.format == "elf":
         return "elf", "an ELF executable"
-    if any(head[i:i + 4] == _MULTIBOOT2_MAGIC for i in range(0, min(len(head), 32768), 8)):
-        return None, "a multiboot2 kernel (QEMU boots multiboot2 only through GRUB)"
+    if found.is_multiboot:
+        return None, (f"a {found.format} kernel (QEMU boots it only through GRUB: "
+                      "imgkit run --kernel does that)")
     if found.compression:
         return None, (f"{found.compression}-compressed data" + (
             f" ({found.format})" if found.format != found.compression else "")
@@ -178,7 +187,7 @@ def sniff_bytes(head: bytes) -> Detected:
     if head[_EROFS_AT:_EROFS_AT + 4] == _EROFS_MAGIC:
         return Detected("erofs")
     if head[:4] == b"\x7fELF":
-        return Detected("elf")
+        return Detected(_multiboot_kind(head) or "elf")
     if head[:2] == b"MZ":
         pe = _pe_kind(head)
         if pe:
@@ -188,13 +197,44 @@ def sniff_bytes(head: bytes) -> Detected:
         return Detected(inner)
     for magic, method in _COMPRESSION_MAGIC:
         if head.startswith(magic):
-            inner = _archive_kind(_peek_decompressed(head, method))
-            return Detected(inner or method, method)
+            inner = _peek_decompressed(head, method, _multiboot_head())
+            return Detected(_archive_kind(inner) or _multiboot_kind(inner) or method, method)
     if signed:
         from imgkit.formats import mbr
         if mbr.looks_like_table(head[:512]):
             return Detected("mbr", **disk)
+    if is_grub_core(head):
+        return Detected("grub-core")
+    if signed and boot_loader(head) is not None:
+        return Detected("grub-boot", **disk)
+    multiboot = _multiboot_kind(head)   # a kernel that is no ELF (a.out kludge, raw binary)
+    if multiboot:
+        return Detected(multiboot)
     return Detected("unknown", **disk)
+
+
+def boot_loader(sector: bytes) -> str | None:
+    """Which boot code is in the first 440 bytes of a disk's sector 0, if known."""
+    if GRUB_BOOT_IMG_MARK in sector[:440]:
+        return "GRUB i386-pc boot.img"
+    return None
+
+
+def is_grub_core(sector: bytes) -> bool:
+    """Whether ``sector`` is GRUB's diskboot.img: the first sector of an i386-pc core image."""
+    return GRUB_DISKBOOT_MARK in sector[:512] and GRUB_DISKBOOT_MARK2 in sector[:512]
+
+
+def _multiboot_head() -> int:
+    from imgkit.formats.multiboot import HEAD_BYTES
+    return HEAD_BYTES
+
+
+def _multiboot_kind(head: bytes) -> str | None:
+    """``multiboot``/``multiboot2`` for a kernel (ELF or not) starting ``head``."""
+    from imgkit.formats.multiboot import find_header
+    found = find_header(head)
+    return found.kind if found else None
 
 
 def _protective(head: bytes) -> bool:

@@ -75,6 +75,8 @@ def filesystem_info(f: BinaryIO, base: int = 0, size: int | None = None) -> dict
     reader = _detect.reader(found.filesystem)
     if reader is not None:
         return reader.describe(f, base, size)
+    if found.format == "grub-core":
+        return grub_core_info(f, base, os.fstat(f.fileno()).st_size)
     if found.format == "unknown":
         head = _read_at(f, base, 4096)
         if not head.strip(b"\0"):
@@ -84,6 +86,98 @@ def filesystem_info(f: BinaryIO, base: int = 0, size: int | None = None) -> dict
     if found.compression:
         out["compression"] = found.compression
     return out
+
+
+# -- GRUB for BIOS: boot.img in sector 0, the core image it loads ---------------------------
+#: startup_raw.S (lzma_decompress.img, after diskboot.img): the sizes grub-mkimage writes.
+_LZMA_COMPRESSED_SIZE, _LZMA_UNCOMPRESSED_SIZE, _NO_REED_SOLOMON_LENGTH = 0x08, 0x0C, 0x14
+#: ``struct grub_module_info32 {magic "mimg", offset, size}`` then ``{type, size}`` objects.
+_MODULE_INFO = struct.Struct("<4sII")
+_MODULE_HEADER = struct.Struct("<II")
+_OBJ_TYPE_PREFIX = 3
+#: grub-mkimage's LZMA settings (util/mkimage.c compress_kernel_lzma): a raw LZMA1 stream.
+_GRUB_LZMA = [{"id": 0x4000000000000001, "dict_size": 1 << 16, "lc": 3, "lp": 0, "pb": 2}]
+_MAX_CORE = 1 << 20
+
+
+def _mbr_boot_code(f: BinaryIO, disk_size: int) -> dict | None:
+    """The boot code in sector 0 when imgkit knows it: GRUB's boot.img with the LBA of the
+    core image it loads (u64 at 0x5c) and that core image described."""
+    from imgkit.bootloaders.grub import KERNEL_SECTOR, SECTOR
+    sector = _read_at(f, 0, SECTOR)
+    loader = _detect.boot_loader(sector)
+    if loader is None:
+        return None
+    (lba,) = struct.unpack_from("<Q", sector, KERNEL_SECTOR)
+    out: dict = {"loader": loader, "core_lba": lba}
+    if lba * SECTOR >= disk_size:
+        out["core"] = {"error": f"sector {lba} is past the end of the image"}
+    else:
+        out["core"] = grub_core_info(f, lba * SECTOR, disk_size)
+    return out
+
+
+def grub_core_info(f: BinaryIO, base: int, file_size: int, *, installed: bool = True) -> dict:
+    """GRUB's i386-pc core image at ``base``: diskboot.img's first block list (where the rest
+    of the core is read from), the LZMA sizes and the prefix (``(,gpt2)/boot/grub``) when the
+    compressed kernel can be read. A core image file (not ``installed``) is read as one piece:
+    grub-mkimage's block list is a placeholder until grub-setup (or imgkit) places it."""
+    from imgkit.bootloaders.grub import BLOCKLIST, FIRST_BLOCKLIST, SECTOR
+    first = _read_at(f, base, SECTOR)
+    if not _detect.is_grub_core(first):
+        return {"format": "unknown", "error": f"no GRUB diskboot.img at offset {base}"}
+    start, length, segment = BLOCKLIST.unpack_from(first, FIRST_BLOCKLIST)
+    out: dict = {"format": "grub-core", "diskboot": True,
+                 "blocklist": {"start_lba": start, "sectors": length, "segment": f"{segment:#x}"}}
+    rest_at = start * SECTOR if installed else base + SECTOR
+    size = min(length * SECTOR, _MAX_CORE, max(file_size - rest_at, 0))
+    rest = _read_at(f, rest_at, size)
+    if len(rest) < 0x20:
+        out["error"] = f"the core's block list points at {rest_at}, past the end of the image"
+        return out
+    compressed, uncompressed, no_rs = struct.unpack_from("<I", rest, _LZMA_COMPRESSED_SIZE)[0], \
+        struct.unpack_from("<I", rest, _LZMA_UNCOMPRESSED_SIZE)[0], \
+        struct.unpack_from("<I", rest, _NO_REED_SOLOMON_LENGTH)[0]
+    out.update(compressed_size=compressed, uncompressed_size=uncompressed)
+    prefix = _core_prefix(rest, compressed, uncompressed, no_rs)
+    if prefix is not None:
+        out["prefix"] = prefix
+    return out
+
+
+def _core_prefix(rest: bytes, compressed: int, uncompressed: int, no_rs: int) -> str | None:
+    """The prefix object of the LZMA-compressed kernel after the decompressor. Where the
+    decompressor ends is not recorded: the stream is tried at 16-byte steps after the part
+    Reed-Solomon does not cover, until one decompresses to exactly ``uncompressed`` bytes."""
+    import lzma
+    if not 0 < uncompressed <= 4 * _MAX_CORE or no_rs >= len(rest):
+        return None
+    for at in range(no_rs & ~15, min(len(rest), no_rs + 8192), 16):
+        try:
+            kernel = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_GRUB_LZMA).decompress(
+                rest[at:at + compressed], uncompressed)
+        except lzma.LZMAError:
+            continue
+        if len(kernel) == uncompressed:
+            return _prefix_object(kernel)
+    return None
+
+
+def _prefix_object(kernel: bytes) -> str | None:
+    at = kernel.rfind(b"mimg")
+    if at < 0 or at + _MODULE_INFO.size > len(kernel):
+        return None
+    _, offset, size = _MODULE_INFO.unpack_from(kernel, at)
+    pos, end = at + offset, min(at + size, len(kernel))
+    while pos + _MODULE_HEADER.size <= end:
+        kind, length = _MODULE_HEADER.unpack_from(kernel, pos)
+        if length < _MODULE_HEADER.size:
+            return None
+        if kind == _OBJ_TYPE_PREFIX:
+            return kernel[pos + _MODULE_HEADER.size:pos + length].split(b"\0")[0].decode(
+                "utf-8", "replace")
+        pos += length
+    return None
 
 
 def _partition_fs(f: BinaryIO, p: probe.Partition, disk_size: int) -> dict | None:
@@ -211,8 +305,18 @@ def describe(path: str | os.PathLike) -> dict:
         found = _detect.sniff(f, 0)
         kind, compression = found.format, found.compression
         out: dict = {"path": path, "size": size, "format": kind}
-        if kind in DISK_FORMATS:
-            out["table"] = read_table(f, size, kind)
+        if kind in DISK_FORMATS or kind == "grub-boot":
+            out["table"] = read_table(f, size, kind) if kind in DISK_FORMATS else None
+            boot_code = _mbr_boot_code(f, size)
+            if boot_code is not None:
+                out["boot_code"] = boot_code
+        elif kind == "grub-core":
+            out["grub_core"] = grub_core_info(f, 0, size, installed=False)
+        elif found.is_multiboot:
+            from imgkit.formats.multiboot import read_header
+            header = read_header(path)
+            if header is not None:
+                out["multiboot"] = _multiboot_info(header)
         elif kind == "iso9660":
             out["filesystem"] = filesystem_info(f, 0, size)
             table = read_table(f, size, kind)
@@ -223,7 +327,7 @@ def describe(path: str | os.PathLike) -> dict:
             out["filesystem"] = filesystem_info(f, 0, size)
         elif kind == "unknown":
             raise unknown_format(path, _read_at(f, 0, 16))
-    if kind in ARCHIVE_FORMATS or compression:
+    if found.is_archive:
         out["archive"] = _archive_info(path) if kind in ARCHIVE_FORMATS else {}
         out["archive"]["compression"] = compression or "none"
     elif kind in ("pe", "uki") or (kind == "bzimage" and _is_pe(path)):
@@ -233,6 +337,14 @@ def describe(path: str | os.PathLike) -> dict:
     return out
 
 
+def _multiboot_info(header) -> dict:
+    return {"kind": header.kind, "offset": header.offset, "elf": header.elf,
+            "compression": header.compression or "none",
+            **({"flags": f"{header.flags:#x}"} if header.kind == "multiboot"
+               else {"architecture": header.architecture, "tags": list(header.tags)}),
+            "flag_names": header.flag_names, "summary": header.describe()}
+
+
 def unknown_format(path: str, head: bytes) -> ImageError:
     """The error for an image none of :data:`FORMATS` matches, showing its first bytes."""
     what = "an empty file" if not head else (
@@ -240,7 +352,7 @@ def unknown_format(path: str, head: bytes) -> ImageError:
     return ImageError(f"{path}: unknown image format: found {what}",
                       hint="recognised: GPT and MBR disks, FAT12/16/32, ext2/3/4, ISO 9660, "
                            "squashfs, qcow2, cpio and tar (plain or gzip/xz/zstd/lz4/bzip2), "
-                           "zip, PE/UKI")
+                           "zip, PE/UKI, multiboot kernels, GRUB boot.img and core.img")
 
 
 # -- for humans -------------------------------------------------------------------------------
@@ -272,6 +384,8 @@ def _fs_summary(fs: dict | None) -> str:
         parts.append("LARGER THAN ITS PARTITION")
     if fs.get("magic"):
         parts.append(f"magic {fs['magic']}")
+    if fs.get("format") == "grub-core":
+        parts.append(f"(GRUB core image, prefix {fs.get('prefix', 'unreadable')})")
     return " ".join(parts)
 
 
@@ -343,6 +457,14 @@ def format_description(d: dict) -> str:
         if "filesystem" in d:
             lines.append(f"Hybrid: the image is also a partitioned disk ({d['table']['table']})")
         lines += _table_lines(d["table"])
+    if d.get("boot_code"):
+        b = d["boot_code"]
+        lines.append(f"Boot code: {b['loader']}, core image at sector {b['core_lba']}")
+        lines += ["  " + line for line in _core_lines(b["core"])]
+    if "grub_core" in d:
+        lines += _core_lines(d["grub_core"])
+    if "multiboot" in d:
+        lines.append(f"Kernel: {d['multiboot']['summary']}")
     if "archive" in d:
         a = d["archive"]
         lines.append(f"Archive: {a.get('archive_format') or d['format']}, compression "
@@ -372,6 +494,20 @@ def format_description(d: dict) -> str:
             lines += [("  " + line).rstrip() for line in
                       format_description(q["contents"]).splitlines()[1:]]
     return "\n".join(lines)
+
+
+def _core_lines(core: dict) -> list[str]:
+    if core.get("format") != "grub-core":
+        return [f"core image: {core.get('error', 'not found')}"]
+    bl = core["blocklist"]
+    line = (f"GRUB i386-pc core image (diskboot.img): block list {bl['sectors']} sectors from "
+            f"LBA {bl['start_lba']} to segment {bl['segment']}")
+    if core.get("uncompressed_size"):
+        line += (f", kernel {core['compressed_size']:,} bytes LZMA "
+                 f"({core['uncompressed_size']:,} unpacked)")
+    if core.get("prefix"):
+        line += f", prefix {core['prefix']}"
+    return [line] + ([f"  {core['error']}"] if core.get("error") else [])
 
 
 def _is_pe(path: str) -> bool:

@@ -223,13 +223,19 @@ def _imgkit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return r
 
 
+def _example_work(tmp_path_factory, name: str):
+    """The cached root tar and a directory holding it as root.tar beside examples/debian/."""
+    tar = make_root_tar()
+    work = tmp_path_factory.mktemp(name)
+    shutil.copytree(os.path.join(EXAMPLES, "debian"), work / "debian")
+    os.symlink(tar, work / "root.tar")
+    return tar, work
+
+
 @pytest.fixture(scope="module")
 def debian_images(tmp_path_factory):
     """examples/debian.toml built from the cached root tar, as a raw disk and as a qcow2."""
-    tar = make_root_tar()
-    work = tmp_path_factory.mktemp("debian")
-    shutil.copytree(os.path.join(EXAMPLES, "debian"), work / "debian")
-    os.symlink(tar, work / "root.tar")
+    tar, work = _example_work(tmp_path_factory, "debian")
     with open(os.path.join(EXAMPLES, "debian.toml"), encoding="utf-8") as f:
         text = f.read()
     (work / "raw.toml").write_text(text)
@@ -273,6 +279,15 @@ def test_debian_root_is_intact_in_the_image(debian_images):
     assert image_xattr(fs, "usr/bin/ping", "security.capability") == cap
 
 
+def check_report(console: str) -> None:
+    """What the check unit printed before login: no failed unit, ping's capability kept."""
+    report = dict(re.findall(r"^imgkit-check: ([\w-]+)=(.*)$", console, re.M))
+    assert report.get("done") == "yes", f"no boot report before login:\n{console[-3000:]}"
+    assert report["failed-units"] == "0", f"failed units:\n{console[-3000:]}"
+    assert "cap_net_raw" in report["ping-caps"], report
+    assert report["ping-as-nobody"] == "1 received", report
+
+
 @pytest.mark.boot
 @pytest.mark.slow
 @pytest.mark.parametrize("firmware,which", [("uefi", 1), ("bios", 2)], ids=["ovmf-raw", "seabios-qcow2"])
@@ -280,9 +295,31 @@ def test_debian_boots_to_login(debian_images, firmware, which):
     image = debian_images[which]
     r = _imgkit("run", image, "--firmware", firmware, "--snapshot", "--expect", "login:",
                 "--timeout", "240", timeout=300)
-    console = r.stdout
-    report = dict(re.findall(r"^imgkit-check: ([\w-]+)=(.*)$", console, re.M))
-    assert report.get("done") == "yes", f"no boot report before login:\n{console[-3000:]}"
-    assert report["failed-units"] == "0", f"failed units:\n{console[-3000:]}"
-    assert "cap_net_raw" in report["ping-caps"], report
-    assert report["ping-as-nobody"] == "1 received", report
+    check_report(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def debian_grub_image(tmp_path_factory):
+    """examples/debian-grub.toml (GRUB for BIOS, a GPT disk) built from the cached root tar."""
+    _, work = _example_work(tmp_path_factory, "debian-grub")
+    shutil.copy(os.path.join(EXAMPLES, "debian-grub.toml"), work / "debian-grub.toml")
+    _imgkit("build", str(work / "debian-grub.toml"), "-O", str(work / "out"), "-q")
+    return str(work / "out" / "debian-grub.img")
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_debian_boots_to_login_with_grub_under_seabios(debian_grub_image):
+    cfg = subprocess.run(["grub-fstest", debian_grub_image, "cat", "(loop0,gpt2)/boot/grub/grub.cfg"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "console=ttyS0 root=PARTLABEL=root rw rootwait panic=-1" in cfg, cfg
+    r = _imgkit("run", debian_grub_image, "--firmware", "bios", "--snapshot", "--expect", "login:",
+                "--timeout", "240", timeout=300)
+    check_report(r.stdout)
+
+
+def test_grub_example_config_boots_the_trees_kernel_with_the_declared_cmdline():
+    from imgkit.config import load_config
+    cfg = load_config(os.path.join(EXAMPLES, "debian-grub.toml"))
+    assert (cfg.kernel.source, cfg.kernel.tree) == ("tree", "rootfs")
+    assert cfg.disk.bios == "grub" and "root=PARTLABEL=root" in cfg.cmdline

@@ -384,22 +384,22 @@ def test_hybrid_iso_boots_as_cd_and_as_disk(grub_iso, firmware, media):
 GNUMACH_PACKAGE = "gnumach-image-1.8-486"
 
 
-def fetch_gnumach() -> str:
-    """Debian's GNU Mach image (a gzipped 64-bit multiboot ELF), fetched with apt-get download
-    and unpacked with dpkg -x into the imgkit cache, as the Debian kernel is (no root)."""
+def fetch_package(package: str) -> str:
+    """A Debian package fetched with apt-get download and unpacked with dpkg -x into the imgkit
+    cache, as the Debian kernel is (no root): the unpacked root."""
     from imgkit.vm.kernel import cache_lock, cache_root, writable_cache_subdir
     where = writable_cache_subdir(cache_root(), "packages")
-    final = os.path.join(where, GNUMACH_PACKAGE)
-    with cache_lock(os.path.join(where, f".{GNUMACH_PACKAGE}.lock")):
+    final = os.path.join(where, package)
+    with cache_lock(os.path.join(where, f".{package}.lock")):
         if not os.path.exists(os.path.join(final, ".complete")):
-            work = os.path.join(where, f".{GNUMACH_PACKAGE}.work")
+            work = os.path.join(where, f".{package}.work")
             shutil.rmtree(work, ignore_errors=True)
             os.makedirs(work)
             try:
-                subprocess.run(["apt-get", "download", "-q", GNUMACH_PACKAGE], cwd=work,
+                subprocess.run(["apt-get", "download", "-q", package], cwd=work,
                                check=True, capture_output=True, timeout=300)
             except (OSError, subprocess.SubprocessError) as exc:
-                pytest.skip(f"cannot fetch {GNUMACH_PACKAGE}: {exc}")
+                pytest.skip(f"cannot fetch {package}: {exc}")
             deb = [f for f in os.listdir(work) if f.endswith(".deb")][0]
             subprocess.run(["dpkg", "-x", os.path.join(work, deb), os.path.join(work, "root")],
                            check=True)
@@ -407,6 +407,12 @@ def fetch_gnumach() -> str:
             shutil.rmtree(final, ignore_errors=True)
             os.rename(os.path.join(work, "root"), final)
             shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def fetch_gnumach() -> str:
+    """Debian's GNU Mach image (a gzipped 64-bit multiboot ELF)."""
+    final = fetch_package(GNUMACH_PACKAGE)
     images = [f for f in os.listdir(os.path.join(final, "boot")) if f.startswith("gnumach")]
     return os.path.join(final, "boot", images[0])
 
@@ -551,4 +557,179 @@ def test_module_for_a_kernel_without_multiboot_header_is_refused(tmp_path):
 def test_gnumach_boots_through_imgkit_run_kernel():
     r = imgkit_run("--kernel", fetch_gnumach(), "--append", "console=com0", "--expect",
                    "GNU Mach 1.8", "--timeout", "60", "--quiet")
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"
+
+
+# -- inspect: multiboot kernels, GRUB's boot.img and core.img as Debian's grub-pc-bin ships them --
+CORE_MODULES = ("biosdisk", "part_msdos", "part_gpt", "fat", "normal")
+
+
+def inspect_json(path: str) -> dict:
+    return __import__("json").loads(sh(sys.executable, "-m", "imgkit", "inspect", "--json", path))
+
+
+def inspect_text(path: str) -> str:
+    return sh(sys.executable, "-m", "imgkit", "inspect", path)
+
+
+def debian_core(tmp_path, prefix: str) -> str:
+    """A core image made by grub-mkimage itself (not through imgkit)."""
+    out = str(tmp_path / "core.img")
+    subprocess.run(["grub-mkimage", "-O", "i386-pc", "-o", out, "-p", prefix, *CORE_MODULES],
+                   check=True)
+    return out
+
+
+def test_debian_gnumach_inspected_as_a_gzipped_64bit_multiboot_kernel(tmp_path):
+    kernel = fetch_gnumach()
+    elf = tmp_path / "gnumach"
+    elf.write_bytes(subprocess.run(["gzip", "-dc", kernel], check=True,
+                                   capture_output=True).stdout)
+    assert subprocess.run(["grub-file", "--is-x86-multiboot", str(elf)]).returncode == 0
+    assert sh("file", "-b", str(elf)).startswith("ELF 64-bit")
+    # the header's offset and flags as grep and xxd find them in the gunzipped kernel
+    at = int(sh("grep", "-obUaP", r"\x02\xb0\xad\x1b", str(elf)).split(":")[0])
+    flags = struct.unpack("<I", xxd_bytes(elf, at + 4, 4))[0]
+    d = inspect_json(kernel)
+    assert d["format"] == "multiboot"
+    assert d["multiboot"]["offset"] == at and d["multiboot"]["flags"] == f"{flags:#x}"
+    assert d["multiboot"]["elf"] == "ELF64" and d["multiboot"]["compression"] == "gzip"
+    assert f"Kernel: multiboot kernel, ELF64, gzip-compressed, flags {flags:#x}" in \
+        inspect_text(kernel)
+    assert "multiboot kernel, ELF64, flags" in inspect_text(str(elf))
+
+
+def test_multiboot2_header_inspected_with_its_tags(tmp_path):
+    path = multiboot_file(tmp_path / "k2", "multiboot2")
+    assert subprocess.run(["grub-file", "--is-x86-multiboot2", path]).returncode == 0
+    d = inspect_json(path)
+    assert d["format"] == "multiboot2" and d["multiboot"]["offset"] == 64
+    assert d["multiboot"]["architecture"] == 0 and d["multiboot"]["tags"] == []
+
+
+def test_debian_boot_img_and_core_img_in_the_mbr_gap(tmp_path):
+    """boot.img and core.img exactly as grub-pc-bin ships them and grub-mkimage makes them:
+    boot.img's default kernel sector (1) and diskboot's default block list (from sector 2)
+    are an MBR-gap install, as grub-bios-setup writes it."""
+    disk = str(tmp_path / "disk.img")
+    subprocess.run(["truncate", "-s", "8M", disk], check=True)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: dos\nstart=2048, type=83\n", check=True)
+    core = debian_core(tmp_path, "(,msdos1)/boot/grub")
+    subprocess.run(["dd", f"if={BOOT_IMG}", f"of={disk}", "bs=440", "count=1", "conv=notrunc",
+                    "status=none"], check=True)
+    subprocess.run(["dd", f"if={core}", f"of={disk}", "bs=512", "seek=1", "conv=notrunc",
+                    "status=none"], check=True)
+    lba = struct.unpack("<Q", xxd_bytes(disk, 0x5C, 8))[0]
+    start, length, segment = struct.unpack("<QHH", xxd_bytes(disk, 512 + 500, 12))
+    assert (lba, start) == (1, 2)
+    d = inspect_json(disk)
+    assert d["format"] == "mbr" and d["table"]["partitions"][0]["start_lba"] == 2048
+    assert d["boot_code"]["loader"] == "GRUB i386-pc boot.img"
+    assert d["boot_code"]["core_lba"] == lba
+    found = d["boot_code"]["core"]
+    assert found["blocklist"] == {"start_lba": start, "sectors": length,
+                                  "segment": f"{segment:#x}"}
+    assert found["prefix"] == "(,msdos1)/boot/grub"
+    text = inspect_text(disk)
+    assert "Boot code: GRUB i386-pc boot.img, core image at sector 1" in text
+    assert "prefix (,msdos1)/boot/grub" in text
+
+
+def test_debian_core_img_in_a_bios_boot_partition(tmp_path):
+    """grub-mkimage's core placed in a GPT BIOS-boot partition made by sgdisk, the two fields
+    grub-bios-setup patches (boot.img's kernel sector, the first block list) set by dd."""
+    disk = str(tmp_path / "disk.img")
+    subprocess.run(["truncate", "-s", "8M", disk], check=True)
+    sh("sgdisk", "-n", "1:2048:4095", "-t", "1:EF02", "-n", "2:4096:0", "-t", "2:8300", disk)
+    core = debian_core(tmp_path, "(,gpt2)/boot/grub")
+    sectors = -(-os.path.getsize(core) // 512)
+
+    def poke(offset: int, data: bytes) -> None:
+        subprocess.run(["dd", f"of={disk}", "bs=1", f"seek={offset}", "conv=notrunc",
+                        "status=none"], input=data, check=True)
+
+    subprocess.run(["dd", f"if={BOOT_IMG}", f"of={disk}", "bs=440", "count=1", "conv=notrunc",
+                    "status=none"], check=True)
+    subprocess.run(["dd", f"if={core}", f"of={disk}", "bs=512", "seek=2048", "conv=notrunc",
+                    "status=none"], check=True)
+    poke(0x5C, struct.pack("<Q", 2048))
+    poke(2048 * 512 + 500, struct.pack("<Q", 2049))
+    d = inspect_json(disk)
+    assert d["boot_code"]["core_lba"] == 2048
+    assert d["boot_code"]["core"]["prefix"] == "(,gpt2)/boot/grub"
+    part = d["table"]["partitions"][0]
+    assert part["type"] == grub.BIOS_BOOT_GUID
+    assert part["filesystem"]["format"] == "grub-core"
+    assert part["filesystem"]["blocklist"]["start_lba"] == 2049
+    assert part["filesystem"]["blocklist"]["sectors"] == sectors - 1
+    assert part["filesystem"]["prefix"] == "(,gpt2)/boot/grub"
+
+
+def test_debian_core_and_boot_img_files_inspected_alone(tmp_path):
+    core = debian_core(tmp_path, "/boot/grub")
+    d = inspect_json(core)
+    assert d["format"] == "grub-core" and d["grub_core"]["prefix"] == "/boot/grub"
+    assert inspect_json(BOOT_IMG)["boot_code"]["loader"] == "GRUB i386-pc boot.img"
+
+
+def test_imgkit_grub_disk_inspected_like_grubs_own(bios_uefi_disk):
+    d = inspect_json(bios_uefi_disk)
+    bios = d["table"]["partitions"][0]
+    lba = struct.unpack("<Q", xxd_bytes(bios_uefi_disk, 0x5C, 8))[0]
+    assert d["boot_code"]["core_lba"] == lba == bios["start_lba"]
+    assert bios["filesystem"]["prefix"] == "(,gpt2)/boot/grub"
+
+
+def test_ls_of_the_grub_esp_shows_grub_cfg(bios_uefi_disk):
+    listing = sh(sys.executable, "-m", "imgkit", "ls", f"{bios_uefi_disk}:esp")
+    assert "/boot/grub/grub.cfg" in listing and "/EFI/BOOT/BOOTX64.EFI" in listing
+    # the same files as GRUB's own FAT driver lists
+    assert "grub.cfg" in fstest(bios_uefi_disk, "ls", "(loop0,gpt2)/boot/grub/")
+
+
+def test_positional_multiboot_kernel_boots_like_kernel(tmp_path):
+    k32 = multiboot_file(tmp_path / "k32", "multiboot", elf_class=1)
+    r = imgkit_run(k32, "--append", "c=2", "--print-cmdline")
+    assert r.returncode == 0, r.stderr
+    argv = __import__("shlex").split(r.stdout)
+    assert argv[argv.index("-kernel") + 1] == k32
+    r = imgkit_run(fetch_gnumach(), "--append", "console=com0", "--print-cmdline")
+    assert r.returncode == 0, r.stderr
+    assert "-kernel" not in r.stdout and "through GRUB" in r.stderr
+
+
+# -- Xen: dom0 as PVH under TCG -------------------------------------------------------------------
+XEN_PACKAGE = "xen-hypervisor-4.17-amd64"
+#: Under TCG a PV dom0 crashes early; a PVH dom0 needs an IOMMU (QEMU's intel-iommu on q35), and
+#: RDTSCP hidden: QEMU's SVM gives Xen no next-RIP, and Xen's fallback decoder expects RDTSC
+#: where the kernel executes RDTSCP ("SVM Insn len emulation failed"), crashing dom0.
+XEN_QEMU_ARGS = "-machine q35 -device intel-iommu,intremap=on -cpu max,-rdtscp"
+XEN_CMDLINE = ("console=com1 com1=115200,8n1 dom0_mem=384M dom0=pvh iommu=1 noreboot")
+
+
+def fetch_xen() -> str:
+    boot = os.path.join(fetch_package(XEN_PACKAGE), "boot")
+    return os.path.join(boot, next(f for f in os.listdir(boot) if f.endswith(".gz")))
+
+
+def test_debian_xen_inspected_as_a_gzipped_multiboot_kernel():
+    xen = fetch_xen()
+    elf = subprocess.run(["gzip", "-dc", xen], check=True, capture_output=True).stdout
+    assert elf[:5] == b"\x7fELF\x01"   # Xen's multiboot loader entry is a 32-bit ELF
+    assert "Kernel: multiboot kernel, ELF32, gzip-compressed" in inspect_text(xen)
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_xen_boots_a_pvh_dom0_to_its_init(tmp_path):
+    from imgkit.vm.kernel import fetch_debian_kernel
+    dom0 = fetch_debian_kernel(os.environ.get("IMGKIT_CACHE")).vmlinuz
+    rc = tmp_path / "rc"
+    rc.write_text('echo "dom0 init: $(uname -r)"\npoweroff -f\n')
+    initrd = str(tmp_path / "init.cpio.gz")
+    sh(sys.executable, "-m", "imgkit", "initramfs", "--init", "busybox", "--rc", str(rc),
+       "-o", initrd)
+    r = imgkit_run(fetch_xen(), "--module", f"{dom0} console=hvc0 panic=-1", "--module", initrd,
+                   "--append", XEN_CMDLINE, "--mem", "1024", "--qemu-arg", XEN_QEMU_ARGS,
+                   "--expect", "dom0 init:", "--timeout", "240", "--quiet")
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}"

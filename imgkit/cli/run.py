@@ -21,7 +21,8 @@ DESCRIPTION = ("Boot a kernel (direct), a UKI, a disk image (raw/qcow2) or an IS
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", nargs="?", metavar="IMAGE",
-                   help="kernel, UKI, disk image or ISO (what it is is detected)")
+                   help="kernel (multiboot ones too), UKI, disk image or ISO (what it is is "
+                        "detected)")
     p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly (a multiboot "
                    "kernel QEMU cannot load goes through GRUB)")
     p.add_argument("--initrd", metavar="FILE", help="initramfs for a direct kernel boot")
@@ -62,7 +63,8 @@ def qemu_spec(args: argparse.Namespace, workdir: str) -> QemuSpec:
     drives = tuple(Drive(d) for d in args.drive)
     extra = tuple(a for item in args.qemu_arg for a in item.split())
     display = "gtk" if args.display == "gtk" else "serial"
-    if args.image:
+    kernel = args.kernel or (args.image if args.image and _is_multiboot(args.image) else None)
+    if args.image and kernel != args.image:
         spec, kind = spec_for(args.image, firmware=args.firmware, memory=args.mem,
                               cpus=args.cpus, display=display, extra_drives=drives,
                               extra_args=extra, initrd=args.initrd, append=args.append,
@@ -70,27 +72,36 @@ def qemu_spec(args: argparse.Namespace, workdir: str) -> QemuSpec:
                               iso_as_disk=args.iso_as_disk)
         progress(f"booting {args.image}: {kind.why}, {spec.firmware} firmware")
         return spec
-    if args.kernel:
+    if kernel:
         from imgkit import detect
         from imgkit.vm.runimage import multiboot_spec
-        detect.regular_file(args.kernel, "--kernel")   # a FIFO or device would block
+        detect.regular_file(kernel, "--kernel")   # a FIFO or device would block
         if args.module and args.initrd:
             raise InputError("a multiboot kernel takes --module, not --initrd")
         multiboot = None if args.initrd else multiboot_spec(
-            args.kernel, args.module, append=args.append, firmware=args.firmware,
+            kernel, args.module, append=args.append, firmware=args.firmware,
             workdir=workdir, memory=args.mem, cpus=args.cpus, display=display,
             extra_drives=drives, extra_args=extra)
         if multiboot is not None:
-            progress(f"booting {args.kernel}: multiboot kernel"
+            progress(f"booting {kernel}: multiboot kernel"
                      + (" through GRUB" if multiboot.kernel is None else ""))
             return multiboot
-        check_kernel(args.kernel)
-        return QemuSpec(kernel=args.kernel, initrd=args.initrd,
+        check_kernel(kernel)
+        return QemuSpec(kernel=kernel, initrd=args.initrd,
                         append=args.append or "console=ttyS0", drives=drives, memory=args.mem,
                         cpus=args.cpus, display=display, extra_args=extra,
                         firmware=args.firmware or "bios")
     raise InputError("nothing to boot: give IMAGE or --kernel",
                      hint="imgkit run disk.img, or imgkit run --kernel vmlinuz --initrd initrd.zst")
+
+
+def _is_multiboot(path: str) -> bool:
+    """IMAGE is a multiboot kernel (GNU Mach, Xen): booted as ``--kernel`` would be."""
+    from imgkit import detect
+    try:
+        return detect.sniff_path(detect.regular_file(path)).is_multiboot
+    except (OSError, InputError):
+        return False   # spec_for says what is wrong with it
 
 
 def check_kernel(path: str) -> None:

@@ -11,7 +11,6 @@ ESP holding it as ``EFI/BOOT/BOOTX64.EFI``.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from imgkit import tools
 from imgkit.errors import InputError
 from imgkit.formats import qcow2
+from imgkit.formats.multiboot import multiboot_kind
 from imgkit.vm.qemu import Drive, QemuSpec
 
 if TYPE_CHECKING:
@@ -136,42 +136,6 @@ def _wrap_uki(uki: str, workdir: str) -> str:
 
 
 # -- multiboot kernels (GNU Mach, Xen) ---------------------------------------------------------
-#: Header magics, how far into the file each header may start, its alignment and how many
-#: u32 words (from the magic on) sum to 0 with its checksum: magic, flags, checksum (Multiboot
-#: 0.6.96); magic, architecture, header length, checksum (Multiboot2).
-MULTIBOOT_HEADERS = {"multiboot": (0x1BADB002, 8192, 4, 3),
-                     "multiboot2": (0xE85250D6, 32768, 8, 4)}
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _kernel_head(path: str, size: int) -> bytes:
-    """The first ``size`` bytes of a kernel, gunzipped if it is gzipped (GNU Mach's .gz)."""
-    import gzip
-    import zlib
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(size)
-        if head.startswith(_GZIP_MAGIC):
-            with gzip.open(path) as g:
-                head = g.read(size)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"cannot read the kernel {path!r}: {exc}") from None
-    return head
-
-
-def multiboot_kind(path: str) -> str | None:
-    """``"multiboot"``, ``"multiboot2"`` or ``None``: whether ``path`` (or its gunzipped
-    content) carries a multiboot header whose checksum holds, where the spec puts it."""
-    head = _kernel_head(path, max(limit for _, limit, _, _ in MULTIBOOT_HEADERS.values()))
-    for kind, (magic, limit, align, words) in MULTIBOOT_HEADERS.items():
-        for at in range(0, min(limit, len(head)) - 4 * words + 1, align):
-            fields = struct.unpack_from(f"<{words}I", head, at)
-            if fields[0] == magic and sum(fields) & 0xFFFFFFFF == 0:
-                return kind
-    return None
-
-
 def _qemu_loads_it(path: str, kind: str) -> bool:
     """QEMU's own -kernel loader takes a multiboot (v1) kernel that is a 32-bit ELF as is
     (not gzipped, not 64-bit: "Cannot load x86-64 image, give a 32bit one")."""
