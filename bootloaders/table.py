@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from imgkit.errors import InputError
-from imgkit.lazy import LazyEntry
+from imgkit.lazy import LazyEntry, LazyTable
 
 if TYPE_CHECKING:
     from imgkit.disk.layout import PartitionSpec, Plan, PlannedPartition
@@ -150,41 +150,31 @@ BUILTIN = (
              eltorito_capable=True),
 )
 
-_TABLE: dict[str, BootPath | LazyPath] = {p.name: p for p in BUILTIN}
+_TABLE = LazyTable("boot path", "boot paths", BUILTIN)
 
 
 def register(path: BootPath) -> BootPath:
     """Add a boot path to the table (a name already taken is an error)."""
-    if path.name in _TABLE:
-        raise InputError(f"boot path {path.name!r} is already registered")
-    if path.firmware not in FIRMWARES:
+    if path.name not in _TABLE.entries and path.firmware not in FIRMWARES:
         raise InputError(f"boot path {path.name!r}: firmware {path.firmware!r} is not one of "
                          f"{', '.join(FIRMWARES)}")
-    _TABLE[path.name] = path
-    return path
+    return _TABLE.register(path)
 
 
 def unregister(name: str) -> None:
-    _TABLE.pop(name, None)
+    _TABLE.unregister(name)
 
 
 def get(name: str) -> BootPath:
     """The boot path ``name``, its module imported on first use."""
-    try:
-        path = _TABLE[name]
-    except KeyError:
-        raise InputError(f"unknown boot path {name!r}",
-                         hint=f"registered boot paths: {', '.join(_TABLE)}") from None
-    if isinstance(path, LazyPath):
-        path = _TABLE[name] = path.load()
-    return path
+    return _TABLE.get(name)
 
 
 def names(*, firmware: str | None = None, on_disk: bool | None = None,
           eltorito: bool | None = None, in_filesystems: bool | None = None) -> tuple[str, ...]:
     """Registered boot path names, in registration order, optionally only those that fit
     (imports no boot path's module)."""
-    return tuple(n for n, p in _TABLE.items()
+    return tuple(n for n, p in _TABLE.entries.items()
                  if (firmware is None or p.firmware == firmware)
                  and (on_disk is None or p.on_disk == on_disk)
                  and (eltorito is None or p.eltorito_capable == eltorito)
@@ -193,4 +183,4 @@ def names(*, firmware: str | None = None, on_disk: bool | None = None,
 
 def paths() -> tuple[BootPath, ...]:
     """Every registered boot path, each module imported (for the reference)."""
-    return tuple(get(n) for n in list(_TABLE))
+    return _TABLE.loaded()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from imgkit.errors import InputError
-from imgkit.lazy import LazyEntry
+from imgkit.lazy import LazyEntry, LazyTable
 
 if TYPE_CHECKING:
     from imgkit.bootloaders.table import EltoritoEntry
@@ -122,44 +122,34 @@ BUILTIN = (
     LazyType("erofs", "imgkit.fstypes.erofs:Erofs"),
 )
 
-_TABLE: dict[str, FilesystemType | LazyType] = {t.name: t for t in BUILTIN}
+_TABLE = LazyTable("filesystem type", "types", BUILTIN)
 
 
 def register(handler: FilesystemType) -> FilesystemType:
     """Add a filesystem type to the table (a name already taken is an error)."""
-    if handler.name in _TABLE:
-        raise InputError(f"filesystem type {handler.name!r} is already registered")
-    _TABLE[handler.name] = handler
-    return handler
+    return _TABLE.register(handler)
 
 
 def unregister(name: str) -> None:
-    _TABLE.pop(name, None)
+    _TABLE.unregister(name)
 
 
 def names(*, partition: bool | None = None, boot_media: bool | None = None) -> tuple[str, ...]:
     """Registered type names, in registration order, optionally only those that fit (imports
     no type's module)."""
-    return tuple(n for n, h in _TABLE.items()
+    return tuple(n for n, h in _TABLE.entries.items()
                  if (partition is None or h.partition == partition)
                  and (boot_media is None or h.boot_media == boot_media))
 
 
 def get(name: str) -> FilesystemType:
     """The handler of type ``name``, its module imported on first use."""
-    try:
-        handler = _TABLE[name]
-    except KeyError:
-        raise InputError(f"unknown filesystem type {name!r}",
-                         hint=f"registered types: {', '.join(_TABLE)}") from None
-    if isinstance(handler, LazyType):
-        handler = _TABLE[name] = handler.load()
-    return handler
+    return _TABLE.get(name)
 
 
 def handlers() -> tuple[FilesystemType, ...]:
     """Every registered handler, each module imported (for the reference)."""
-    return tuple(get(n) for n in list(_TABLE))
+    return _TABLE.loaded()
 
 
 def report_image(fs: Any, kind: str, image_size: int, warnings: Sequence[str],

@@ -32,3 +32,39 @@ class LazyEntry:
                                + " but the table lists "
                                + ", ".join(f"{f}={getattr(self, f)!r}" for f in differ))
         return instance
+
+
+class LazyTable:
+    """One registry of named entries, built-in ones loaded on first use: what the
+    filesystem table and the boot path table share (``kind`` names an entry in errors,
+    ``plural`` the list in the hint)."""
+
+    def __init__(self, kind: str, plural: str, builtin: tuple[LazyEntry, ...]) -> None:
+        self.kind, self.plural = kind, plural
+        self.entries: dict[str, Any] = {e.name: e for e in builtin}
+
+    def register(self, entry: Any) -> Any:
+        if entry.name in self.entries:
+            from imgkit.errors import InputError
+            raise InputError(f"{self.kind} {entry.name!r} is already registered")
+        self.entries[entry.name] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        self.entries.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        """The entry ``name``, its module imported on first use."""
+        try:
+            entry = self.entries[name]
+        except KeyError:
+            from imgkit.errors import InputError
+            raise InputError(f"unknown {self.kind} {name!r}",
+                             hint=f"registered {self.plural}: {', '.join(self.entries)}") from None
+        if isinstance(entry, LazyEntry):
+            entry = self.entries[name] = entry.load()
+        return entry
+
+    def loaded(self) -> tuple[Any, ...]:
+        """Every entry, each module imported (for the reference)."""
+        return tuple(self.get(n) for n in list(self.entries))
