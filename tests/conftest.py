@@ -92,3 +92,18 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nCI: {len(_skipped)} test(s) skipped; every test must run in CI:", *_skipped[:20],
               sep="\n  ")
         session.exitstatus = 1
+
+
+def sfdisk_partitions(image: str) -> list[dict]:
+    """The partitions of a disk image as sfdisk reads them (``start``/``size`` in sectors)."""
+    import json
+    return json.loads(sh("sfdisk", "--json", image))["partitiontable"]["partitions"]
+
+
+def copy_partition(image: str, part: dict, dest) -> None:
+    """Write the bytes of partition ``part`` (an :func:`sfdisk_partitions` row) to ``dest``."""
+    with open(image, "rb") as f:
+        f.seek(part["start"] * 512)
+        data = f.read(part["size"] * 512)
+    with open(dest, "wb") as out:
+        out.write(data)

@@ -7,14 +7,13 @@ as 0777 bits there.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import stat
 
 import pytest
-from conftest import sh
+from conftest import copy_partition, sfdisk_partitions, sh
 
 from imgkit import detect
 from imgkit.build import build
@@ -216,13 +215,10 @@ def test_disk_with_an_erofs_partition(tmp_path):
     (tmp_path / "t.toml").write_text(CONFIG)
     build(load_config(str(tmp_path / "t.toml")), str(tmp_path / "out"), mtime=1700000000)
     image = str(tmp_path / "out" / "t.img")
-    parts = json.loads(sh("sfdisk", "--json", image))["partitiontable"]["partitions"]
+    parts = sfdisk_partitions(image)
     assert len(parts) == 1
-    start, size = parts[0]["start"] * 512, parts[0]["size"] * 512
     part = tmp_path / "root.erofs"
-    with open(image, "rb") as f:
-        f.seek(start)
-        part.write_bytes(f.read(size))
+    copy_partition(image, parts[0], part)
     sh("fsck.erofs", str(part))
     assert superblock(str(part))["UUID"] == "0f8a6ec5-0cf8-4a4b-b2b2-4a1c7c3e9b1d"
     hello = dump_path(str(part), "etc/hello")

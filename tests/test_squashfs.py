@@ -1,12 +1,11 @@
 """squashfs: written by mksquashfs from pseudo definitions only, checked with unsquashfs."""
 from __future__ import annotations
 
-import json
 import re
 import stat
 
 import pytest
-from conftest import sh
+from conftest import copy_partition, sfdisk_partitions, sh
 
 from imgkit import detect
 from imgkit.build import build
@@ -121,13 +120,10 @@ def test_disk_with_a_squashfs_partition(tmp_path):
     (tmp_path / "t.toml").write_text(CONFIG)
     build(load_config(str(tmp_path / "t.toml")), str(tmp_path / "out"), mtime=1700000000)
     image = str(tmp_path / "out" / "t.img")
-    parts = json.loads(sh("sfdisk", "--json", image))["partitiontable"]["partitions"]
+    parts = sfdisk_partitions(image)
     assert len(parts) == 1
-    start, size = parts[0]["start"] * 512, parts[0]["size"] * 512
     part = tmp_path / "root.sqfs"
-    with open(image, "rb") as f:
-        f.seek(start)
-        part.write_bytes(f.read(size))
+    copy_partition(image, parts[0], part)
     listing = lln(str(part))
     assert listing["etc/hello"][1:5] == ("-rw-r--r--", 0, 0, "20")
     assert listing["home/u"][1:4] == ("drwx------", 1000, 1000)
