@@ -146,7 +146,7 @@ def test_missing_root_fails_fast(tmp_path, vmlinux):
     with pytest.raises(BootError) as info:
         qemu.boot(spec, expect="never printed", timeout=BOOT_TIMEOUT)
     msg = str(info.value)
-    assert "imgkit-init: ERROR" in msg and "root=/dev/vdz did not appear" in msg
+    assert "imgkit-init: ERROR" in msg and "device /dev/vdz did not appear" in msg
 
 
 @pytest.mark.parametrize("root", ["PARTUUID=6b1f7c9e-2d3a-4b5c-9d8e-0f1a2b3c4d5e",
