@@ -258,7 +258,26 @@ class _TempRaw:
                                             dir=scratch.current())
         os.close(fd)
         weakref.finalize(self, _unlink, self.path)
+        _check_expansion(src, os.path.dirname(self.path))
         tools.run(["qemu-img", "convert", "-U", qcow2.qemu_filename(src), "-O", "raw", self.path])
+
+
+def _check_expansion(src: str, directory: str) -> None:
+    """Refuse a qcow2 whose allocated data would pass the spool limit once converted: a few
+    hundred KB of qcow2 whose tables all point at one cluster describe 64 GiB of data."""
+    measured = json.loads(tools.run(["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2",
+                                     qcow2.qemu_filename(src)]).stdout)
+    needed = int(measured.get("required", 0))
+    limit = scratch.spool_limit(directory)
+    if os.path.basename(directory).startswith(scratch.PREFIX):
+        directory = os.path.dirname(directory)
+    if needed > limit:
+        raise ImageError(f"{src}: the qcow2 image holds {needed:,} bytes of allocated data "
+                         f"({os.path.getsize(src):,} bytes on disk), more than the "
+                         f"{limit:,}-byte limit for reading it through {directory}",
+                         hint="IMGKIT_SPOOL_LIMIT=SIZE raises it (default: 90% of the free "
+                              "space there); a small qcow2 describing this much data has "
+                              "tables pointing at shared clusters")
 
 
 def _unlink(path: str) -> None:

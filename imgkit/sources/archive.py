@@ -72,7 +72,7 @@ class Spool:
         self.size = 0
         self._pos = 0   # where the file object writes next
         self.data_bytes = 0
-        self.limit = spool_limit(os.path.dirname(self.path))
+        self.limit = scratch.spool_limit(os.path.dirname(self.path))
         weakref.finalize(self, _unlink, self.path)
 
     def append_member(self, archive_p, size: int | None,
@@ -114,23 +114,11 @@ class Spool:
 
 
 class SpoolFull(Exception):
-    """The archive's data would pass the spool's limit (see :func:`spool_limit`)."""
+    """The archive's data would pass the spool's limit (see :func:`imgkit.scratch.spool_limit`)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.limit = limit
-
-
-def spool_limit(directory: str) -> int:
-    """How many bytes of file data an archive may spool: ``$IMGKIT_SPOOL_LIMIT`` (a size such
-    as ``20G``), else 90% of the free space where the spool lives, so that a compression bomb
-    ends in an error instead of a full ``$TMPDIR``."""
-    given = os.environ.get("IMGKIT_SPOOL_LIMIT")
-    if given:
-        from imgkit.sizes import parse_size
-        return parse_size(given, what="IMGKIT_SPOOL_LIMIT")
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize * 9 // 10
 
 
 def _unlink(path: str) -> None:
