@@ -28,7 +28,6 @@ from libarchive import ffi
 from imgkit.errors import ImageError, InputError
 from imgkit.holes import Ranges, blob_data_ranges, gaps, read_range
 from imgkit.sources import posix_acl
-from imgkit.sources.archive import _ACL_TAGS, _ACL_XATTRS
 from imgkit.tree import Blob, Entry, Kind, Tree
 
 _CHUNK = 1 << 20
@@ -44,8 +43,8 @@ ffi.ffi("entry_acl_add_entry", [ffi.c_archive_entry_p, ctypes.c_int, ctypes.c_in
                                 ctypes.c_int, ctypes.c_char_p], ctypes.c_int)
 
 #: Our ACL tags and xattr names -> libarchive's ACL tags and types (archive_entry.h).
-_LIBARCHIVE_TAG = {tag: number for number, tag in _ACL_TAGS.items()}
-_LIBARCHIVE_TYPE = {xattr: number for number, xattr in _ACL_XATTRS.items()}
+_LIBARCHIVE_TAG = {tag: number for number, tag in posix_acl.LIBARCHIVE_TAGS.items()}
+_LIBARCHIVE_TYPE = {xattr: number for number, xattr in posix_acl.LIBARCHIVE_TYPES.items()}
 
 #: Our compression names -> libarchive filter names.
 FILTERS = {"none": None, "gzip": "gzip", "xz": "xz", "zstd": "zstd", "lz4": "lz4"}

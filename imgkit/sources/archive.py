@@ -49,13 +49,7 @@ ffi.ffi("entry_mac_metadata", [ffi.c_archive_entry_p, ctypes.POINTER(ctypes.c_si
         ctypes.c_void_p)
 
 # archive_entry.h
-_ACL_TYPE_ACCESS = 0x100
-_ACL_TYPE_DEFAULT = 0x200
 _ACL_TYPE_NFS4 = 0x400 | 0x800 | 0x1000 | 0x2000
-_ACL_TAGS = {10001: Tag.USER, 10002: Tag.USER_OBJ, 10003: Tag.GROUP, 10004: Tag.GROUP_OBJ,
-             10005: Tag.MASK, 10006: Tag.OTHER}
-_ACL_XATTRS = {_ACL_TYPE_ACCESS: posix_acl.ACCESS_XATTR,
-               _ACL_TYPE_DEFAULT: posix_acl.DEFAULT_XATTR}
 
 
 class Spool:
@@ -288,11 +282,11 @@ def _xattrs_and_acls(p, path: str, origin: str, losses: _Losses,
     if types & _ACL_TYPE_NFS4:
         losses.add("NFSv4 ACLs cannot be kept in a Linux image, left out", path)
     mask: int | None = None
-    for want, xattr in _ACL_XATTRS.items():
+    for want, xattr in posix_acl.LIBARCHIVE_TYPES.items():
         if not types & want:
             continue
         entries = _acl_entries(p, want)
-        if want == _ACL_TYPE_ACCESS:
+        if want == posix_acl.LIBARCHIVE_ACL_ACCESS:
             mask = next((perm for tag, perm, _, _ in entries if tag is Tag.MASK), None)
             if not any(tag in posix_acl.QUALIFIED or tag is Tag.MASK for tag, *_ in entries):
                 continue   # user::, group::, other:: only: the mode says it all
@@ -323,7 +317,7 @@ def _acl_entries(p, want: int) -> list[tuple[Tag, int, int, str]]:
         while ffi.entry_acl_next(p, want, ctypes.byref(kind), ctypes.byref(perm),
                                  ctypes.byref(tag), ctypes.byref(qual),
                                  ctypes.byref(name)) == ffi.ARCHIVE_OK:
-            t = _ACL_TAGS.get(tag.value)
+            t = posix_acl.LIBARCHIVE_TAGS.get(tag.value)
             if t is not None:
                 out.append((t, perm.value & 0o7, qual.value, os.fsdecode(name.value or b"")))
     return out
