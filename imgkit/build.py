@@ -27,6 +27,7 @@ from imgkit.bootloaders import table as boot
 from imgkit.config import (
     SUBSTITUTION,
     Config,
+    DiskConfig,
     FilesystemConfig,
     PartitionConfig,
     TreeConfig,
@@ -484,11 +485,7 @@ class Builder:
         if bios:
             specs += bios.extra_partitions(bios_options, dc.table, tuple(specs))
         blobs = self._regions()
-        plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),
-                                           size=None if dc.size == "auto" else dc.size,
-                                           alignment=dc.alignment, seed=self._seed("disk"),
-                                           disk_guid=dc.guid, disk_signature=dc.signature,
-                                           reserved=tuple(r for r, _ in blobs)))
+        plan = layout.plan(self._disk_spec(dc, specs, tuple(r for r, _ in blobs)))
         self._check_room(plan.disk_size, "[disk] size", self.output_dir)
         regions = bios.disk_regions(bios_options, dc.table, plan, holder, self.context()) \
             if bios else boot.DiskBoot()
@@ -521,6 +518,22 @@ class Builder:
                                   "number": p.number} for p in plan.partitions],
                      **({"verity_root_hashes": verity_info} if verity_info else {}))
         return out
+
+    def _disk_spec(self, dc: DiskConfig, specs: list[layout.PartitionSpec],
+                   reserved: tuple[layout.Reserved, ...]) -> layout.DiskSpec:
+        """The layout's view of [disk]: its keys, with the layout's defaults where unset."""
+        from imgkit.disk import layout
+        if dc.gpt_backup is False:
+            self.progress(f"warning: {self.cfg.path}: disk.gpt_backup = false: the disk has no "
+                          "backup GPT; sgdisk, sfdisk, fdisk and firmware will report it as "
+                          "missing or damaged")
+        return layout.DiskSpec(
+            table=dc.table, partitions=tuple(specs), size=None if dc.size == "auto" else dc.size,
+            alignment=dc.alignment, seed=self._seed("disk"), disk_guid=dc.guid,
+            disk_signature=dc.signature, reserved=reserved, size_align=dc.size_align,
+            gpt_entries=dc.gpt_entries if dc.gpt_entries is not None else layout.MAX_GPT_ENTRIES,
+            gpt_entries_offset=dc.gpt_entries_offset, gpt_first_lba=dc.gpt_first_lba,
+            gpt_backup=dc.gpt_backup is not False, protective_first=dc.hybrid_ee != "last")
 
     def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,
                         holder: str | None, bios: boot.BootPath | None) -> layout.PartitionSpec:

@@ -394,7 +394,8 @@ def _table_lines(table: dict) -> list[str]:
     lines = []
     if table["table"] == "gpt":
         lines.append(f"Partition table: GPT, disk GUID {table['disk_guid'].upper()}, "
-                     f"{ss}-byte sectors, {table['max_partitions']} entries")
+                     f"{ss}-byte sectors, {table['max_partitions']} entries at LBA "
+                     f"{table['entries_lba']}")
         lines.append(f"Usable sectors {table['first_usable_lba']}-{table['last_usable_lba']}; "
                      f"backup table {'OK' if table['backup_ok'] else 'MISSING OR DIFFERENT'}")
     else:

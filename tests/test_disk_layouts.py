@@ -332,3 +332,146 @@ image gen.img {
     p = sfdisk_parts(image)[1]
     lo, hi = p["start"] * 512, p["start"] * 512 + (6 << 20)
     assert ours[lo:hi] == gens[lo:hi]
+
+
+# -- a shaped GPT -----------------------------------------------------------------------------
+def genimage_build(tmp_path, config: str) -> str:
+    """Run Debian's genimage on ``config`` (inputs from tmp_path); the image it wrote."""
+    tool("genimage")
+    gen = tmp_path / "genimage.cfg"
+    gen.write_text(config)
+    for d in ("gout", "groot"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    sh("genimage", "--config", str(gen), "--inputpath", str(tmp_path), "--outputpath",
+       str(tmp_path / "gout"), "--tmppath", str(tmp_path / "gtmp"),
+       "--rootpath", str(tmp_path / "groot"))
+    return str(tmp_path / "gout" / "gen.img")
+
+
+def same_table(ours: str, theirs: str) -> None:
+    assert _sanitized_dump(ours).replace("IMAGE", "X") == \
+        _sanitized_dump(theirs).replace("IMAGE", "X")
+
+
+def gpt_header(image: str) -> dict:
+    """The primary GPT header's fields, unpacked here with struct (not our construct)."""
+    import struct
+    with open(image, "rb") as f:
+        f.seek(512)
+        raw = f.read(92)
+    names = ("signature", "revision", "header_size", "crc", "reserved", "my_lba", "alternate_lba",
+             "first_usable_lba", "last_usable_lba", "disk_guid", "entries_lba", "num_entries",
+             "entry_size", "entries_crc")
+    return dict(zip(names, struct.unpack("<8sIIIIQQQQ16sQIII", raw), strict=True))
+
+
+_SHAPED = """
+[disk]
+output = "disk.img"
+size = "16M"
+gpt_entries_offset = "1M"
+{extra}
+regions = [{{ name = "spl", offset = "8K", image = "spl.bin" }}]
+partitions = [
+  {{ name = "boot", type = "linux", size = "4M", offset = "2M" }},
+  {{ name = "root", type = "linux", size = "4M" }},
+]
+"""
+_SHAPED_GENIMAGE = """
+image gen.img {{
+  size = 16M
+  hdimage {{ partition-table-type = "gpt" gpt-location = 1M {extra} }}
+  partition spl {{ image = "spl.bin" offset = 8K in-partition-table = false }}
+  partition boot {{ partition-type-uuid = "L" offset = 2M size = 4M }}
+  partition root {{ partition-type-uuid = "L" size = 4M }}
+}}
+"""
+
+
+def test_gpt_entry_array_moved_leaves_room_for_a_bootloader_at_8k(tmp_path):
+    spl = os.urandom(20 * 1024)          # LBA 16-55: where a default entry array would be
+    (tmp_path / "spl.bin").write_bytes(spl)
+    image = built(tmp_path, _SHAPED.format(extra=""))
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+    assert "No errors detected" in sh(tool("sfdisk"), "--verify", image)
+    header = gpt_header(image)
+    assert (header["entries_lba"], header["num_entries"]) == (2048, 128)
+    assert header["first_usable_lba"] == 2048 + 32
+    with open(image, "rb") as f:
+        f.seek(8192)
+        assert f.read(len(spl)) == spl
+    fdisk = sh(tool("fdisk"), "-l", image)
+    assert re.search(r"disk\.img1\s+4096\s+12287\s+8192\s+4M Linux filesystem", fdisk), fdisk
+    # imgkit's own reader follows the header to the moved array.
+    info = json.loads(sh(sys.executable, "-m", "imgkit", "inspect", "--json", image))
+    table = info.get("table", info)
+    assert table["entries_lba"] == 2048 and [p["name"] for p in table["partitions"]] == \
+        ["boot", "root"]
+    if shutil.which("genimage"):
+        same_table(image, genimage_build(tmp_path, _SHAPED_GENIMAGE.format(extra="")))
+
+
+def test_gpt_without_backup_matches_genimage_and_warns(tmp_path):
+    (tmp_path / "spl.bin").write_bytes(os.urandom(4096))
+    r = build(tmp_path, _SHAPED.format(extra="gpt_backup = false"))
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stderr and "no backup GPT" in r.stderr
+    image = str(tmp_path / "out" / "disk.img")
+    with open(image, "rb") as f:
+        f.seek(-33 * 512, 2)
+        assert not any(f.read())           # nothing written where the backup would be
+    verify = sh(tool("sgdisk"), "-v", image)
+    assert "Identified 1 problems" in verify and "backup partition table" in verify, verify
+    dump = subprocess.run([tool("sfdisk"), "-d", image], capture_output=True, text=True)
+    assert "primary appears OK" in dump.stderr and 'name="root"' in dump.stdout
+    if shutil.which("genimage"):
+        # genimage needs fill to write a table past the last partition image.
+        same_table(image, genimage_build(
+            tmp_path, _SHAPED_GENIMAGE.format(extra="gpt-no-backup = true fill = true")))
+
+
+def test_gpt_entry_count_and_first_usable_lba(tmp_path):
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+gpt_entries = 4
+gpt_first_lba = 2048
+partitions = [
+  { name = "a", type = "linux", size = "1M" },
+  { name = "b", type = "swap", size = "1M" },
+]
+""")
+    verify = sh(tool("sgdisk"), "-v", image)
+    assert "No problems found" in verify and "(512 bytes) is less than the minimum" in verify
+    table = json.loads(sh(tool("sfdisk"), "--json", image))["partitiontable"]
+    assert table["firstlba"] == 2048
+    assert "Using 2 out of 4 partitions" in sh(tool("sfdisk"), "--verify", image)
+    header = gpt_header(image)
+    assert (header["entries_lba"], header["num_entries"], header["first_usable_lba"]) == \
+        (2, 4, 2048)
+    # The backup array is one sector: the header sits right after it, at the end.
+    assert header["alternate_lba"] == os.path.getsize(image) // 512 - 1
+    assert header["last_usable_lba"] == header["alternate_lba"] - 2
+
+
+@pytest.mark.parametrize("disk,needles", [
+    ('gpt_entries_offset = "1M"\nregions = [{ name = "spl", offset = "1032K", image = "x.bin" }]',
+     ("region 'spl' [1056768, 1057768)", "overlaps the GPT entry array at LBA 2048")),
+    ('regions = [{ name = "spl", offset = "8K", image = "x.bin" }]',
+     ("region 'spl'", "overlaps the protective MBR, GPT header and entry array")),
+    ('gpt_first_lba = 20', ("first usable LBA 20 lies inside the entry array (LBA 2-33)",)),
+    ('gpt_entries = 1', ("a GPT with gpt_entries = 1 holds at most 1 partitions, got 2",)),
+    ('gpt_entries_offset = "1000"', ("GPT entry array offset 1000 is not a multiple",)),
+    ('gpt_entries_offset = "512"', ("GPT entry array at LBA 1: expected LBA 2 or later",)),
+    ('gpt_entries_offset = "4K"\npartitions = [{ name = "a", size = "1M", offset = "4K" }]',
+     ("partition 'a'", "does not fit")),
+    ('table = "mbr"\ngpt_entries = 16', ("disk.gpt_entries: shapes a GPT", "table is 'mbr'")),
+    ('table = "mbr"\ngpt_backup = false', ("disk.gpt_backup: shapes a GPT",)),
+    ('hybrid_ee = "last"', ("disk.hybrid_ee:", "no disk.hybrid_mbr")),
+    ('hybrid_ee = "middle"', ("disk.hybrid_ee: expected one of first, last",)),
+])
+def test_gpt_shape_errors(tmp_path, disk, needles):
+    (tmp_path / "x.bin").write_bytes(b"\x01" * 1000)
+    parts = "" if "partitions" in disk else \
+        'partitions = [{ name = "a", size = "1M" }, { name = "b", size = "1M" }]'
+    assert_refused(tmp_path, f'[disk]\noutput = "disk.img"\n{disk}\n{parts}\n', *needles)

@@ -35,6 +35,10 @@ def table_regions(plan: Plan, *, boot_code: bytes | None = None) -> list[tuple[i
     ``boot_code`` (at most 440 bytes) fills the code area of the (protective) MBR.
     """
     code = boot_code or b""
+    if plan.table == "none":
+        if code:
+            raise InputError("a disk without a partition table has no MBR for boot code")
+        return []
     if plan.table == "gpt":
         parts = [_gpt.GptPartition(p.number, p.type_guid, p.guid, p.start_lba, p.last_lba,
                                    p.attributes, p.label) for p in plan.partitions]
@@ -43,7 +47,10 @@ def table_regions(plan: Plan, *, boot_code: bytes | None = None) -> list[tuple[i
         return _gpt.build_gpt(plan.disk_sectors, parts, disk_guid=plan.disk_guid,
                               sector_size=plan.sector_size, num_entries=plan.num_entries,
                               boot_code=code, hybrid=hybrid,
-                              mbr_signature=plan.disk_signature or 0)
+                              mbr_signature=plan.disk_signature or 0,
+                              entries_lba=plan.entries_lba,
+                              first_usable_lba=plan.first_usable_lba, backup=plan.gpt_backup,
+                              protective_first=plan.protective_first)
     parts = [_mbr.MbrPartition(p.number, p.mbr_type, p.start_lba, p.num_sectors, p.bootable)
              for p in plan.partitions]
     ebrs = [p.ebr_lba for p in plan.partitions if p.logical]
