@@ -495,8 +495,8 @@ def _check_tableless_keys(cfg: Config, dc: DiskConfig) -> None:
         return InputError(f"{cfg.path}: {key}: needs a partition table (this disk's table is "
                           "'none')", hint="drop the key, or use table = 'gpt' or 'mbr'")
 
-    for key in ("guid", "signature", "bios"):
-        if getattr(dc, key) is not None:
+    for key in ("guid", "signature", "bios", "hybrid_mbr"):
+        if getattr(dc, key):
             raise refuse(f"disk.{key}")
     for i, p in enumerate(dc.partitions):
         for key, default in _TABLE_PARTITION_KEYS.items():

@@ -475,3 +475,87 @@ def test_gpt_shape_errors(tmp_path, disk, needles):
     parts = "" if "partitions" in disk else \
         'partitions = [{ name = "a", size = "1M" }, { name = "b", size = "1M" }]'
     assert_refused(tmp_path, f'[disk]\noutput = "disk.img"\n{disk}\n{parts}\n', *needles)
+
+
+# -- a disk without a partition table ---------------------------------------------------------
+def test_tableless_disk_holds_images_at_their_offsets(tmp_path):
+    uboot = os.urandom(70_000)
+    (tmp_path / "uboot.bin").write_bytes(uboot)
+    ext4_image(tmp_path, size_mb=4)
+    image = built(tmp_path, """
+[disk]
+output = "flash.img"
+table = "none"
+size_align = "4K"
+partitions = [
+  { name = "uboot", image = "uboot.bin", offset = "32K", size = "512K" },
+  { name = "env", image = "uboot.bin", size = "128K", align = "64K" },
+  { name = "rootfs", image = "rootfs.ext4", offset = "1M" },
+]
+""", "flash.img")
+    assert os.path.getsize(image) == (1 << 20) + (4 << 20)
+    r = subprocess.run([tool("sfdisk"), "-d", image], capture_output=True, text=True)
+    assert r.returncode != 0 and "does not contain a recognized partition table" in r.stderr
+    with open(image, "rb") as f:
+        assert not any(f.read(32768))           # nothing before the first image: no MBR
+    # cmp the regions: uboot at 32 KiB, env after it on the next 64 KiB boundary (576 KiB).
+    for offset in (32768, 589824):
+        sh("cmp", "-n", str(len(uboot)), "-i", f"{offset}:0", image, str(tmp_path / "uboot.bin"))
+    part = extract(image, {"start": 2048, "size": 8192}, tmp_path / "p.ext4")
+    sh(tool("e2fsck"), "-fn", part)
+    assert sh(tool("debugfs"), "-R", "cat /etc/hostname", part).strip() == "board"
+
+
+def test_tableless_disk_with_a_filesystem_from_the_config(tmp_path):
+    (tmp_path / "hello.txt").write_text("hello\n")
+    image = built(tmp_path, """
+[trees.data]
+files = { "/hello" = "hello.txt" }
+[filesystems.root]
+type = "ext4"
+tree = "data"
+size = "4M"
+[disk]
+output = "flash.img"
+table = "none"
+partitions = [{ name = "root", filesystem = "root", offset = "64K" }]
+""", "flash.img")
+    part = extract(image, {"start": 128, "size": 8192}, tmp_path / "p.ext4")
+    sh(tool("e2fsck"), "-fn", part)
+    assert sh(tool("debugfs"), "-R", "cat /hello", part) == "hello\n"
+
+
+@pytest.mark.parametrize("disk,part,key", [
+    ("guid = '11111111-2222-3333-4444-555555555555'", "", "disk.guid"),
+    ("signature = 1", "", "disk.signature"),
+    ("hybrid_mbr = ['a']", "", "disk.hybrid_mbr"),
+    ("gpt_entries = 8", "", "disk.gpt_entries"),
+    ("", ", type = 'esp'", "disk.partitions[0] ('a').type"),
+    ("", ", bootable = true", "disk.partitions[0] ('a').bootable"),
+    ("", ", attributes = ['read-only']", "disk.partitions[0] ('a').attributes"),
+    ("", ", guid = '11111111-2222-3333-4444-555555555555'", "disk.partitions[0] ('a').guid"),
+    ("", ", logical = true", "disk.partitions[0] ('a').logical"),
+    ("", ", mbr_type = '0x83'", "disk.partitions[0] ('a').mbr_type"),
+])
+def test_tableless_disk_refuses_table_keys(tmp_path, disk, part, key):
+    first = assert_refused(tmp_path, f"""
+[disk]
+output = "flash.img"
+table = "none"
+{disk}
+partitions = [{{ name = "a", size = "1M"{part} }}]
+""", f"image.toml: {key}:", "table is 'none'")
+    assert "needs a partition table" in first or "shapes a GPT" in first
+
+
+def test_tableless_overlap_is_an_error(tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"x" * 100)
+    assert_refused(tmp_path, """
+[disk]
+output = "flash.img"
+table = "none"
+partitions = [
+  { name = "a", image = "x.bin", offset = "0", size = "64K" },
+  { name = "b", image = "x.bin", offset = "32K", size = "64K" },
+]
+""", "partition 'a'", "partition 'b'", "overlaps")
