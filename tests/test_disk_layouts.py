@@ -559,3 +559,57 @@ partitions = [
   { name = "b", image = "x.bin", offset = "32K", size = "64K" },
 ]
 """, "partition 'a'", "partition 'b'", "overlaps")
+
+
+# -- hybrid MBR: where the 0xEE entry goes ----------------------------------------------------
+def _nested_dos(image: str) -> list[str]:
+    """The hybrid MBR's entries as ``sfdisk --label-nested dos -d`` lists them."""
+    text = sh(tool("sfdisk"), "--label-nested", "dos", "-d", image)
+    return [re.sub(r"^\S+(\d) :", r"\1 :", row) for row in text.splitlines() if " : start=" in row]
+
+
+_HYBRID = """
+[disk]
+output = "disk.img"
+hybrid_mbr = ["esp", "root"]
+{ee}
+partitions = [
+  {{ name = "esp", type = "esp", size = "1M", bootable = true }},
+  {{ name = "root", type = "root-x86-64", size = "1M", mbr_type = "linux" }},
+]
+"""
+
+
+@pytest.mark.parametrize("ee", ["", 'hybrid_ee = "first"'])
+def test_hybrid_mbr_protective_entry_first(tmp_path, ee):
+    image = built(tmp_path, _HYBRID.format(ee=ee))
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+    assert _nested_dos(image) == [
+        "1 : start=           1, size=        2047, type=ee",
+        "2 : start=        2048, size=        2048, type=ef, bootable",
+        "3 : start=        4096, size=        2048, type=83"]
+
+
+def test_hybrid_mbr_protective_entry_last_matches_genimage(tmp_path):
+    image = built(tmp_path, _HYBRID.format(ee='hybrid_ee = "last"'))
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+    ours = _nested_dos(image)
+    assert ours[2] == "3 : start=           1, size=        2047, type=ee"
+    dos = sh(tool("fdisk"), "-t", "dos", "-l", image)
+    rows = [row for row in dos.splitlines() if row.startswith(image)]
+    assert re.search(r"\see\s+GPT$", rows[2]) and re.search(r"\*.*\sef\s+EFI", rows[0]), dos
+    if shutil.which("genimage"):
+        # genimage's hybrid MBR also puts 0xEE last, but covers only the GPT structures
+        # (LBA 1-33) where imgkit, like sgdisk -h, covers the gap up to the first partition.
+        theirs = genimage_build(tmp_path, """
+image gen.img {
+  hdimage { partition-table-type = "hybrid" }
+  partition esp { partition-type-uuid = "U" partition-type = 0xef offset = 1M size = 1M
+                  bootable = true }
+  partition root { partition-type-uuid = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+                   partition-type = 0x83 size = 1M }
+}
+""")
+        gens = _nested_dos(theirs)
+        assert ours[:2] == gens[:2] and gens[2].endswith("type=ee")
+        same_table(image, theirs)
