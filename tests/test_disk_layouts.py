@@ -613,3 +613,84 @@ image gen.img {
         gens = _nested_dos(theirs)
         assert ours[:2] == gens[:2] and gens[2].endswith("type=ee")
         same_table(image, theirs)
+
+
+# -- smaller points: size rounding, EBR hints, readable sizes, type names, logicals -----------
+def test_disk_size_rounds_to_size_align(tmp_path):
+    image = built(tmp_path, """
+[disk]
+output = "disk.img"
+size_align = "4K"
+partitions = [{ name = "a", type = "linux", size = "1M" }]
+""")
+    # 1 MiB before the partition, 1 MiB of it, the 33-sector backup rounded up to 4 KiB.
+    assert os.path.getsize(image) == (2 << 20) + 20480
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+
+
+def test_ebr_overlap_hint_moves_the_partition_not_its_ebr(tmp_path):
+    r = build(tmp_path, """
+[disk]
+output = "disk.img"
+table = "mbr"
+partitions = [
+  { name = "a", type = "linux", size = "2M", offset = "1M" },
+  { name = "b", type = "linux", size = "1M", offset = "3M", logical = true },
+]
+""")
+    assert r.returncode == 1
+    error, hint = r.stderr.splitlines()[:2]
+    assert "partition 'a'" in error and "overlaps the EBR of partition 'b'" in error
+    assert hint.startswith("imgkit: hint: move partition 'b' to offset 3146240 or later "
+                           "(its EBR takes the sector before it)"), hint
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_sizes_in_messages_show_every_byte(tmp_path):
+    from imgkit.sizes import format_size
+    assert format_size(4193792) == "4,193,792 bytes (4.00 MiB)"
+    assert format_size(64 << 20) == "64 MiB" and format_size(100) == "100 bytes"
+    (tmp_path / "blob.bin").write_bytes(b"\x01" * 4193792)
+    assert_refused(tmp_path, """
+[disk]
+output = "disk.img"
+partitions = [{ name = "a", size = "2M", image = "blob.bin" }]
+""", "is 4,193,792 bytes (4.00 MiB) but the partition holds only 2 MiB (2097152 bytes)")
+
+
+def test_discoverable_types_of_other_architectures_and_short_aliases(tmp_path):
+    names = ["root-arm64", "usr-riscv64", "root-verity-loongarch64", "usr-verity-sig-ppc64le",
+             "root-verity-sig-s390x", "usr-s390x", "esp", "linux", "swap", "home", "srv", "var",
+             "tmp", "xbootldr", "bios"]
+    parts = ",\n".join(f'  {{ name = "p{i}", type = "{n}", size = "1M" }}'
+                       for i, n in enumerate(names))
+    image = built(tmp_path, f'[disk]\noutput = "disk.img"\npartitions = [\n{parts}\n]\n')
+    fdisk = sh(tool("fdisk"), "-l", image)
+    shown = [re.split(r"\s+1M\s+", row, maxsplit=1)[1] for row in fdisk.splitlines()
+             if row.startswith(image)]
+    assert shown == ["Linux root (ARM-64)", "Linux /usr (RISC-V-64)",
+                     "Linux root verity (LoongArch-64)", "Linux /usr verity sign. (PPC64LE)",
+                     "Linux root verity sign. (S390X)", "Linux /usr (S390X)", "EFI System",
+                     "Linux filesystem", "Linux swap", "Linux home", "Linux server data",
+                     "Linux variable data", "Linux temporary data", "Linux extended boot",
+                     "BIOS boot"], fdisk
+
+
+def test_more_than_four_mbr_partitions_become_logical_as_in_genimage(tmp_path):
+    sizes = [("fat32", "1M", "0xc"), ("linux", "2M", "0x83"), ("linux", "1M", "0x83"),
+             ("linux", "1M", "0x83"), ("swap", "1M", "0x82"), ("linux", "3M", "0x83")]
+    parts = ",\n".join(f'  {{ name = "p{i}", type = "{t}", size = "{s}" }}'
+                       for i, (t, s, _) in enumerate(sizes, 1))
+    image = built(tmp_path, f'[disk]\noutput = "disk.img"\ntable = "mbr"\n'
+                            f'partitions = [\n{parts}\n]\n')
+    assert "No errors detected" in sh(tool("sfdisk"), "--verify", image)
+    rows = [(p["node"][-1], p["type"]) for p in sfdisk_parts(image)]
+    assert rows == [("1", "c"), ("2", "83"), ("3", "83"), ("4", "f"), ("5", "83"),
+                    ("6", "82"), ("7", "83")]
+    if shutil.which("genimage"):
+        gen = "\n".join(f"  partition p{i} {{ partition-type = {b} size = {s}"
+                        + (" offset = 1M" if i == 1 else "") + " }"
+                        for i, (_, s, b) in enumerate(sizes, 1))
+        theirs = genimage_build(tmp_path, f'image gen.img {{\n  hdimage {{ partition-table-type '
+                                          f'= "mbr" align = 1M }}\n{gen}\n}}\n')
+        same_table(image, theirs)

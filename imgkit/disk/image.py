@@ -21,7 +21,7 @@ from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
 from imgkit.holes import copy_sparse, pwrite_all
-from imgkit.sizes import format_size
+from imgkit.sizes import format_size, format_size_and_bytes
 
 FORMATS = ("raw", "qcow2")
 #: What goes into a partition: a host file at its start, or (host file, byte offset in it).
@@ -124,8 +124,8 @@ def _check_contents(plan: Plan, contents: Mapping[str, Content]
         if offset < 0 or offset + size > part.size:
             at = f" at offset {offset}" if offset else ""
             raise LayoutError(
-                f"partition {name!r}: content {path} is {format_size(size)} ({size} bytes){at} "
-                f"but the partition holds only {format_size(part.size)} ({part.size} bytes)",
+                f"partition {name!r}: content {path} is {format_size_and_bytes(size)}{at} "
+                f"but the partition holds only {format_size_and_bytes(part.size)}",
                 hint="make the partition bigger, or its size 'auto'")
         out.append((part.start + offset, path, size))
     return out

@@ -33,7 +33,16 @@ from imgkit.disk import parttypes
 from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
-from imgkit.sizes import AUTO, GROW, MiB, Percent, format_size, parse_size, parse_size_spec
+from imgkit.sizes import (
+    AUTO,
+    GROW,
+    MiB,
+    Percent,
+    format_size,
+    format_size_and_bytes,
+    parse_size,
+    parse_size_spec,
+)
 
 Table = Literal["gpt", "mbr", "none"]
 
@@ -295,6 +304,7 @@ def plan(spec: DiskSpec) -> Plan:
             raise LayoutError(f"disk size {disk_size} is not a multiple of the {ss}-byte sector",
                               hint=f"use {_align_up(disk_size, ss)}")
     reserved = _reserved(spec.reserved)
+    spec = _auto_logicals(spec)
     size_align = align if spec.size_align is None else \
         parse_size(spec.size_align, what="disk size alignment")
     if size_align <= 0 or size_align % ss:
@@ -343,6 +353,18 @@ def plan(spec: DiskSpec) -> Plan:
     _check_geometry(parts, spec, ss, disk_size, reserved)
     _check_contents(parts)
     return _finish(parts, spec, ss, align, disk_size, reserved)
+
+
+def _auto_logicals(spec: DiskSpec) -> DiskSpec:
+    """An MBR layout of more than four partitions, none marked logical: the fourth and later
+    become logical partitions in an extended partition (which takes the fourth primary slot),
+    as genimage and fdisk do."""
+    parts = spec.partitions
+    if spec.table != "mbr" or len(parts) <= MAX_MBR_PRIMARIES or any(p.logical for p in parts):
+        return spec
+    first = MAX_MBR_PRIMARIES - 1
+    return dataclasses.replace(spec, partitions=parts[:first] + tuple(
+        dataclasses.replace(p, logical=True) for p in parts[first:]))
 
 
 def _check_counts(spec: DiskSpec) -> None:
@@ -529,11 +551,8 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
                 continue          # two fixed structures (e.g. EBR inside a reserved range)
             mover = b if b[3] is not None else a
             fixed = a if mover is b else b
-            raise LayoutError(
-                f"{a[2]} {_rng(a[0], a[1])} overlaps {b[2]} {_rng(b[0], b[1])}",
-                hint=f"move {mover[2]} to offset {_align_up(fixed[1], ss)} or later, or make "
-                     f"{fixed[2]} smaller" if fixed[3] is not None else
-                     f"move {mover[2]} to offset {_align_up(fixed[1], ss)} or later")
+            raise LayoutError(f"{a[2]} {_rng(a[0], a[1])} overlaps {b[2]} {_rng(b[0], b[1])}",
+                              hint=_overlap_hint(mover, fixed, ss))
     if spec.table == "mbr":
         logicals = [p for p in parts if p.spec.logical]
         if logicals:
@@ -553,13 +572,28 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
                                       hint="list the logical partitions in disk order")
 
 
+def _overlap_hint(mover: tuple[int, int, str, _Part | None],
+                  fixed: tuple[int, int, str, _Part | None], ss: int) -> str:
+    """How to resolve an overlap, naming only what the user places: an EBR goes where its
+    logical partition puts it (the sector before it), so the partition is what moves."""
+    part = mover[3]
+    assert part is not None
+    if mover[0] != part.start:            # the EBR of a logical partition
+        to = _align_up(fixed[1] + ss, part.align or ss)
+        move = (f"move partition {part.spec.name!r} to offset {to} or later (its EBR takes "
+                "the sector before it)")
+    else:
+        move = f"move {mover[2]} to offset {_align_up(fixed[1], ss)} or later"
+    return move + (f", or make {fixed[2]} smaller" if fixed[3] is not None else "")
+
+
 def _check_contents(parts: list[_Part]) -> None:
     for p in parts:
         c = p.spec.content_size
         if c is not None and c > p.size:
             raise LayoutError(
-                f"partition {p.spec.name!r}: its content is {format_size(c)} ({c} bytes) but the "
-                f"partition holds only {format_size(p.size)} ({p.size} bytes)",
+                f"partition {p.spec.name!r}: its content is {format_size_and_bytes(c)} but the "
+                f"partition holds only {format_size_and_bytes(p.size)}",
                 hint=f"give it a size of at least {format_size(_align_up(c, MiB))} or 'auto'")
 
 
