@@ -107,6 +107,8 @@ class DiskSpec:
     ``gpt_entries_offset`` (default: LBA 2), partitions from ``gpt_first_lba`` (default: right
     after the array), ``gpt_backup`` whether the backup header and array are written;
     ``protective_first``: a hybrid MBR's 0xEE entry is its first entry, else its last.
+    ``auto_logical``: an MBR layout of more than four partitions, none marked logical, gets
+    its fourth and later ones as logical partitions (else: an error saying to mark them).
     """
 
     table: Table = "gpt"
@@ -126,6 +128,7 @@ class DiskSpec:
     gpt_first_lba: int | None = None
     gpt_backup: bool = True
     protective_first: bool = True
+    auto_logical: bool = False
 
 
 @dataclass(frozen=True)
@@ -360,7 +363,8 @@ def _auto_logicals(spec: DiskSpec) -> DiskSpec:
     become logical partitions in an extended partition (which takes the fourth primary slot),
     as genimage and fdisk do."""
     parts = spec.partitions
-    if spec.table != "mbr" or len(parts) <= MAX_MBR_PRIMARIES or any(p.logical for p in parts):
+    if not spec.auto_logical or spec.table != "mbr" or len(parts) <= MAX_MBR_PRIMARIES \
+            or any(p.logical for p in parts):
         return spec
     first = MAX_MBR_PRIMARIES - 1
     return dataclasses.replace(spec, partitions=parts[:first] + tuple(
