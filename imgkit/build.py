@@ -453,7 +453,7 @@ class Builder:
 
     def disk(self) -> str:
         from imgkit.disk import layout
-        from imgkit.disk.image import write_disk_into
+        from imgkit.disk.image import convert_raw, write_disk_into
 
         dc = self.cfg.disk
         assert dc is not None
@@ -491,7 +491,7 @@ class Builder:
             if bios else boot.DiskBoot()
         out = self._out_path(dc.output)
         with atomic_path(out) as tmp:
-            # A raw disk is assembled in its final file; qcow2 is converted from a raw one.
+            # A raw disk is assembled in its final file; other formats are converted from one.
             raw = tmp if dc.format == "raw" else os.path.join(self.work, "disk.raw")
             with open(raw, "wb") as f:
                 f.truncate(plan.disk_size)
@@ -509,9 +509,8 @@ class Builder:
             if bios:
                 bios.install(bios_options, raw, plan.partition(holder) if holder else None,
                              self.context())
-            if dc.format == "qcow2":
-                from imgkit import tools
-                tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+            if dc.format != "raw":
+                convert_raw(raw, tmp, dc.format)
         verity_info = {name: self.verity(name).root_hash_hex for name in protected}
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,

@@ -5,8 +5,10 @@ partition image is copied in with ``os.copy_file_range`` one data extent at a ti
 (``SEEK_DATA``/``SEEK_HOLE``), so holes in a filesystem image stay holes in the disk, and the
 tables are written last with ``pwrite``. Nothing is held in memory but the table sectors.
 
-qcow2 output goes through ``qemu-img convert`` from a temporary raw image beside the output.
-Either way the output appears only when complete (:mod:`imgkit.atomic`).
+qcow2, vmdk, vhdx and vpc (VHD) outputs go through ``qemu-img convert`` from a temporary raw
+image beside the output, an Android sparse image (``android-sparse``, for fastboot) through
+:mod:`imgkit.formats.android_sparse`. Either way the output appears only when complete
+(:mod:`imgkit.atomic`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,11 @@ from imgkit.formats import mbr as _mbr
 from imgkit.holes import copy_sparse, pwrite_all
 from imgkit.sizes import format_size, format_size_and_bytes
 
-FORMATS = ("raw", "qcow2")
+#: Formats ``qemu-img convert`` writes, with the options each needs (a VHD keeps the exact
+#: size instead of rounding it to a CHS geometry).
+QEMU_FORMATS: dict[str, tuple[str, ...]] = {"qcow2": (), "vmdk": (), "vhdx": (),
+                                            "vpc": ("-o", "force_size=on")}
+FORMATS = ("raw", *QEMU_FORMATS, "android-sparse")
 #: What goes into a partition: a host file at its start, or (host file, byte offset in it).
 Content = str | os.PathLike | tuple[str | os.PathLike, int] | None
 _CHUNK = 1 << 20
@@ -82,8 +88,8 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
                          hint="pass only the first 440 bytes of the MBR image")
     _check_regions(plan, extra_regions, boot_code)
     tables = table_regions(plan, boot_code=boot_code)
-    if format == "qcow2":
-        from imgkit import tools  # qcow2 only: spares raw disks the subprocess import
+    if format in QEMU_FORMATS:
+        from imgkit import tools  # spares raw disks the subprocess import
         tools.which("qemu-img")
     with atomic_path(out_path) as tmp:
         if format == "raw":
@@ -94,10 +100,23 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
         os.close(fd)
         try:
             _write_raw(plan, sources, tables, extra_regions, raw)
-            tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+            convert_raw(raw, tmp, format)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(raw)
+
+
+def convert_raw(raw: str | os.PathLike, dest: str | os.PathLike, format: str) -> None:
+    """Write the raw disk image ``raw`` as ``dest`` in ``format`` (not ``raw``)."""
+    if format == "android-sparse":
+        from imgkit.formats.android_sparse import write_sparse
+        write_sparse(raw, dest)
+        return
+    if format not in QEMU_FORMATS:
+        raise InputError(f"disk format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    from imgkit import tools
+    tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", format, *QEMU_FORMATS[format],
+               os.fspath(raw), os.fspath(dest)])
 
 
 def _check_contents(plan: Plan, contents: Mapping[str, Content]
