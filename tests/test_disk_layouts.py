@@ -469,6 +469,10 @@ partitions = [
     ('table = "mbr"\ngpt_backup = false', ("disk.gpt_backup: shapes a GPT",)),
     ('hybrid_ee = "last"', ("disk.hybrid_ee:", "no disk.hybrid_mbr")),
     ('hybrid_ee = "middle"', ("disk.hybrid_ee: expected one of first, last",)),
+    ('gpt_entries = 0', ("GPT entry count: expected 1..65535, got 0",)),
+    ('gpt_first_lba = "2048"', ("disk.gpt_first_lba: expected int",)),
+    ('size_align = "1000"', ("disk size alignment: expected a positive multiple of the "
+                             "512-byte sector, got 1000",)),
 ])
 def test_gpt_shape_errors(tmp_path, disk, needles):
     (tmp_path / "x.bin").write_bytes(b"\x01" * 1000)

@@ -284,7 +284,8 @@ def _gpt_shape(spec: DiskSpec, ss: int, disk_size: int | None) -> _gpt.GptGeomet
     geo = _gpt.geometry(0, sector_size=ss, num_entries=spec.gpt_entries,
                         entries_lba=entries_lba, first_usable_lba=spec.gpt_first_lba,
                         backup=spec.gpt_backup)
-    _gpt.check_geometry(geo, len(spec.partitions))   # the disk's size is checked by the caller
+    # The disk's size and the partition count are checked by the caller, naming partitions.
+    _gpt.check_geometry(geo)
     return dataclasses.replace(geo, disk_sectors=(disk_size or 0) // ss)
 
 
@@ -313,8 +314,8 @@ def plan(spec: DiskSpec) -> Plan:
     if size_align <= 0 or size_align % ss:
         raise InputError(f"disk size alignment: expected a positive multiple of the {ss}-byte "
                          f"sector, got {size_align}")
-    _check_counts(spec)
     _gpt_shape(spec, ss, disk_size)
+    _check_counts(spec)
 
     parts = [_resolve(p, i, spec, ss, align, disk_size) for i, p in enumerate(spec.partitions)]
     grow = [p for p in parts if p.size is None]
