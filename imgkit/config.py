@@ -218,6 +218,8 @@ class DiskConfig:
                                                         "(default: right after the entry array)")
     gpt_backup: bool | None = setting(BOOL, None, help="write the backup GPT at the end (default "
                                                        "true; false makes standard tools complain)")
+    auto_logical: bool = setting(BOOL, False, help="on MBR, more than four partitions make the "
+                                                   "fourth and later logical ones")
     hybrid_ee: str | None = setting(STR, None, choices=("first", "last"),
                                     help="the hybrid MBR's 0xEE entry: first (default) or last")
 
@@ -453,6 +455,9 @@ def _check_disk_keys(cfg: Config, dc: DiskConfig) -> None:
         for key in ("gpt_entries", "gpt_entries_offset", "gpt_first_lba", "gpt_backup"):
             if getattr(dc, key) is not None:
                 raise refuse(f"disk.{key}", "shapes a GPT, and this disk has none")
+    if dc.auto_logical and dc.table != "mbr":
+        raise refuse("disk.auto_logical", "makes MBR logical partitions, and this disk is not "
+                     "MBR")
     if dc.hybrid_ee is not None and not dc.hybrid_mbr:
         raise refuse("disk.hybrid_ee", "places the 0xEE entry of a hybrid MBR, and this disk "
                      "has no disk.hybrid_mbr")

@@ -467,6 +467,7 @@ partitions = [
      ("partition 'a'", "does not fit")),
     ('table = "mbr"\ngpt_entries = 16', ("disk.gpt_entries: shapes a GPT", "table is 'mbr'")),
     ('table = "mbr"\ngpt_backup = false', ("disk.gpt_backup: shapes a GPT",)),
+    ('auto_logical = true', ("disk.auto_logical: makes MBR logical partitions",)),
     ('hybrid_ee = "last"', ("disk.hybrid_ee:", "no disk.hybrid_mbr")),
     ('hybrid_ee = "middle"', ("disk.hybrid_ee: expected one of first, last",)),
     ('gpt_entries = 0', ("GPT entry count: expected 1..65535, got 0",)),
@@ -685,7 +686,7 @@ def test_more_than_four_mbr_partitions_become_logical_as_in_genimage(tmp_path):
              ("linux", "1M", "0x83"), ("swap", "1M", "0x82"), ("linux", "3M", "0x83")]
     parts = ",\n".join(f'  {{ name = "p{i}", type = "{t}", size = "{s}" }}'
                        for i, (t, s, _) in enumerate(sizes, 1))
-    image = built(tmp_path, f'[disk]\noutput = "disk.img"\ntable = "mbr"\n'
+    image = built(tmp_path, f'[disk]\noutput = "disk.img"\ntable = "mbr"\nauto_logical = true\n'
                             f'partitions = [\n{parts}\n]\n')
     assert "No errors detected" in sh(tool("sfdisk"), "--verify", image)
     rows = [(p["node"][-1], p["type"]) for p in sfdisk_parts(image)]

@@ -406,8 +406,8 @@ def _check_counts(spec: DiskSpec) -> None:
         raise LayoutError(
             f"an MBR holds at most {MAX_MBR_PRIMARIES} primary partitions, this layout needs "
             f"{primaries}" + (" (counting the extended partition)" if logical_idx else ""),
-            hint="mark the later partitions 'logical' (they go into an extended partition), "
-                 "or use a GPT table")
+            hint="mark the later partitions 'logical' (they go into an extended partition; "
+                 "auto_logical = true does it for the fourth and later), or use a GPT table")
     if logical_idx and logical_idx != list(range(logical_idx[0], logical_idx[-1] + 1)):
         raise LayoutError("logical partitions must be listed one after another (they share "
                           "one extended partition)",
