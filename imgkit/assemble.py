@@ -99,6 +99,8 @@ def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -
     wanted = spec.modules
     if spec.init_config is not None:
         render_init_conf(spec.init_config)  # its errors first, before modules are looked up
+        if spec.init_config.verity:
+            _need_binary(user, "veritysetup", spec.origin, "init_config verity")
         wanted = tuple(dict.fromkeys(wanted + init_config_modules(spec.init_config)))
     modules = []
     if wanted:
@@ -113,6 +115,13 @@ def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -
                              init_config=spec.init_config, mtime=spec.mtime or 0)
     base.overlay(user)
     return base
+
+
+def _need_binary(tree: Tree, name: str, origin: str, what: str) -> None:
+    """The init runs ``name`` from its PATH: it must be in the tree."""
+    if not any(f"{d}/{name}" in tree for d in ("usr/sbin", "usr/bin", "sbin", "bin")):
+        raise InputError(f"{origin}: {what} needs {name} in the initramfs",
+                         hint=f'add binaries = ["{name}"] (with its libraries, from the host)')
 
 
 def _with_binaries(spec: TreeSpec, user: Tree) -> Tree:

@@ -123,6 +123,15 @@ class InitConfig:
                                                          f"{LAYER_HELP}")
     upper: str | None = setting(STR, None, help="the overlay's writable layer: \"tmpfs\" or a "
                                                 "device (its upper/ and work/ are made)")
+    verity: str | None = setting(STR, None, help="the dm-verity hash device of root (a device "
+                                                 "spelling): root is opened with veritysetup as "
+                                                 "/dev/mapper/root, the root hash from roothash= "
+                                                 "on the kernel command line")
+    roothash: str | None = setting(STR, None, help="the root hash, when it is not given on the "
+                                                   "kernel command line (roothash=HEX wins)")
+    verity_check: bool = setting(BOOL, True, help="read the whole verity device once before "
+                                                  "mounting it, so a corrupted block stops the "
+                                                  "boot there (false: an I/O error when read)")
     rw: bool = setting(BOOL, False, help="mount a single-device root read-write")
     delay: int = setting(INT, 10, help="seconds to wait for each device")
     before_root: tuple[tuple[str, ...], ...] = setting(
@@ -148,6 +157,33 @@ def _check_spec(value: str, what: str) -> None:
                          hint="a layer holds no comma or newline")
 
 
+def _check_verity(cfg: InitConfig) -> None:
+    if cfg.verity is None:
+        if cfg.roothash:
+            raise InputError("init config roothash: it goes with verity, the hash device",
+                             hint='e.g. verity = "PARTLABEL=root-verity"')
+        return
+    if not cfg.root or cfg.file or cfg.rw or not _is_device(cfg.root):
+        raise InputError(f"init config verity: expected root to be a device opened read-only, "
+                         f"got root={cfg.root!r}" + (f", file={cfg.file!r}" if cfg.file else "")
+                         + (", rw = true" if cfg.rw else ""),
+                         hint="dm-verity protects a whole partition: root = \"PARTLABEL=root\", "
+                              "verity = \"PARTLABEL=root-verity\"")
+    if not _is_device(cfg.verity):
+        raise InputError(f"init config verity: expected a device, got {cfg.verity!r}",
+                         hint="/dev/vdX, LABEL=, UUID=, PARTLABEL= or PARTUUID=")
+    if cfg.roothash and not _is_hex(cfg.roothash):
+        raise InputError(f"init config roothash: expected hexadecimal digits, got {cfg.roothash!r}")
+
+
+def _is_device(spec: str) -> bool:
+    return (spec.startswith("/dev/") or "=" in spec) and ":/" not in spec and "\n" not in spec
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def init_config_modules(cfg: InitConfig) -> tuple[str, ...]:
     """Kernel modules the config needs on top of the user's: loop and squashfs for image
     files, overlay for a stack, the root filesystem type's own."""
@@ -156,6 +192,8 @@ def init_config_modules(cfg: InitConfig) -> tuple[str, ...]:
         wanted += ["loop", "squashfs"]
     if cfg.lowers or cfg.upper:
         wanted.append("overlay")
+    if cfg.verity:
+        wanted.append("dm_verity")
     if cfg.fstype:
         wanted += _FSTYPE_MODULES.get(cfg.fstype, (cfg.fstype,))
     return tuple(dict.fromkeys(wanted))
@@ -177,6 +215,7 @@ def render_init_conf(cfg: InitConfig) -> str:
                          hint="set root (a device) or lowers (overlay layers)")
     for layer in _layers(cfg) + ([cfg.upper] if cfg.upper else []):
         _check_spec(layer, "layer")
+    _check_verity(cfg)
     q = shlex.quote
     lines = ["# /etc/imgkit/init.conf: read by /init (sourced; every value is quoted)",
              f"root={q(cfg.root or '')}",
@@ -184,6 +223,9 @@ def render_init_conf(cfg: InitConfig) -> str:
              f"rootfstype={q(cfg.fstype or '')}",
              f"lowers={q(','.join(cfg.lowers))}",
              f"upper={q(cfg.upper or '')}",
+             f"verity={q(cfg.verity or '')}",
+             f"roothash={q(cfg.roothash or '')}",
+             f"verity_check={'1' if cfg.verity_check else ''}",
              f"mode={'rw' if cfg.rw else 'ro'}",
              f"rootdelay={int(cfg.delay)}",
              f"command={q(' '.join(q(a) for a in cfg.command))}",
