@@ -19,7 +19,7 @@
 # writes it from [trees.NAME.init_config], every value quoted): it sets root=, rootfile=
 # (an image on the root device, loop-mounted), lowers= (overlay layers above the root,
 # comma-separated, later wins), upper= (tmpfs or a device), command= (the final argv,
-# quoted), initctl=, switch= (switch_root or chroot) and the hook functions hook_before_root,
+# quoted), initctl=, switch= (switch_root, pivot_root or chroot) and the hook functions hook_before_root,
 # hook_after_root and hook_before_exec. The command line overrides it with imgkit.root=,
 # imgkit.file=, imgkit.lowers=, imgkit.upper=, imgkit.fstype=, imgkit.init=, imgkit.switch=.
 # With verity= (the hash device of root=), the root is opened with veritysetup as
@@ -79,6 +79,10 @@ hook_before_exec() { :; }
 run_hook() {
     stage=$1; shift
     "$@" || say "warning: $stage hook '$*' exited with status $?"
+}
+# run_hook_script STAGE: the script on stdin (a here-document of init.conf), run by sh.
+run_hook_script() {
+    sh -s || say "warning: $1 hook script exited with status $?"
 }
 if [ -f /etc/imgkit/init.conf ]; then
     . /etc/imgkit/init.conf || fail "cannot read /etc/imgkit/init.conf"
@@ -356,10 +360,35 @@ if [ -n "$initctl" ] && [ -d /newroot/dev ]; then
     exec 3>&-
 fi
 
+# pivot_root: the kernel refuses to pivot away from the initramfs (rootfs has no parent
+# mount), so the init first moves to a small tmpfs holding only busybox (switch_root, which
+# empties the initramfs), then pivot_root's into the root, the old root going onto a directory
+# of it (/run, /mnt or /tmp) from where it is detached.
+pivot_into() {
+    for old in run mnt tmp; do
+        [ -d "/newroot/$old" ] && [ ! -L "/newroot/$old" ] && break
+        old=
+    done
+    [ -n "$old" ] || fail "pivot_root: the root has no /run, /mnt or /tmp directory for the old root"
+    stage=/run/imgkit/stage
+    mkdir -p $stage
+    { mount -t tmpfs -o size=8m,mode=0755 tmpfs $stage && mkdir -p $stage/bin $stage/newroot \
+        && cp /bin/busybox $stage/bin/busybox && ln -s busybox $stage/bin/sh \
+        && mount --move /newroot $stage/newroot; } || fail "pivot_root: cannot stage a tmpfs root"
+    say "entering the root with pivot_root (old root on /$old)"
+    exec switch_root $stage /bin/busybox sh -c '
+        old=$1; shift
+        cd /newroot && /bin/busybox pivot_root . "$old" || {
+            echo "imgkit-init: ERROR: pivot_root /newroot /newroot/$old failed"; /bin/busybox poweroff -f; }
+        "/$old/bin/busybox" umount -l "/$old" || echo "imgkit-init: warning: cannot detach the old root"
+        exec "$@"' pivot "$old" "$@"
+}
+
 case "$switch" in
     switch_root) exec switch_root /newroot "$@" ;;
     chroot) cd /newroot && exec chroot /newroot "$@" ;;
-    *) fail "switch=$switch: expected switch_root or chroot" ;;
+    pivot_root) pivot_into "$@" ;;
+    *) fail "switch=$switch: expected switch_root, pivot_root or chroot" ;;
 esac
 echo "imgkit-init: ERROR: $switch to $init failed"
 poweroff -f

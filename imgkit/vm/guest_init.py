@@ -86,14 +86,30 @@ def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
 
 # -- the declarative init config ---------------------------------------------------------------
 
-def _argv_lists(value: Any, where: Where, key: str, path: bool) -> tuple[tuple[str, ...], ...]:
-    if not all(isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
-               for argv in value):
-        raise where.error(key, "a list of argv lists (e.g. [[\"mkdir\", \"-p\", \"/x\"]])", value)
-    return tuple(tuple(argv) for argv in value)
+@dataclass(frozen=True)
+class ShellHook:
+    """A hook written as a shell script: fed to busybox ``sh`` on its stdin."""
+
+    script: str
 
 
-ARGV_LISTS = ValueType("list of argv lists", (list,), _argv_lists)
+Hook = tuple[str, ...] | ShellHook
+
+
+def _hooks(value: Any, where: Where, key: str, path: bool) -> tuple[Hook, ...]:
+    hooks: list[Hook] = []
+    for item in value:
+        if isinstance(item, list) and item and all(isinstance(a, str) for a in item):
+            hooks.append(tuple(item))
+        elif isinstance(item, dict) and set(item) == {"shell"} and isinstance(item["shell"], str):
+            hooks.append(ShellHook(item["shell"]))
+        else:
+            raise where.error(key, "a list of argv lists (e.g. [[\"mkdir\", \"-p\", \"/x\"]]) "
+                                   "or { shell = \"script\" } tables", value)
+    return tuple(hooks)
+
+
+HOOKS = ValueType("list of argv lists", (list,), _hooks)
 
 #: Where each layer or root spelling comes from, as the init reads it.
 LAYER_HELP = ("a device (/dev/vdX, LABEL=, UUID=, PARTLABEL=, PARTUUID=), DEVICE:/path for an "
@@ -134,17 +150,23 @@ class InitConfig:
                                                   "boot there (false: an I/O error when read)")
     rw: bool = setting(BOOL, False, help="mount a single-device root read-write")
     delay: int = setting(INT, 10, help="seconds to wait for each device")
-    before_root: tuple[tuple[str, ...], ...] = setting(
-        ARGV_LISTS, (), help="commands run in the initramfs before the root is set up")
-    after_root: tuple[tuple[str, ...], ...] = setting(
-        ARGV_LISTS, (), help="commands run once the root is mounted on /newroot")
-    before_exec: tuple[tuple[str, ...], ...] = setting(
-        ARGV_LISTS, (), help="commands run just before the final command is executed")
+    before_root: tuple[Hook, ...] = setting(
+        HOOKS, (), help="commands run in the initramfs before the root is set up: argv lists, "
+                        "or { shell = \"script\" } fed to sh on stdin")
+    after_root: tuple[Hook, ...] = setting(
+        HOOKS, (), help="commands run once the root is mounted on /newroot (argv or shell)")
+    before_exec: tuple[Hook, ...] = setting(
+        HOOKS, (), help="commands run just before the final command is executed (argv or shell)")
     command: tuple[str, ...] = setting(STRINGS, ("/sbin/init",),
                                        help="the final command (argv), run in the root as PID 1")
     initctl: bool = setting(BOOL, False, help="a /dev/initctl FIFO: any write to it powers off")
-    switch: str = setting(STR, "switch_root", choices=("switch_root", "chroot"),
-                          help="how the root is entered")
+    switch: str = setting(STR, "switch_root", choices=("switch_root", "chroot", "pivot_root"),
+                          help="how the root is entered: switch_root (the initramfs emptied), "
+                               "chroot (the initramfs stays the mount namespace's root) or "
+                               "pivot_root (through a tmpfs stage; the old root detached)")
+    idmap: str | None = setting(STR, None, help="id-mapped layers: refused, the built-in init "
+                                                "cannot make id-mapped mounts (map owners at "
+                                                "build time with uid_map/gid_map)")
 
 
 def _layers(cfg: InitConfig) -> list[str]:
@@ -199,6 +221,31 @@ def init_config_modules(cfg: InitConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(wanted))
 
 
+def _here_document(command: str, text: str) -> list[str]:
+    """``command`` with ``text`` on its stdin, verbatim: a quoted here-document whose
+    delimiter is a word no line of ``text`` is."""
+    if "\0" in text:
+        raise InputError("init config hook: a shell script holds a NUL byte")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    n, delimiter = 0, "IMGKIT_HOOK_END"
+    while delimiter in (line.strip() for line in lines):
+        n += 1
+        delimiter = f"IMGKIT_HOOK_END_{n}"
+    return [f"{command} <<'{delimiter}'", *lines, delimiter]
+
+
+def _check_idmap(cfg: InitConfig) -> None:
+    if cfg.idmap is not None:
+        raise InputError(
+            "init config idmap: the built-in init cannot make id-mapped mounts: busybox mount "
+            "has no mount_setattr(MOUNT_ATTR_IDMAP), which needs a user namespace to take the "
+            "mapping from, and the initramfs holds no helper for it",
+            hint="map owners when the layer is built ([trees.NAME] uid_map/gid_map or owner); "
+                 "the layers are then mounted plain")
+
+
 def render_init_conf(cfg: InitConfig) -> str:
     """``/etc/imgkit/init.conf``: the config as shell assignments and hook functions.
 
@@ -216,6 +263,7 @@ def render_init_conf(cfg: InitConfig) -> str:
     for layer in _layers(cfg) + ([cfg.upper] if cfg.upper else []):
         _check_spec(layer, "layer")
     _check_verity(cfg)
+    _check_idmap(cfg)
     q = shlex.quote
     lines = ["# /etc/imgkit/init.conf: read by /init (sourced; every value is quoted)",
              f"root={q(cfg.root or '')}",
@@ -232,9 +280,12 @@ def render_init_conf(cfg: InitConfig) -> str:
              f"initctl={'1' if cfg.initctl else ''}",
              f"switch={q(cfg.switch)}"]
     for hook in ("before_root", "after_root", "before_exec"):
-        argvs = getattr(cfg, hook)
         lines.append(f"hook_{hook}() {{")
-        lines += [f"    run_hook {hook} {' '.join(q(a) for a in argv)}" for argv in argvs]
+        for item in getattr(cfg, hook):
+            if isinstance(item, ShellHook):
+                lines += _here_document(f"    run_hook_script {hook}", item.script)
+            else:
+                lines.append(f"    run_hook {hook} {' '.join(q(a) for a in item)}")
         lines.append("    :")
         lines.append("}")
     return "\n".join(lines) + "\n"
