@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from imgkit.disk import layout
     from imgkit.disk.image import Content
+    from imgkit.elfdeps import Root
     from imgkit.formats import verity as dm_verity
     from imgkit.tree import Tree
     from imgkit.vm.kernel import KernelInfo
@@ -255,7 +256,8 @@ class Builder:
                       for dest, src in tc.files)
         idmap = idmap_from_options(squash=tc.owner == "squash", root_uid=tc.root_uid,
                                    root_gid=tc.root_gid, uid_map=tc.uid_map, gid_map=tc.gid_map)
-        spec = TreeSpec(sources=tc.sources, entries=tc.entries, files=files, idmap=idmap,
+        spec = TreeSpec(binaries=tc.binaries, binaries_root=self._binaries_root(tc),
+                        sources=tc.sources, entries=tc.entries, files=files, idmap=idmap,
                         host_owners=tc.host_owners, mtime=self.mtime,
                         origin=f"{self.cfg.path}: [trees.{tc.name}]",
                         entries_origin=f"{self.cfg.path}: [trees.{tc.name}] entries line",
@@ -265,6 +267,18 @@ class Builder:
         for warning in tree.warnings:
             self.progress(f"warning: tree {tc.name}: {warning}")
         return tree
+
+    def _binaries_root(self, tc: TreeConfig) -> Root | None:
+        """Where ``[trees.NAME] binaries`` are read from: the host (``None``) or a tree."""
+        if not tc.binaries or tc.binaries_from == "host":
+            return None
+        from imgkit.elfdeps import TreeRoot
+        if tc.binaries_from == tc.name or tc.binaries_from not in self.cfg.trees:
+            others = [n for n in self.cfg.trees if n != tc.name]
+            raise InputError(f"{self.cfg.path}: [trees.{tc.name}] binaries_from: expected "
+                             f"\"host\" or another tree, got {tc.binaries_from!r}",
+                             hint="trees: " + (", ".join(others) or "none"))
+        return TreeRoot(self.tree(tc.binaries_from), f"tree {tc.binaries_from}")
 
     # -- archives and UKIs ------------------------------------------------------------------
     def initramfs(self, name: str) -> str:

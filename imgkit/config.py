@@ -107,6 +107,11 @@ class TreeConfig:
     init: str | None = setting(STR, None, choices=("busybox",), help="add imgkit's /init and busybox")
     modules: tuple[str, ...] = setting(STRINGS, (), help="kernel modules (and their dependencies) to add")
     rc: str | None = setting(STR, None, help="shell script the built-in init runs when there is no root=")
+    binaries: tuple[str, ...] = setting(
+        STRINGS, (), help="ELF binaries (paths, or names found in /usr/sbin, /usr/bin, /sbin, /bin) "
+                          "added with their shared-library closure, read from the ELF files")
+    binaries_from: str = setting(STR, "host", help="where binaries come from: \"host\" or the "
+                                                   "name of another [trees.NAME]")
     # -- the built-in init's declarative config (imgkit.vm.guest_init.InitConfig) --
     init_config: InitConfig | None = setting(
         table_of(InitConfig), None,
