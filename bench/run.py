@@ -587,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="a small tree (the host's Python library) for a fast smoke run")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--editable", action="store_true",
+                    help="measure the checkout's editable install instead of a wheel of it")
     args = ap.parse_args(argv)
     args.quick = args.quick or os.environ.get("IMGKIT_BENCH_QUICK", "") not in ("", "0")
     only = {x for item in args.only for x in item.split(",") if x}
@@ -614,6 +616,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: cannot build the benchmark tree: {exc}", file=sys.stderr)
             return 1
     stats = trees.tree_stats(tree) if tree else None
+    global IMGKIT, HELPER
+    if not args.editable and any(s != "startup" for s in wanted):
+        # As a user runs it: a wheel of this checkout, installed (the editable install's
+        # import hook adds to every start-up, which the FAT row and the others include).
+        try:
+            script = startup.installed_imgkit()
+            IMGKIT = [script]
+            HELPER = [os.path.join(os.path.dirname(script), "python"), HELPER[1]]
+            print(f"imgkit: {script} (a wheel of this checkout; --editable for the checkout)")
+        except (RuntimeError, OSError, ValueError) as exc:
+            print(f"imgkit: the editable checkout (no installed copy: {exc})")
     print(f"tree: {tree or '-'} ({how})")
     if stats is not None:
         print(f"      {stats.line()}")
