@@ -175,7 +175,8 @@ class _Names:
         while name.upper() in used:
             n += 1
             name = make(f"_{n}")
-        self.counters[key] = n
+        if n:  # a name taken at the first try needs no counter: the next try starts at 0
+            self.counters[key] = n
         used.add(name.upper())
         return name
 
@@ -256,7 +257,8 @@ class _Builder:
         jol = self.joliet_names.unique(e.parent, lambda s: _joliet_name(e.name, s))
         jol_full = posixpath.join(parent_jol, jol)
         self.iso_path[e.path] = iso_full
-        self.joliet_path[e.path] = jol_full
+        if e.kind is Kind.DIR:  # only directories' Joliet paths are looked up again
+            self.joliet_path[e.path] = jol_full
         return iso_full, jol_full
 
     def populate(self, iso: pycdlib.PyCdlib, clock: _Clock) -> None:
@@ -307,6 +309,9 @@ class _Builder:
         # Owners and the times of '.' and '..' go in after everything is added: a record
         # lookup makes pycdlib lay out the whole image again, once per call while entries are
         # still being added, which would be quadratic.
+        # Every name is chosen: the per-directory name sets go before the records are walked
+        # (the build's peak of memory).
+        self.iso_names = self.joliet_names = _Names()
         root = self._fix_root(iso, self.tree.root)
         if self.rr:
             records = _records_by_path(root)
@@ -525,27 +530,32 @@ def _kernel_copies(f: BinaryIO) -> Iterator[BinaryIO]:
         _DEFERRING.active = False
 
 
-class _LazyReader(io.RawIOBase):
+class _LazyReader:
     """A file object over a Blob that opens it only while pycdlib copies it.
 
     pycdlib keeps every added file object until the image is written; holding thousands of
     host files open would exhaust file descriptors, so each is opened on first read and
-    closed once its last byte has been read.
+    closed once its last byte has been read. A small slotted object, not an ``io`` one:
+    there is one per file for the whole build.
     """
 
+    __slots__ = ("_blob", "_f", "_pos")
+    mode = "rb"
+
     def __init__(self, blob: Blob) -> None:
-        super().__init__()
         self._blob = blob
         self._f: BinaryIO | None = None
         self._pos = 0
-
-    mode = "rb"
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
         return True
+
+    @property
+    def closed(self) -> bool:
+        return False
 
     def tell(self) -> int:
         return self._pos
@@ -557,19 +567,27 @@ class _LazyReader(io.RawIOBase):
             self._pos = target
         return self._pos
 
-    def read(self, size: int = -1):  # type: ignore[override]
+    def read(self, size: int | None = -1):
         """While the image is written (:func:`_kernel_copies`), a span of the host file
         instead of its bytes; otherwise bytes, as any reader."""
-        where = self._blob.host_range() if _DEFERRING.active else None
-        if where is None:
-            return super().read(size)
-        left = self._blob.size - self._pos
+        left = max(self._blob.size - self._pos, 0)
         n = left if size is None or size < 0 else min(size, left)
-        span = _Deferred(where[0], where[1] + self._pos, max(n, 0))
-        self._pos += span.length
-        return span
+        where = self._blob.host_range() if _DEFERRING.active else None
+        if where is not None:
+            span = _Deferred(where[0], where[1] + self._pos, n)
+            self._pos += n
+            return span
+        out = bytearray(n)
+        view = memoryview(out)
+        done = 0
+        while done < n:
+            got = self.readinto(view[done:])
+            if not got:
+                break
+            done += got
+        return bytes(out[:done])
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b) -> int:
         if self._pos >= self._blob.size:
             self._drop()
             return 0
@@ -582,7 +600,7 @@ class _LazyReader(io.RawIOBase):
                     break
                 skip -= len(chunk)
         want = min(len(b), self._blob.size - self._pos)
-        n = self._f.readinto(memoryview(b)[:want]) or 0
+        n = self._f.readinto(memoryview(b)[:want]) or 0  # type: ignore[attr-defined]
         self._pos += n
         if n == 0 or self._pos >= self._blob.size:
             self._drop()
@@ -595,7 +613,6 @@ class _LazyReader(io.RawIOBase):
 
     def close(self) -> None:
         self._drop()
-        super().close()
 
 
 # -- making pycdlib deterministic ---------------------------------------------------------
