@@ -39,7 +39,6 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError, LayoutError
-from imgkit.formats import gpt as _gpt
 from imgkit.tree import Blob, Entry, Kind, Tree
 
 SECTOR = 2048
@@ -133,7 +132,8 @@ def write_iso(
                     iso.write_fp(out, blocksize=1 << 40)
                 size = f.tell()
                 if boot is not None and boot.isohybrid and _has_gpt(f):
-                    _gpt.reseal(f)
+                    from imgkit.formats import gpt  # construct: 8 MB, for hybrid images only
+                    gpt.reseal(f)
         except PyCdlibException as exc:
             raise LayoutError(f"ISO image {os.fspath(out_path)!r}: {exc}") from exc
         finally:
@@ -314,9 +314,16 @@ class _Builder:
         self.iso_names = self.joliet_names = _Names()
         root = self._fix_root(iso, self.tree.root)
         if self.rr:
-            records = _records_by_path(root)
-            for e in fixups:
-                self._fix_rr(iso, e, records)
+            # Each entry by its ISO path (the strings already held), met on one walk of the
+            # records; what the walk does not reach is in or below a Rock Ridge relocated
+            # directory, found through pycdlib, which follows the links.
+            pending = {self.iso_path[e.path]: e for e in fixups}
+            for path, rec in _walk_records(root):
+                e = pending.pop(path, None)
+                if e is not None:
+                    self._fix_rr(rec, e)
+            for path, e in pending.items():
+                self._fix_rr(iso.get_record(iso_path=path), e)
 
     def _fix_root(self, iso: pycdlib.PyCdlib, root: Entry):
         """The root's metadata lives in its ``.`` record (and the PVD's root record);
@@ -328,11 +335,7 @@ class _Builder:
                 _set_px(r.rock_ridge, root.st_mode, root.uid, root.gid)
         return rec
 
-    def _fix_rr(self, iso: pycdlib.PyCdlib, e: Entry, records: dict) -> None:
-        path = self.iso_path[e.path]
-        rec = records.get(path)
-        if rec is None:  # in or below a relocated directory: pycdlib follows the links
-            rec = iso.get_record(iso_path=path)
+    def _fix_rr(self, rec, e: Entry) -> None:
         _set_px(rec.rock_ridge, e.st_mode, e.uid, e.gid)
         if e.kind is Kind.DIR:
             dot, dotdot = rec.children[0], rec.children[1]
@@ -384,12 +387,11 @@ class _Builder:
             iso.add_isohybrid(mbr_id=_PATCH.mbr_id, efi=efi)
 
 
-def _records_by_path(root) -> dict:
-    """Every directory record below ``root`` by its ISO 9660 path, from one walk (a
+def _walk_records(root) -> Iterator[tuple[str, object]]:
+    """``(ISO 9660 path, directory record)`` of every record below ``root``, in one walk (a
     ``get_record`` per entry looks each path up from the root again). Rock Ridge relocated
-    directories (deeper than eight levels) are left out: their placeholder is not the
-    record to change, and :meth:`pycdlib.PyCdlib.get_record` follows the links to it."""
-    out: dict = {}
+    directories (deeper than eight levels) are not entered: their placeholder is not the
+    record to change."""
     stack = [("/", root)]
     while stack:
         path, rec = stack.pop()
@@ -398,10 +400,9 @@ def _records_by_path(root) -> dict:
             if rr is not None and rr.child_link_record_exists():
                 continue
             full = posixpath.join(path, child.file_identifier().decode("ascii"))
-            out[full] = child
+            yield full, child
             if child.is_dir():
                 stack.append((full, child))
-    return out
 
 
 def _px(rr) -> _prr.RRPXRecord | None:
