@@ -67,7 +67,7 @@ fuzz: venv
 	    $(PY) -m pytest -p no:cacheprovider -q -ra tests/test_fuzz.py $(PYTEST_ARGS)
 
 bench: setup cache
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info
