@@ -46,7 +46,9 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # The linters, the test suite, then (when run as root, as CI does) the suite again as an
-# unprivileged user: building images must never need root.
+# unprivileged user: building images must never need root. The `slow` tests (a whole
+# distribution built and booted) run once, in the unprivileged pass (tests/conftest.py).
+test: export IMGKIT_SLOW_IN_UNPRIVILEGED_PASS = 1
 test: setup cache lint test-root test-unprivileged
 
 test-root:
