@@ -572,3 +572,43 @@ def test_ext4_at_an_offset_equals_the_standalone_image(tmp_path):
     assert data[3 << 20:11 << 20] == alone.read_bytes()
     assert data[:4096] == b"\xaa" * 4096 and not any(data[4096:3 << 20]) and not any(data[11 << 20:])
     subprocess.run(["e2fsck", "-fn", f"{disk}?offset={3 << 20}"], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
+def test_ext4_from_an_uncompressed_tar_reads_it_in_place(tmp_path, fmt, e2fs, monkeypatch):
+    """An uncompressed tar's members are windows of the archive (no spool, no copy in
+    scratch), whatever headers precede their data (GNU long names, pax records, hard links);
+    the image holds exactly what GNU tar extracts, as e2fsck and debugfs see it."""
+    from imgkit.sources.archive import read_archive
+    src = tmp_path / "src"
+    deep = src / ("d" * 90) / ("e" * 90)
+    deep.mkdir(parents=True)
+    files = {"a": b"A" * 511, "b": b"", "c": os.urandom(70000), f"{'d' * 90}/{'e' * 90}/f": b"f\n"}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    os.link(src / "c", src / "c-link")
+    os.symlink("a", src / "to-a")
+    archive = tmp_path / "root.tar"
+    sh_bytes("tar", "--sort=name", f"--format={fmt}", "-cf", str(archive), "-C", str(src), ".")
+    scratch_dir = tmp_path / "tmp"
+    scratch_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_dir))
+    tree = read_archive(str(archive))
+    for rel, data in files.items():
+        blob = tree[rel].data
+        assert blob.host_range()[0] == str(archive), rel
+        with blob.open() as f:
+            assert f.read() == data == sh_bytes("tar", "-xOf", str(archive), "./" + rel), rel
+    assert sum(p.stat().st_blocks for p in scratch_dir.rglob("*") if p.is_file()) == 0
+    img = tmp_path / "t.img"
+    write_ext4(tree, img, seed="t")
+    fsck(img)
+    for rel, data in files.items():
+        assert e2("debugfs", "-R", f'cat "/{rel}"', str(img)).stdout == data, rel
+    assert stat_of(img, "/c")["ino"] == stat_of(img, "/c-link")["ino"]
+    assert stat_of(img, "/c")["links"] == 2
+    assert 'Fast link dest: "a"' in stat_of(img, "/to-a")["raw"]
+
+
+def sh_bytes(*argv: str) -> bytes:
+    return subprocess.run(argv, capture_output=True, check=True).stdout
