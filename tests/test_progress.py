@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import sh
 
 from imgkit import progress
 from imgkit.cli.progress_line import ProgressLine
-from conftest import sh
 
 pytestmark = pytest.mark.skipif(not sh("sh", "-c", "command -v mke2fs || true"),
                                 reason="e2fsprogs not installed")

@@ -27,7 +27,8 @@ Two builds of the same tree are therefore bit-identical, whether from the source
 from a staging copy.
 
 From e2fsprogs 1.47.1 on, ``mke2fs -d -`` reads a tar archive on its standard input (through
-libarchive, which it loads at run time: ``libarchive13``). Then the tree is streamed to it as a
+libarchive, which it loads at run time: ``libarchive13``). Then a tree that is not exactly
+one host directory (which mke2fs still reads itself: that costs less) is streamed to it as a
 pax archive (:func:`imgkit.formats.tar.write_tar`) and no host directory is read or made: owners,
 modes, mtimes, device numbers, symlinks and hard links come from the archive. The debugfs pass
 still runs, for what the archive path leaves out: atime, ctime and crtime (mke2fs sets the
@@ -202,27 +203,29 @@ def write_ext4(
         n_inodes = inodes
 
     out_path = os.fspath(out_path)
-    use_tar = version >= (1, 47, 1) and _tar_can_carry(tree)
-    base = os.fspath(staging_dir) if staging_dir else _work_base(tree, out_path, use_tar)
+    can_tar = version >= (1, 47, 1) and _tar_can_carry(tree)
+    base = os.fspath(staging_dir) if staging_dir else _work_base(tree, out_path, can_tar)
     with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work, \
             (atomic_path(out_path) if offset is None else contextlib.nullcontext(out_path)) as tmp, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         source: str | None = None
         host: dict[str, _Host] = {}
-        if use_tar:
+        # The source directory first, whatever the version: mke2fs reading it costs less
+        # than streaming the tree (and gives the same image). Looked at only now that our
+        # own temporaries exist: were they inside the source directory, it would no longer
+        # match the tree and would not be used.
+        direct = _direct_source(tree, version)
+        use_tar = direct is None and can_tar
+        if direct is not None:
+            source, host = direct
+            populated_from = "directory"
+        elif use_tar:
             populated_from = "tar"
         else:
-            # Looked at only now that our own temporaries exist: were they inside the source
-            # directory, it would no longer match the tree and would not be used.
-            direct = _direct_source(tree, version)
-            if direct is not None:
-                source, host = direct
-                populated_from = "directory"
-            else:
-                source = os.path.join(work, "root")
-                stage_tree(tree, source)
-                host = _scan(source)
-                populated_from = "staging"
+            source = os.path.join(work, "root")
+            stage_tree(tree, source)
+            host = _scan(source)
+            populated_from = "staging"
         conf = os.path.join(work, "mke2fs.conf")
         feats = _merge_features(features)
         with open(conf, "w") as f:
