@@ -616,3 +616,21 @@ def test_ext4_from_an_uncompressed_tar_reads_it_in_place(tmp_path, fmt, e2fs, mo
 
 def sh_bytes(*argv: str) -> bytes:
     return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
+def test_a_tar_whose_data_is_not_where_expected_is_spooled(tmp_path, monkeypatch):
+    """When a member's header block does not check out, the archive is read again into a
+    spool: the blobs then hold the bytes GNU tar extracts, not a guess of where they were."""
+    from imgkit.sources import archive as archive_source
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 3000)
+    (src / "b").write_bytes(b"bb")
+    tar = tmp_path / "r.tar"
+    sh_bytes("tar", "--sort=name", "-cf", str(tar), "-C", str(src), ".")
+    monkeypatch.setattr(archive_source, "_is_member_header", lambda block, size: False)
+    tree = archive_source.read_archive(str(tar))
+    for name in ("a", "b"):
+        assert tree[name].data.host_range()[0] != str(tar)
+        with tree[name].data.open() as f:
+            assert f.read() == sh_bytes("tar", "-xOf", str(tar), "./" + name)
