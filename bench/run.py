@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import ext4  # noqa: E402
 import startup  # noqa: E402
 import trees  # noqa: E402
 from measure import Command, Result, clear, measure  # noqa: E402
@@ -242,29 +242,6 @@ def sec_iso(tree: str, out: str) -> list[Section]:
     return [s]
 
 
-def ext4_size(stats: trees.TreeStats) -> int:
-    """A roomy ext4 size for a tree, in bytes, a multiple of 16 MiB (used by both sides)."""
-    entries = stats.files + stats.dirs + stats.symlinks + stats.other
-    need = stats.bytes * 1.25 + entries * 4096 + 48 * MiB
-    return int(-(-need // (16 * MiB)) * 16 * MiB)
-
-
-def sec_ext4(tree: str, out: str, stats: trees.TreeStats) -> list[Section]:
-    size = ext4_size(stats)
-    s = Section("ext4", f"ext4 image of {size // MiB} MiB")
-    o = lambda n: os.path.join(out, n)  # noqa: E731
-    s.cmds.append(Command("imgkit write_ext4", HELPER + ["ext4", tree, o("imgkit.ext4"), str(size)],
-                          (o("imgkit.ext4"),)))
-    if not missing(s, "mke2fs"):
-        s.cmds.append(Command("mke2fs -t ext4 -d", ["mke2fs", "-q", "-F", "-t", "ext4", "-d", tree,
-                                                    o("mke2fs.ext4"), f"{size // 1024}k"],
-                              (o("mke2fs.ext4"),)))
-        s.targets.append(Target("imgkit ext4 <= 1.2x mke2fs -d", s.cmds[0].name,
-                                s.cmds[1].name, 1.2))
-    s.targets.append(Target("imgkit ext4 peak RSS <= 100 MB", s.cmds[0].name, max_rss_mb=100))
-    return [s]
-
-
 #: Per-file time at the largest tree over that at 10k files above which a writer is flagged
 #: as growing with the count (noise on a shared machine stays well below it).
 GROWTH_LIMIT = 1.5
@@ -280,7 +257,7 @@ def sec_scale(out: str, quick: bool) -> list[Section]:
         "cpio": lambda t, n: IMGKIT + ["initramfs", t, "-o", o(n), "--compress", "none"],
         "fat": lambda t, n: HELPER + ["fat", t, o(n)],
         "iso": lambda t, n: HELPER + ["iso", t, o(n)],
-        "ext4": lambda t, n: HELPER + ["ext4", t, o(n), str(ext4_size(trees.tree_stats(t)))],
+        "ext4": lambda t, n: HELPER + ["ext4", t, o(n), str(ext4.ext4_size(trees.tree_stats(t)))],
     }
     secs = []
     for writer, argv in writers.items():
@@ -313,118 +290,6 @@ def _per_file(sec: Section) -> None:
             sec.extra.setdefault("growth", {})[name] = growth
             if growth > GROWTH_LIMIT:
                 sec.notes.append(f"GROWS: {name} costs {growth:.1f}x per file what 10k does")
-
-
-def _payload(path: str, size: int, seed: int) -> str:
-    """A file of ``size`` incompressible bytes (kernel- or initrd-like), made once."""
-    if not os.path.exists(path) or os.path.getsize(path) != size:
-        rnd = random.Random(seed)
-        with open(path + ".tmp", "wb") as f:
-            left = size
-            while left:
-                n = min(left, 4 * MiB)
-                f.write(rnd.randbytes(n))
-                left -= n
-        os.replace(path + ".tmp", path)
-    return path
-
-
-def sec_disk(tree: str, out: str, stats: trees.TreeStats) -> list[Section]:
-    root_size = ext4_size(stats)
-    s = Section("disk", f"GPT disk: 64 MiB vfat ESP (8 + 24 MiB files) + {root_size // MiB} MiB "
-                        "ext4 root")
-    inputs = os.path.join(trees.cache_dir(), "inputs")
-    os.makedirs(inputs, exist_ok=True)
-    vmlinuz = _payload(os.path.join(inputs, "vmlinuz"), 8 * MiB, 1)
-    initrd = _payload(os.path.join(inputs, "initrd.img"), 24 * MiB, 2)
-
-    work = os.path.join(out, "disk")
-    os.makedirs(work, exist_ok=True)
-    cfg = os.path.join(work, "imgkit.toml")
-    with open(cfg, "w") as f:
-        f.write(f"""seed = "bench"
-
-[trees.esp]
-files = {{ "vmlinuz" = {json.dumps(vmlinuz)}, "initrd.img" = {json.dumps(initrd)} }}
-
-[trees.root]
-sources = [{json.dumps(tree)}]
-
-[filesystems.esp]
-type = "vfat"
-tree = "esp"
-size = "64M"
-
-[filesystems.root]
-type = "ext4"
-tree = "root"
-size = "{root_size}"
-
-[disk]
-output = "disk.img"
-table = "gpt"
-partitions = [
-  {{ name = "esp", type = "esp", filesystem = "esp" }},
-  {{ name = "root", type = "root-x86-64", filesystem = "root" }},
-]
-""")
-    imgkit_out = os.path.join(work, "imgkit-out")
-    s.cmds.append(Command("imgkit build", IMGKIT + ["build", "-q", cfg, "-O", imgkit_out],
-                          (imgkit_out,)))
-    if not missing(s, "genimage", "mkdosfs", "mcopy", "mke2fs", "e2fsck"):
-        gcfg = os.path.join(work, "genimage.cfg")
-        with open(gcfg, "w") as f:
-            f.write(f"""image esp.vfat {{
-\tvfat {{
-\t\tfiles = {{ "vmlinuz", "initrd.img" }}
-\t}}
-\tsize = 64M
-}}
-
-image root.ext4 {{
-\text4 {{
-\t\tuse-mke2fs = true
-\t}}
-\tsize = {root_size // 1024}K
-}}
-
-image disk.img {{
-\thdimage {{
-\t\tpartition-table-type = "gpt"
-\t}}
-\tpartition esp {{
-\t\timage = "esp.vfat"
-\t\tpartition-type-uuid = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-\t}}
-\tpartition root {{
-\t\timage = "root.ext4"
-\t\tpartition-type-uuid = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
-\t}}
-}}
-""")
-        g_out = os.path.join(work, "genimage-out")
-        g_tmp = os.path.join(work, "genimage-tmp")
-
-        def fresh() -> None:
-            shutil.rmtree(g_tmp, ignore_errors=True)
-            os.makedirs(g_out, exist_ok=True)
-
-        s.cmds.append(Command("genimage", ["genimage", "--config", gcfg, "--rootpath", tree,
-                                           "--tmppath", g_tmp, "--inputpath", inputs,
-                                           "--outputpath", g_out],
-                              (g_out, g_tmp), prepare=fresh))
-        s.targets.append(Target("imgkit build <= 0.8x genimage", s.cmds[0].name, "genimage", 0.8))
-    s.targets.append(Target("imgkit build peak RSS <= 100 MB", s.cmds[0].name, max_rss_mb=100))
-
-    def usage(sec: Section) -> None:
-        for name, path in (("imgkit build", os.path.join(imgkit_out, "disk.img")),
-                           ("genimage", os.path.join(work, "genimage-out", "disk.img"))):
-            if os.path.exists(path):
-                st = os.stat(path)
-                sec.extra.setdefault("disk_usage", {})[name] = {
-                    "apparent_bytes": st.st_size, "allocated_bytes": st.st_blocks * 512}
-    s.after = usage
-    return [s]
 
 
 def _virt_available() -> bool:
@@ -664,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "iso":
                     secs = sec_iso(tree, out)
                 elif name == "ext4":
-                    secs = sec_ext4(tree, out, stats)
+                    secs = ext4.ext4_sections(tree, out, stats)
                 elif name == "disk":
-                    secs = sec_disk(tree, out, stats)
+                    secs = ext4.disk_sections(tree, out, stats)
                 elif name == "scale":
                     secs = sec_scale(out, args.quick)
                 else:
