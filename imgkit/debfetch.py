@@ -47,7 +47,7 @@ def _index_sha256(apt: list[str], package: str, release: str, env: dict[str, str
     return m.group(1)
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -89,7 +89,7 @@ def _fetch(top: str, release: str, packages: Sequence[str],
                 raise ToolError(f"apt-get download {package}/{release} left "
                                 f"{debs or 'no .deb file'} in {work}")
             deb = os.path.join(work, debs[0])
-            got = _file_sha256(deb)
+            got = file_sha256(deb)
             if got != digest:
                 raise ToolError(f"{debs[0]} from Debian {release}: SHA-256 {got}, but the "
                                 f"package index says {digest}")
