@@ -3,8 +3,9 @@
 Without a VM: the rendered ``/etc/imgkit/init.conf`` is sourced by busybox ``sh`` (the shell
 that reads it in the guest) and the built initramfs is listed by ``cpio``. The boots (TCG,
 Debian's kernel, direct) mount a squashfs partition as the root, stack a squashfs partition,
-an ext4 partition and a tmpfs with overlayfs under a hook, and boot a live ISO under SeaBIOS
-whose root is a squashfs file on the CD with an overlay on tmpfs.
+an ext4 partition and a tmpfs with overlayfs under a hook, and boot a live ISO whose root is a
+squashfs file on the medium with an overlay on tmpfs, under SeaBIOS and OVMF, as a CD and as a
+USB disk.
 """
 from __future__ import annotations
 
