@@ -5,6 +5,9 @@
 ``python helpers.py fat TREE OUT``    imgkit's FAT writer on a directory.
 ``python helpers.py iso TREE OUT``    imgkit's ISO 9660 writer (Rock Ridge + Joliet).
 ``python helpers.py ext4 TREE OUT SIZE``  imgkit's ext4 writer at SIZE bytes.
+``python helpers.py squashfs TREE OUT``  imgkit's squashfs writer (gzip, 128 KiB blocks).
+``python helpers.py erofs TREE OUT``  imgkit's erofs writer (uncompressed).
+``python helpers.py mksquashfs``      print the mksquashfs imgkit runs (the reference row uses it).
 ``python helpers.py import fat``      only start Python and import what ``fat`` uses: the
                                      fixed cost under every imgkit row.
 """
@@ -61,6 +64,15 @@ def main(argv: list[str]) -> int:
     elif what == "ext4":
         from imgkit.formats.ext4 import write_ext4
         write_ext4(_tree(args[0]), args[1], size=int(args[2]))
+    elif what == "squashfs":
+        from imgkit.formats.squashfs import write_squashfs
+        write_squashfs(_tree(args[0]), args[1], mtime=1700000000)
+    elif what == "erofs":
+        from imgkit.formats.erofs import write_erofs
+        write_erofs(_tree(args[0]), args[1])
+    elif what == "mksquashfs":
+        from imgkit.formats.squashfs_tools import squashfs_tools
+        print(squashfs_tools().mksquashfs)
     else:
         print(f"helpers.py: unknown command {what!r}", file=sys.stderr)
         return 2

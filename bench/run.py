@@ -9,9 +9,10 @@ benchmark goes on.
 
     python bench/run.py [--runs N] [--only SECTION[,SECTION]] [--tree DIR] [--quick] [--json FILE]
 
-Sections: startup, initramfs, tar, fat, iso, ext4, disk, virt, scale (linear at scale: 1k,
-10k, 100k files and one directory of 20k). ``--quick`` (or ``IMGKIT_BENCH_QUICK=1``) uses the
-host's Python library as the tree and smaller scale trees, so a run takes minutes.
+Sections: startup, initramfs, tar, fat, iso, ext4, squashfs, erofs, disk, virt, scale (linear
+at scale: 1k, 10k, 100k files and one directory of 20k). ``--quick`` (or
+``IMGKIT_BENCH_QUICK=1``) uses the host's Python library as the tree and smaller scale trees,
+so a run takes minutes.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ import startup  # noqa: E402
 import trees  # noqa: E402
 from measure import Command, Result, clear, measure  # noqa: E402
 
-SECTIONS = ("startup", "initramfs", "tar", "fat", "iso", "ext4", "disk", "virt", "scale")
+SECTIONS = ("startup", "initramfs", "tar", "fat", "iso", "ext4", "squashfs", "erofs", "disk",
+            "virt", "scale")
 #: Sections that measure no file tree (the benchmark tree is built only for the others).
 TREELESS = ("startup", "virt", "scale")
 IMGKIT = [sys.executable, "-m", "imgkit"]
@@ -292,6 +294,46 @@ def _per_file(sec: Section) -> None:
                 sec.notes.append(f"GROWS: {name} costs {growth:.1f}x per file what 10k does")
 
 
+def _mksquashfs() -> tuple[str, str]:
+    """The mksquashfs imgkit runs (squashfs-tools 4.6 where it can be had) and its version, so
+    both rows use the same compressor and the ratio is imgkit's own cost."""
+    path = subprocess.run(HELPER + ["mksquashfs"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    text = subprocess.run([path, "-version"], capture_output=True, text=True).stdout
+    return path, (text.split()[2] if text.startswith("mksquashfs version") else "?")
+
+
+def sec_squashfs(tree: str, out: str) -> list[Section]:
+    s = Section("squashfs", "squashfs (gzip, 128 KiB blocks)")
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    s.cmds.append(Command("imgkit write_squashfs (tar stream)",
+                          HELPER + ["squashfs", tree, o("imgkit.sqfs")], (o("imgkit.sqfs"),)))
+    try:
+        mksquashfs, version = _mksquashfs()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        s.notes.append(f"no mksquashfs to compare with: {exc}")
+        return [s]
+    s.cmds.append(Command(f"mksquashfs {version} DIR", [
+        mksquashfs, tree, o("mksquashfs.sqfs"), "-noappend", "-no-progress", "-quiet",
+        "-comp", "gzip", "-b", "131072"], (o("mksquashfs.sqfs"),)))
+    s.targets.append(Target("imgkit squashfs <= 1.2x mksquashfs on the directory",
+                            s.cmds[0].name, s.cmds[-1].name, 1.2))
+    return [s]
+
+
+def sec_erofs(tree: str, out: str) -> list[Section]:
+    s = Section("erofs", "erofs (uncompressed, 4 KiB blocks)")
+    o = lambda n: os.path.join(out, n)  # noqa: E731
+    s.cmds.append(Command("imgkit write_erofs", HELPER + ["erofs", tree, o("imgkit.erofs")],
+                          (o("imgkit.erofs"),)))
+    if not missing(s, "mkfs.erofs"):
+        s.cmds.append(Command("mkfs.erofs DIR", ["mkfs.erofs", "--quiet", o("mkfs.erofs"), tree],
+                              (o("mkfs.erofs"),)))
+        s.targets.append(Target("imgkit erofs <= 1.2x mkfs.erofs on the directory",
+                                s.cmds[0].name, s.cmds[-1].name, 1.2))
+    return [s]
+
+
 def _virt_available() -> bool:
     try:
         r = subprocess.run(IMGKIT + ["virt", "--help"], stdout=subprocess.DEVNULL,
@@ -530,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
                     secs = sec_iso(tree, out)
                 elif name == "ext4":
                     secs = ext4.ext4_sections(tree, out, stats)
+                elif name == "squashfs":
+                    secs = sec_squashfs(tree, out)
+                elif name == "erofs":
+                    secs = sec_erofs(tree, out)
                 elif name == "disk":
                     secs = ext4.disk_sections(tree, out, stats)
                 elif name == "scale":

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from imgkit.errors import ImageError, InputError
 from imgkit.formats.blobs import available, read_at
 from imgkit.formats.records import Record
+from imgkit.holes import copy_sparse, pwrite_all
 from imgkit.tree import Entry, Kind, Tree
 
 MAGIC = 0xE0F5E1E2
@@ -367,6 +368,28 @@ def _copy(src: BinaryIO, out: BinaryIO, n: int, what: str) -> None:
         left -= len(chunk)
 
 
+def _copy_host_file(node: _Inode, out: BinaryIO) -> bool:
+    """Copy a regular file that is a whole host file in the kernel (``copy_file_range``,
+    holes skipped, a reflink where the filesystem offers it), its tail read with one
+    ``pread``; ``False`` for any other data, which is streamed."""
+    e = node.entry
+    where = e.data.host_range() if e.kind is Kind.FILE and e.data is not None else None
+    if where is None or where[1] != 0 or not node.size:
+        return False
+    host = where[0]
+    out.flush()
+    fd = out.fileno()
+    if node.full_blocks:
+        copy_sparse(host, fd, node.blkaddr * BLOCK, node.full_blocks * BLOCK)
+    if node.inline:
+        with open(host, "rb") as f:
+            tail = os.pread(f.fileno(), node.inline, node.full_blocks * BLOCK)
+        if len(tail) != node.inline:
+            raise ImageError(f"erofs: the data of {e.path!r} ends before its size {node.size}")
+        pwrite_all(fd, tail, node.pos + node.isize)
+    return True
+
+
 def _volume_uuid(text: str | None, seed: str) -> bytes:
     if text is None:
         return uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"imgkit-erofs:{seed}").bytes
@@ -403,6 +426,8 @@ def write_erofs(tree: Tree, path: str, *, label: str = "", uuid: str | None = No
         for node in inodes:
             out.seek(node.pos)
             out.write(_inode_bytes(node))
+            if _copy_host_file(node, out):
+                continue
             with _content(node, tree, by_path) as src:
                 if node.full_blocks:
                     out.seek(node.blkaddr * BLOCK)

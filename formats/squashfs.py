@@ -1,17 +1,30 @@
 """squashfs: the superblock declared once, a describer, a writer and a reader.
 
-The writer runs ``mksquashfs`` rootless on an empty directory: regular file data is staged in
-a work directory (linked, or copied with ``copy_file_range``) and every entry, with its owner,
-mode, time and device numbers, is a pseudo-file definition (``-pf``) written from the tree,
-so nothing of the host's metadata reaches the image. squashfs-tools 4.5.1 has no pseudo
-definition for xattrs: they are not stored, and the paths that had some are returned as
-warnings.
+The writer runs ``mksquashfs`` rootless and reads nothing of the host's metadata. With
+squashfs-tools 4.6 or newer (:mod:`imgkit.formats.squashfs_tools` fetches Debian trixie's
+4.6.1 where the host has 4.5.1) the tree is streamed to ``mksquashfs - IMG -tar`` as a pax
+archive (:func:`imgkit.formats.tar.write_tar`): owners, modes, times, device numbers, hard
+links and xattrs come from the archive, file data is read once from its source, and nothing
+is staged. Sockets, which tar cannot hold, are pseudo definitions beside it. squashfs keeps
+only ``user.``, ``trusted.`` and ``security.`` xattrs (the kernel reads no other namespace):
+others, POSIX ACLs among them, are left out with a warning per path.
+
+Without 4.6 (no network on the first build), the 4.5.1 path stays: regular file data is staged
+in a work directory (linked, or copied with ``copy_file_range``) and every entry is a
+pseudo-file definition (``-pf``) whose data ``cat`` reads; 4.5.1 has no pseudo definition for
+xattrs, so none are stored, and the paths that had some are returned as warnings. Trees a tar
+archive cannot carry exactly (names or link targets that are not UTF-8) take that path too,
+with ``x`` definitions for their xattrs when the tools are 4.6.
 
 The reader asks ``unsquashfs -pf`` for the same pseudo-file language back (stopping at the
-data section) and reads file data with ``unsquashfs -cat`` when a file is opened.
+data section; 4.6 lists xattrs there too) and reads file data with ``unsquashfs -cat`` when a
+file is opened.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
+import fcntl
 import os
 import shlex
 import shutil
@@ -113,6 +126,15 @@ def pseudo_line(e: Entry, data: str | None = None) -> str:
 class SquashfsInfo:
     size: int
     warnings: tuple[str, ...] = ()
+    #: Which squashfs-tools wrote it and how it was fed (``"tar"`` or ``"pseudo"``).
+    tools: str = ""
+    populated_from: str = ""
+
+
+_F_SETPIPE_SZ = 1031   # Linux fcntl
+
+#: The xattr namespaces a squashfs holds (mksquashfs drops others, the kernel reads no others).
+XATTR_PREFIXES = ("user.", "trusted.", "security.")
 
 
 def _stage_data(e: Entry, dest: str) -> None:
@@ -148,26 +170,108 @@ def _stage_data(e: Entry, dest: str) -> None:
         shutil.copyfileobj(fi, fo, 1 << 20)
 
 
-def _stage(tree: Tree, data_dir: str) -> tuple[list[str], list[str]]:
+def xattr_lines(e: Entry) -> list[str]:
+    """Pseudo ``x`` definitions (squashfs-tools 4.6) for ``e``'s xattrs, values in base64
+    (4.6.1 overruns a buffer decoding hex values longer than a few bytes)."""
+    name = _quote(e.path, e.origin) if e.path else "/"
+    return [f"{name} x {key}=0s{base64.b64encode(value).decode()}" for key, value in e.xattrs]
+
+
+def _storable(tree: Tree, why_not: str | None) -> tuple[Tree, list[str]]:
+    """``tree`` with only the xattrs the image can hold, and a warning per path that lost
+    some: every xattr when ``why_not`` (the tools take none), else those outside
+    :data:`XATTR_PREFIXES`."""
+    warnings: list[str] = []
+
+    def keep(e: Entry) -> Entry:
+        if not e.xattrs:
+            return e
+        kept = () if why_not else tuple((k, v) for k, v in e.xattrs if k.startswith(XATTR_PREFIXES))
+        if len(kept) == len(e.xattrs):
+            return e
+        dropped = ", ".join(k for k, v in e.xattrs if (k, v) not in kept)
+        reason = why_not or "squashfs holds only user., trusted. and security. xattrs"
+        warnings.append(f"squashfs: xattrs of {e.path!r} not stored ({dropped}): {reason}")
+        return e.replace(xattrs=kept)
+
+    return tree.map(keep), warnings
+
+
+def _stage(tree: Tree, data_dir: str, *, xattrs: bool) -> list[str]:
     """Stage file data under ``data_dir`` (one host file per regular file, named by number);
-    the pseudo definitions for every entry and the warnings for what cannot be stored.
+    the pseudo definitions for every entry (``x`` ones too with ``xattrs``).
 
     Everything is a pseudo definition because mksquashfs 4.5.1 ignores the children of a
     directory whose metadata is changed with ``M`` once a pseudo entry is created in it."""
-    lines, links, warnings = [], [], []
+    lines, links = [], []
     for n, e in enumerate(tree):
         if not e.path:
+            lines.extend(xattr_lines(e) if xattrs else ())
             continue
         data = None
         if e.kind is Kind.FILE:
             data = os.path.join(data_dir, str(n))
             _stage_data(e, data)
         (links if e.kind is Kind.HARDLINK else lines).append(pseudo_line(e, data))
-        if e.xattrs:
-            warnings.append(f"squashfs: xattrs of {e.path!r} not stored "
-                            f"({', '.join(k for k, _ in e.xattrs)}): squashfs-tools 4.5 has no "
-                            f"pseudo definition for xattrs")
-    return lines + links, warnings
+        if xattrs and e.kind is not Kind.HARDLINK:
+            lines.extend(xattr_lines(e))
+    return lines + links
+
+
+def _tar_can_carry(tree: Tree) -> bool:
+    """Whether a pax archive gives mksquashfs every name and link target exactly (they are
+    stored as UTF-8)."""
+    for e in tree:
+        try:
+            e.path.encode()
+            (e.target or "").encode()
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def _write_pseudo_file(lines: list[str], path: str) -> None:
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def _mksquashfs_from_tar(argv: list[str], tree: Tree, log: str) -> None:
+    """Run ``argv`` (``mksquashfs - IMG -tar ...``) reading ``tree`` as a pax archive from its
+    standard input, written as the archive goes."""
+    from imgkit.formats.tar import write_tar
+
+    with open(log, "w+b") as err:
+        proc = tools.spawn(argv, stdin=subprocess.PIPE, stdout=err, stderr=subprocess.STDOUT,
+                           env={"SOURCE_DATE_EPOCH": None})
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):   # fewer wake-ups for both sides of the pipe
+            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        failed: Exception | None = None
+        try:
+            try:
+                write_tar(tree, proc.stdin, acl_text=False)
+            except (BrokenPipeError, ImageError) as exc:
+                failed = exc   # mksquashfs stopped reading: its log says why
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+            code = proc.wait()
+        except BaseException as exc:
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, OSError) and exc.filename:
+                raise InputError(f"squashfs: cannot read {exc.filename!r}: {exc.strerror}",
+                                 hint="make the source readable by the user building the "
+                                      "image") from exc
+            raise
+        if code != 0:
+            err.seek(0)
+            text = err.read().decode(errors="replace").strip()
+            raise ToolError(f"mksquashfs -tar failed (exit {code}): {text[-1500:]}")
+        if failed is not None:
+            raise failed
 
 
 def write_squashfs(tree: Tree, path: str, *, compression: str = "gzip",
@@ -178,6 +282,8 @@ def write_squashfs(tree: Tree, path: str, *, compression: str = "gzip",
     ``mtime`` is the image's creation time (``SOURCE_DATE_EPOCH``); without it, the newest
     time in the tree, so the same tree gives the same bytes.
     """
+    from imgkit.formats.squashfs_tools import squashfs_tools
+
     if compression not in WRITE_COMPRESSIONS:
         raise InputError(f"squashfs compression {compression!r}: expected one of "
                          f"{', '.join(WRITE_COMPRESSIONS)}")
@@ -185,26 +291,41 @@ def write_squashfs(tree: Tree, path: str, *, compression: str = "gzip",
         raise InputError(f"squashfs block size {block_size}: expected a power of two from "
                          f"4K to 1M")
     tree.validate()
+    sq = squashfs_tools()
+    why_not = None if sq.reads_tar else (f"{sq.label} ({sq.why}) has no pseudo definition "
+                                         f"for xattrs")
+    tree, warnings = _storable(tree, why_not)
     root = tree.root
     epoch = mtime if mtime is not None else max((e.mtime for e in tree), default=0)
+    # the times are given explicitly: mksquashfs refuses SOURCE_DATE_EPOCH beside them
+    options = ["-noappend", "-no-progress", "-quiet", "-comp", compression,
+               "-b", str(block_size), "-root-mode", f"{root.mode & 0o7777:o}",
+               "-root-uid", str(root.uid), "-root-gid", str(root.gid),
+               "-root-time", str(root.mtime), "-mkfs-time", str(epoch), "-reproducible"]
+    if os.path.exists(path):
+        os.unlink(path)
     with tempfile.TemporaryDirectory(prefix="imgkit-squashfs-", dir=work) as tmp:
-        stage, data_dir = os.path.join(tmp, "empty"), os.path.join(tmp, "data")
-        os.mkdir(stage)
-        os.mkdir(data_dir)
-        lines, warnings = _stage(tree, data_dir)
         pseudo = os.path.join(tmp, "pseudo")
-        with open(pseudo, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write("".join(line + "\n" for line in lines))
-        if os.path.exists(path):
-            os.unlink(path)
-        tools.run(["mksquashfs", stage, path, "-noappend", "-no-progress", "-quiet",
-                   "-comp", compression, "-b", str(block_size), "-pf", pseudo,
-                   "-root-mode", f"{root.mode & 0o7777:o}", "-root-uid", str(root.uid),
-                   "-root-gid", str(root.gid), "-root-time", str(root.mtime),
-                   "-mkfs-time", str(epoch), "-reproducible"],
-                  # the times are given explicitly; mksquashfs refuses both at once
-                  env={"SOURCE_DATE_EPOCH": None})
-    return SquashfsInfo(os.path.getsize(path), tuple(warnings))
+        if sq.reads_tar and _tar_can_carry(tree):
+            populated_from = "tar"
+            # the archive holds no socket, and mksquashfs ignores its root entry
+            lines = xattr_lines(tree.root) + [line for e in tree if e.kind is Kind.SOCKET
+                                              for line in (pseudo_line(e), *xattr_lines(e))]
+            extra = []
+            if lines:
+                _write_pseudo_file(lines, pseudo)
+                extra = ["-pf", pseudo]
+            _mksquashfs_from_tar([sq.mksquashfs, "-", path, "-tar", *options, *extra], tree,
+                                 os.path.join(tmp, "log"))
+        else:
+            populated_from = "pseudo"
+            stage, data_dir = os.path.join(tmp, "empty"), os.path.join(tmp, "data")
+            os.mkdir(stage)
+            os.mkdir(data_dir)
+            _write_pseudo_file(_stage(tree, data_dir, xattrs=sq.reads_tar), pseudo)
+            tools.run([sq.mksquashfs, stage, path, *options, "-pf", pseudo],
+                      env={"SOURCE_DATE_EPOCH": None})
+    return SquashfsInfo(os.path.getsize(path), tuple(warnings), sq.label, populated_from)
 
 
 def estimate_size(tree: Tree) -> int:
@@ -214,6 +335,36 @@ def estimate_size(tree: Tree) -> int:
 
 
 # -- reader ----------------------------------------------------------------------------------
+
+def _unsquashfs() -> str:
+    from imgkit.formats.squashfs_tools import squashfs_tools
+    return squashfs_tools().unsquashfs
+
+
+def decode_xattr_value(text: str) -> bytes:
+    """A pseudo ``x`` value as unsquashfs 4.6 writes it back: ``0t`` text with backslash
+    octal escapes (for values with unprintable bytes), ``0x`` hex, ``0s`` base64, else the
+    text itself."""
+    if text.startswith("0x"):
+        return bytes.fromhex(text[2:])
+    if text.startswith("0s"):
+        return base64.b64decode(text[2:])
+    data = text.encode("utf-8", "surrogateescape")
+    if not text.startswith("0t"):
+        return data   # printable: as it is, unescaped
+    out, i, data = bytearray(), 0, data[2:]
+    while i < len(data):
+        if data[i] == 0x5C and i + 4 <= len(data) and data[i + 1:i + 4].isdigit():
+            out.append(int(data[i + 1:i + 4], 8))
+            i += 4
+        elif data[i] == 0x5C and i + 1 < len(data):
+            out.append(data[i + 1])
+            i += 2
+        else:
+            out.append(data[i])
+            i += 1
+    return bytes(out)
+
 
 @dataclass(frozen=True)
 class SquashfsBlob:
@@ -227,7 +378,7 @@ class SquashfsBlob:
 
     def open(self) -> BinaryIO:
         out = tempfile.TemporaryFile(prefix="imgkit-unsquashfs-")
-        tools.run(["unsquashfs", "-o", str(self.offset), "-no-wildcards", "-cat", self.image,
+        tools.run([_unsquashfs(), "-o", str(self.offset), "-no-wildcards", "-cat", self.image,
                    self.path], stdout=out)
         out.seek(0)
         return out  # type: ignore[return-value]
@@ -239,7 +390,7 @@ class SquashfsBlob:
 def _pseudo_listing(image: str, offset: int, what: str) -> list[str]:
     """The definitions ``unsquashfs -pf`` writes for the image, without its data section."""
     with tempfile.TemporaryFile() as err:
-        proc = tools.spawn(["unsquashfs", "-o", str(offset), "-no-progress", "-pf",
+        proc = tools.spawn([_unsquashfs(), "-o", str(offset), "-no-progress", "-pf",
                             "/dev/stdout", image], stdout=subprocess.PIPE, stderr=err)
         assert proc.stdout is not None
         lines, complete = [], False
@@ -263,8 +414,8 @@ def _pseudo_listing(image: str, offset: int, what: str) -> list[str]:
 
 def open_tree(path: str, offset: int = 0, size: int | None = None, *, what: str | None = None,
               keep: object = None) -> Tree:
-    """The files of the squashfs image at ``offset`` of ``path`` (xattrs are not read back:
-    ``unsquashfs -pf`` of squashfs-tools 4.5 does not list them)."""
+    """The files of the squashfs image at ``offset`` of ``path`` (xattrs are read back with
+    squashfs-tools 4.6, whose ``unsquashfs -pf`` lists them; 4.5's does not)."""
     what = what or (path if not offset else f"{path}@{offset}")
     with open(path, "rb") as f:
         describe(f, offset, size)
@@ -275,6 +426,17 @@ def open_tree(path: str, offset: int = 0, size: int | None = None, *, what: str 
         name, rest = _split_name(line)
         fields = rest.split(" ", 5)
         name = name.strip("/")
+        if fields[0] == "x":
+            key, _, value = rest[2:].partition("=")
+            entry = tree.root if not name else tree.get(name)
+            if entry is None:
+                raise ImageError(f"{what}: unsquashfs lists an xattr of {name!r} before it")
+            xattrs = (*entry.xattrs, (key, decode_xattr_value(value)))
+            if not name:
+                tree.with_root(xattrs=xattrs)
+            else:
+                tree.add(entry.replace(xattrs=xattrs))
+            continue
         if fields[0] == "L":
             target = _split_name(rest[2:])[0].strip("/")
             primary = tree.get(target)

@@ -151,6 +151,7 @@ class Builder:
     def kernel(self) -> KernelInfo:
         def make() -> KernelInfo:
             from imgkit.vm import kernel as k
+            from imgkit.vm.guest_init import init_config_modules
             kc = self.cfg.kernel
             if kc.source == "path":
                 assert kc.path, "load_config requires path with source = 'path'"
@@ -165,7 +166,8 @@ class Builder:
                 assert kc.tree, "load_config requires tree with source = 'tree'"
                 # only the modules some tree asks for leave the tree (load_config keeps
                 # the kernel's own tree from asking)
-                wanted = [m for tc in self.cfg.trees.values() for m in tc.modules]
+                wanted = [m for tc in self.cfg.trees.values() for m in tc.modules + (
+                          init_config_modules(tc.init_config) if tc.init_config else ())]
                 info = k.tree_kernel(self.tree(kc.tree), os.path.join(self.work, "kernel"),
                                      where=f"{self.cfg.path}: [trees.{kc.tree}]",
                                      version=kc.version, modules=wanted)

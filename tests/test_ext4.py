@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import stat
 import subprocess
-import tempfile
 
 import pytest
 
 from imgkit import tools
+from imgkit.debfetch import fetch_release_packages
 from imgkit.errors import InputError, LayoutError, ToolError
 from imgkit.formats.ext4 import estimate_size, write_ext4
 from imgkit.formats.ext4 import write as ext4
 from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
-from imgkit.vm import kernel
 
 pytestmark = pytest.mark.skipif(not (tools.have("mke2fs") and tools.have("debugfs")),
                                 reason="e2fsprogs not installed")
@@ -48,8 +45,12 @@ def fsck(img) -> None:
 
 BPO_RELEASE = "bookworm-backports"
 BPO_PACKAGES = ("e2fsprogs", "libext2fs2")
-BPO_SOURCES = (f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-               f"http://deb.debian.org/debian {BPO_RELEASE} main\n")
+
+
+def _check_bpo(root: str) -> None:
+    version = _e2fsprogs_in(root)
+    if version < (1, 47, 1):
+        raise ToolError(f"{BPO_RELEASE} has e2fsprogs {version}, expected 1.47.1 or newer")
 
 
 def _e2fsprogs_in(root: str) -> tuple[int, ...]:
@@ -61,78 +62,20 @@ def _e2fsprogs_in(root: str) -> tuple[int, ...]:
         ext4.E2FSPROGS_DIR = saved
 
 
-def _fetch_bpo(top: str) -> None:
-    """Download and unpack the backports e2fsprogs into ``top/root`` (under the caller's lock).
-
-    apt runs with its own sources list, lists and cache under a work directory: the
-    system's apt configuration and state are neither used nor changed.
-    """
-    work = tempfile.mkdtemp(prefix=".fetch.", dir=top)
-    try:
-        for d in ("lists/partial", "cache/archives/partial"):
-            os.makedirs(os.path.join(work, d))
-        with open(os.path.join(work, "sources.list"), "w") as f:
-            f.write(BPO_SOURCES)
-        apt = ["-q", "-o", f"Dir::Etc::SourceList={work}/sources.list",
-               "-o", "Dir::Etc::SourceParts=/dev/null",
-               "-o", f"Dir::State::Lists={work}/lists", "-o", f"Dir::Cache={work}/cache",
-               "-o", "Debug::NoLocking=1"]
-        if os.getuid() == 0:   # apt's _apt user could not write into this directory
-            apt += ["-o", "APT::Sandbox::User=root"]
-        proxies = {k: v for k, v in os.environ.items() if k.lower().endswith("_proxy")}
-        tools.run(["apt-get", *apt, "--error-on=any", "update"], env=proxies, timeout=300)
-        tools.run(["apt-get", *apt, "download",
-                   *(f"{p}/{BPO_RELEASE}" for p in BPO_PACKAGES)], cwd=work, env=proxies,
-                  timeout=300)
-        debs = sorted(f for f in os.listdir(work) if f.endswith(".deb"))
-        if len(debs) != len(BPO_PACKAGES):
-            raise ToolError(f"apt-get download left {debs} in {work}")
-        unpacked = os.path.join(work, "root")
-        for deb in debs:
-            tools.run(["dpkg", "-x", os.path.join(work, deb), unpacked], timeout=300)
-        version = _e2fsprogs_in(unpacked)
-        if version < (1, 47, 1):
-            raise ToolError(f"{BPO_RELEASE} has e2fsprogs {version}, expected 1.47.1 or newer")
-        for dirpath, dirnames, filenames in os.walk(unpacked):   # other users read it too
-            for name in [*dirnames, *filenames]:
-                path = os.path.join(dirpath, name)
-                st = os.lstat(path)
-                if not stat.S_ISLNK(st.st_mode):
-                    x = 0o111 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100 else 0
-                    os.chmod(path, st.st_mode | 0o444 | x)
-        os.chmod(unpacked, 0o755)
-        open(os.path.join(unpacked, ".complete"), "w").close()
-        final = os.path.join(top, "root")
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(unpacked, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def bpo_e2fsprogs() -> str:
-    """The unpacked backports e2fsprogs, fetched once and shared by every user of the cache.
+    """The unpacked backports e2fsprogs, fetched once (:mod:`imgkit.debfetch`: a private apt
+    setup, nothing installed) and shared by every user of the cache.
 
     A download that fails (no network) fails the test: the archive path must not go
     untested silently.
     """
-    root = kernel.cache_root()
-    top = os.path.join(root, "e2fsprogs-bpo")
-    final = os.path.join(top, "root")
-    if not os.path.exists(os.path.join(final, ".complete")) and not kernel.usable_dir(top):
-        # another user's copy, not complete: fetch our own
-        top = kernel.writable_cache_subdir(root, "e2fsprogs-bpo")
-        final = os.path.join(top, "root")
-    if not os.path.exists(os.path.join(final, ".complete")):
-        try:
-            with kernel.cache_lock(os.path.join(top, ".lock")):
-                if not os.path.exists(os.path.join(final, ".complete")):
-                    os.chmod(top, 0o755)
-                    _fetch_bpo(top)
-        except (ToolError, OSError) as exc:
-            pytest.fail(f"could not get e2fsprogs from Debian {BPO_RELEASE} into {top} "
-                        f"(network needed once): {exc}", pytrace=False)
-    return final
+    try:
+        return fetch_release_packages("e2fsprogs-bpo", BPO_RELEASE, BPO_PACKAGES,
+                                      check=_check_bpo)
+    except ToolError as exc:
+        pytest.fail(f"could not get e2fsprogs from Debian {BPO_RELEASE} (network needed "
+                    f"once): {exc}", pytrace=False)
 
 
 @pytest.fixture(params=["installed", "backports"])

@@ -1,4 +1,10 @@
-"""squashfs: written by mksquashfs from pseudo definitions only, checked with unsquashfs."""
+"""squashfs: written by mksquashfs, checked with unsquashfs.
+
+The tests run twice (the ``squashfs_tools`` fixture): with squashfs-tools 4.6 (Debian trixie's,
+fetched once into the cache, fed a tar stream) and with the host's 4.5.1 (pseudo definitions
+only, ``IMGKIT_SQUASHFS_TOOLS=host``). The listings come from the host's ``unsquashfs``; the
+xattrs, which only 4.6 stores and lists, from the fetched one's ``unsquashfs -pf``.
+"""
 from __future__ import annotations
 
 import re
@@ -10,6 +16,7 @@ from conftest import copy_partition, sfdisk_partitions, sh
 from imgkit import detect
 from imgkit.build import build
 from imgkit.config import load_config
+from imgkit.formats import squashfs_tools as sqt
 from imgkit.formats.squashfs import open_tree, write_squashfs
 from imgkit.tree import BytesBlob, Entry, Kind
 
@@ -19,6 +26,20 @@ pytestmark = pytest.mark.skipif(not __import__("shutil").which("mksquashfs"),
 _LLN = re.compile(r"^(\S{10}) (\d+)/(\d+) +(\d+|\d+, +\d+) (\S+ \S+) squashfs-root(.*?)(?: -> (.*))?$")
 _TYPE = {"-": Kind.FILE, "d": Kind.DIR, "l": Kind.SYMLINK, "c": Kind.CHAR, "b": Kind.BLOCK,
          "p": Kind.FIFO, "s": Kind.SOCKET}
+
+
+@pytest.fixture(autouse=True, params=["4.6", "host"])
+def squashfs_tools(request, monkeypatch) -> sqt.SquashfsTools:
+    """Which squashfs-tools writes the images: 4.6 (fetched; a failed download fails the
+    test, the tar path must not go untested silently) or the host's."""
+    if request.param == "host":
+        monkeypatch.setenv("IMGKIT_SQUASHFS_TOOLS", "host")
+    else:
+        monkeypatch.delenv("IMGKIT_SQUASHFS_TOOLS", raising=False)
+    chosen = sqt.squashfs_tools()
+    if request.param == "4.6" and not chosen.reads_tar:
+        pytest.fail(f"no squashfs-tools 4.6: {chosen.why}", pytrace=False)
+    return chosen
 
 
 def lln(image: str, *extra: str) -> dict[str, tuple]:
@@ -86,6 +107,7 @@ def test_reader_gives_back_what_unsquashfs_lists(tmp_path, sample_tree):
     assert detect.reader(detect.sniff_path(image).filesystem).name == "squashfs"
 
 
+@pytest.mark.parametrize("squashfs_tools", ["host"], indirect=True)
 def test_names_with_spaces_and_xattrs_warned(tmp_path, sample_tree):
     sample_tree.add(Entry("a dir/a \"file\"", Kind.FILE, mode=0o640, uid=3, gid=4,
                           data=BytesBlob(b"q"), xattrs=(("user.k", b"v"),)))
@@ -94,6 +116,61 @@ def test_names_with_spaces_and_xattrs_warned(tmp_path, sample_tree):
     assert lln(image)['a dir/a "file"'][1:4] == ("-rw-r-----", 3, 4)
     assert any("a dir/a \"file\"" in w and "user.k" in w for w in info.warnings)
     assert open_tree(image)['a dir/a "file"'].data.open().read() == b"q"
+
+
+def pf_listing(tools: sqt.SquashfsTools, image: str, tmp_path) -> str:
+    """``unsquashfs -pf`` of squashfs-tools 4.6: the inodes and their ``x`` (xattr) lines."""
+    sh(tools.unsquashfs, "-pf", str(tmp_path / "listing.pf"), image)
+    return (tmp_path / "listing.pf").read_bytes().split(b"# START OF DATA")[0].decode(
+        "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("squashfs_tools", ["4.6"], indirect=True)
+def test_xattrs_stored_by_squashfs_tools_4_6(tmp_path, sample_tree, squashfs_tools):
+    cap = b"\x01\x00\x00\x02" + bytes(16)
+    acl = bytes.fromhex("0200000001000600ffffffff04000400ffffffff20000400ffffffff")
+    sample_tree.add(Entry("a dir/a \"file\"", Kind.FILE, mode=0o4750, uid=3, gid=4,
+                          data=BytesBlob(b"q" * 70000),
+                          xattrs=(("security.capability", cap), ("user.k", b"v a\\l"),
+                                  ("trusted.t", b"\x00\xff"), ("system.posix_acl_access", acl))))
+    sample_tree.add(Entry("run/sock", Kind.SOCKET, mode=0o600, uid=7, gid=8, mtime=1600000000,
+                          xattrs=(("trusted.s", b"sock"),)))
+    sample_tree.with_root(xattrs=(("security.selinux", b"system_u:object_r:root_t:s0\x00"),))
+    image = str(tmp_path / "t.sqfs")
+    info = write_squashfs(sample_tree, image, mtime=1700000000)
+    assert info.populated_from == "tar" and info.tools.startswith("squashfs-tools 4.")
+    listing = pf_listing(squashfs_tools, image, tmp_path)
+    assert 'a\\ dir/a\\ \\"file\\" R 1700000000 4750 3 4 70000' in listing or \
+        "4750 3 4 70000" in listing, listing
+    xattrs = re.findall(r"^(.*) x (.*?)=(.*)$", listing, re.M)
+    names = {(path, key) for path, key, _ in xattrs}
+    assert {('a\\ dir/a\\ \\"file\\"', "security.capability"), ('a\\ dir/a\\ \\"file\\"', "user.k"),
+            ('a\\ dir/a\\ \\"file\\"', "trusted.t"), ("run/sock", "trusted.s"),
+            ("/", "security.selinux")} <= names, listing
+    assert not any(key.startswith("system.") for _, key in names)
+    assert re.search(r"^run/sock I 1600000000 600 7 8 s$", listing, re.M), listing
+    assert [w for w in info.warnings if "posix_acl_access" in w and "a dir" in w]
+    # read back through the reader, values exact
+    back = open_tree(image)
+    assert dict(back['a dir/a "file"'].xattrs) == {"security.capability": cap,
+                                                  "user.k": b"v a\\l", "trusted.t": b"\x00\xff"}
+    assert dict(back.root.xattrs) == {"security.selinux": b"system_u:object_r:root_t:s0\x00"}
+    assert back["run/sock"].kind is Kind.SOCKET
+    stat_text = sh(squashfs_tools.unsquashfs, "-stat", image)
+    assert "Xattrs are compressed" in stat_text and "Creation or last append time" in stat_text
+    # bit-identical again
+    again = str(tmp_path / "again.sqfs")
+    write_squashfs(sample_tree.map(lambda e: e), again, mtime=1700000000)
+    assert open(image, "rb").read() == open(again, "rb").read()
+
+
+def test_tools_choice_can_be_forced(monkeypatch):
+    monkeypatch.setenv("IMGKIT_SQUASHFS_TOOLS", "host")
+    host = sqt.squashfs_tools()
+    assert host.version == sqt._version(__import__("shutil").which("mksquashfs"))
+    monkeypatch.setenv("IMGKIT_SQUASHFS_TOOLS", "/nonexistent")
+    with pytest.raises(__import__("imgkit.errors").errors.ToolError, match="no mksquashfs"):
+        sqt.squashfs_tools()
 
 
 CONFIG = """

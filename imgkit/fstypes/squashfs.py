@@ -37,7 +37,8 @@ class Squashfs(FilesystemType):
         block = size_or_none(o.block_size, f"[filesystems.{fs.name}] block_size") or 0
         info = write_squashfs(tree, path, compression=o.compression, block_size=block,
                               mtime=ctx.mtime, work=ctx.work)
-        return report_image(fs, f"squashfs ({o.compression})", info.size, info.warnings, size, ctx)
+        return report_image(fs, f"squashfs ({o.compression}, {info.tools})", info.size,
+                            info.warnings, size, ctx)
 
     def describe(self, f, offset=0, size=None):
         from imgkit.formats.squashfs import describe
