@@ -263,8 +263,9 @@ def test_boot_live_iso(tmp_path, firmware, media):
     iso = out / "live.iso"
     before = sha256(iso)
     extra = ["--iso-as-disk"] if media == "disk" else []
+    # the whole line, so that what the assertions read was printed before the run stopped
     r = imgkit("run", str(iso), "--firmware", firmware, *extra, "--expect",
-               "imgkit live: overlay root is writable", "--timeout", "240", check=False)
+               "imgkit live: overlay root is writable (overlay)", "--timeout", "240", check=False)
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
     mount = [line for line in r.stdout.splitlines() if "imgkit live: root mount:" in line]
     assert mount and " / overlay " in mount[0] and "upperdir=/run/imgkit/upper/upper" in mount[0], \
