@@ -74,6 +74,30 @@ def make_root_tar() -> str:
     return tar
 
 
+def cached_oci_layout(tar: str) -> str:
+    """An OCI image layout of the root tar, tagged ``debian``, made by umoci (``raw add-layer``
+    stores the tar verbatim as one gzip layer) and cached beside the tar; a run that cannot
+    write the cache makes its own copy in a temporary directory."""
+    done = tar.removesuffix(".tar") + "-oci"
+    if os.path.isdir(done):
+        return done
+    parent = os.path.dirname(tar)
+    if not os.access(parent, os.W_OK):
+        parent = tempfile.mkdtemp(prefix="debian-oci-")
+        done = os.path.join(parent, "oci")
+    work = tempfile.mkdtemp(prefix="umoci-", dir=parent)
+    try:
+        layout = os.path.join(work, "oci")
+        for argv in (["init", "--layout", layout], ["new", "--image", f"{layout}:base"],
+                     ["raw", "add-layer", "--image", f"{layout}:base", "--tag", "debian", tar]):
+            subprocess.run(["umoci", *argv], check=True, capture_output=True)
+        subprocess.run(["chmod", "-R", "a+rX", layout], check=True)
+        os.replace(layout, done)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return done
+
+
 # -- the fidelity check: the tar (GNU tar's listing) against the ext4 image (debugfs) --------
 _TAR_LINE = re.compile(r"^(?P<mode>[-dlhcbps][-rwxsStT]{9})\s+(?P<uid>\d+)/(?P<gid>\d+)\s+"
                        r"(?P<size>\d+|\d+,\d+)\s+\d{4}-\d\d-\d\d \d\d:\d\d (?P<name>.*)$")
@@ -251,6 +275,22 @@ def debian_images(tmp_path_factory):
     return tar, str(work / "out" / "debian.img"), qcow2
 
 
+@pytest.fixture(scope="module")
+def debian_oci_image(tmp_path_factory):
+    """examples/debian.toml with the root taken from an OCI image of the root tar
+    (``oci:DIR:debian``) instead of the tar itself, as a raw disk."""
+    tar, work = _example_work(tmp_path_factory, "debian-oci")
+    os.symlink(cached_oci_layout(tar), work / "debian-oci")
+    with open(os.path.join(EXAMPLES, "debian.toml"), encoding="utf-8") as f:
+        text = f.read()
+    assert 'sources = ["root.tar"]' in text
+    (work / "oci.toml").write_text(text.replace('sources = ["root.tar"]',
+                                                'sources = ["oci:debian-oci:debian"]'))
+    r = _imgkit("build", str(work / "oci.toml"), "-O", str(work / "out"))
+    assert re.search(r"kernel: \S+ from tree rootfs", r.stderr), r.stderr
+    return tar, str(work / "out" / "debian.img")
+
+
 def _root_partition(image: str) -> str:
     """The ext4 root of a raw disk as debugfs opens it (``IMG?offset=BYTES``), from sfdisk."""
     table = json.loads(subprocess.run(["sfdisk", "-J", image], capture_output=True, text=True,
@@ -323,3 +363,26 @@ def test_grub_example_config_boots_the_trees_kernel_with_the_declared_cmdline():
     cfg = load_config(os.path.join(EXAMPLES, "debian-grub.toml"))
     assert (cfg.kernel.source, cfg.kernel.tree) == ("tree", "rootfs")
     assert cfg.disk.bios == "grub" and "root=PARTLABEL=root" in cfg.cmdline
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_debian_root_from_an_oci_image_is_the_tars_root(debian_oci_image):
+    """The ext4 built from the OCI image holds exactly what the tar holds (GNU tar's listing
+    against debugfs), ping's capability included."""
+    tar, raw = debian_oci_image
+    fs = _root_partition(raw)
+    fsck = subprocess.run(["e2fsck", "-fn", fs], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert image_differences(tar, fs) == []
+    assert image_xattr(fs, "usr/bin/ping", "security.capability") == \
+        tar_xattr(tar, "usr/bin/ping", "security.capability")
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_debian_from_an_oci_image_boots_to_login(debian_oci_image):
+    _, raw = debian_oci_image
+    r = _imgkit("run", raw, "--firmware", "bios", "--snapshot", "--expect", "login:",
+                "--timeout", "420", timeout=480)
+    check_report(r.stdout)
