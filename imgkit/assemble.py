@@ -157,11 +157,14 @@ def mark_keep_zeros(tree: Tree, paths: tuple[str, ...], *, origin: str) -> None:
 
 def add_list_entries(tree: Tree, lines: tuple[str, ...] | list[str], *, origin: str,
                      default_mtime: int = 0) -> None:
-    """Add entries written in gen_init_cpio syntax (errors name ``origin:N``)."""
+    """Add entries written in gen_init_cpio syntax (errors name ``origin:N``). A directory
+    the lines only imply (the parent of a listed path) keeps the owner, mode and time it has
+    in ``tree``: a line adding one file must not reset its directories."""
     if lines:
         for e in parse_list_lines(lines, origin=origin, base=os.getcwd(),
                                   default_mtime=default_mtime):
-            if e.path:
+            implied = e.kind is Kind.DIR and e.origin.startswith("implied by ")
+            if e.path and not (implied and e.path in tree):
                 tree.add(e)
 
 
