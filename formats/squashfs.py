@@ -24,6 +24,7 @@ from imgkit import tools
 from imgkit.errors import ImageError, InputError, ToolError
 from imgkit.formats.blobs import available, read_at
 from imgkit.formats.records import Record
+from imgkit.losses import xattr_loss
 from imgkit.tree import Entry, Kind, Tree
 
 MAGIC = b"hsqs"
@@ -163,10 +164,7 @@ def _stage(tree: Tree, data_dir: str) -> tuple[list[str], list[str]]:
             data = os.path.join(data_dir, str(n))
             _stage_data(e, data)
         (links if e.kind is Kind.HARDLINK else lines).append(pseudo_line(e, data))
-        if e.xattrs:
-            warnings.append(f"squashfs: xattrs of {e.path!r} not stored "
-                            f"({', '.join(k for k, _ in e.xattrs)}): squashfs-tools 4.5 has no "
-                            f"pseudo definition for xattrs")
+    warnings += xattr_loss(tree, "squashfs", "mksquashfs 4.5 pseudo definitions hold none")
     return lines + links, warnings
 
 

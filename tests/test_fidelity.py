@@ -121,3 +121,70 @@ def test_the_check_finds_what_it_is_there_to_find(every_kind):
                  "/bin/ls: target", "/dev/tty300: rdev", "note with space: sha256",
                  "/run/fifo: missing", "hard-link group"):
         assert want in text, (want, text)
+
+
+@pytest.mark.parametrize("fmt", list(CANNOT_HOLD))
+def test_a_format_without_xattrs_says_so_once(every_kind, fmt):
+    """One line per format (imgkit.losses.xattr_loss) naming the paths and xattrs lost; the
+    formats that hold xattrs say nothing."""
+    d, _, tree = every_kind
+    _, warnings = write_format(fmt, tree, str(d / f"warned.{fmt}"))
+    lost = [w for w in warnings if "cannot store extended attributes" in w]
+    if "xattrs" in CANNOT_HOLD[fmt]:
+        assert len(lost) == 1, warnings
+        for name in ("/bin/ping", "/home/user/note with space", "security.capability",
+                     "user.comment", "2 entries"):
+            assert name in lost[0], lost
+    else:
+        assert lost == [], warnings
+
+
+def test_the_warning_names_the_first_few_paths(tmp_path):
+    from imgkit.losses import xattr_loss
+    from imgkit.tree import BytesBlob, Entry, Kind, Tree
+    t = Tree()
+    for i in range(12):
+        t.add(Entry(f"f{i:02}", Kind.FILE, data=BytesBlob(b""), xattrs=((f"user.k{i}", b"v"),)))
+    (line,) = xattr_loss(t, "FAT")
+    assert line.startswith("FAT cannot store extended attributes: 12 entries lose their xattrs")
+    assert "/f04" in line and "/f05" not in line and "and 7 more" in line
+    assert "user.k0, user.k1, user.k10, user.k11, user.k2, ..." in line
+
+
+CONFIG = """
+[trees.root]
+sources = ["src.tar"]
+[trees.esp]
+sources = ["src.tar:/copy"]
+[filesystems.iso]
+type = "iso9660"
+tree = "root"
+output = "root.iso"
+[filesystems.esp]
+type = "vfat"
+tree = "esp"
+[filesystems.root]
+type = "ext4"
+tree = "root"
+[disk]
+output = "disk.img"
+partitions = [{ name = "esp", type = "esp", size = "8M", filesystem = "esp" },
+              { name = "root", size = "16M", filesystem = "root" }]
+"""
+
+
+def test_a_build_warns_for_each_format_that_drops_xattrs(tmp_path):
+    """Through the filesystem table: ISO and FAT say what they drop, ext4 nothing."""
+    import subprocess
+    import sys
+    make_every_kind_tar(tmp_path / "src.tar")
+    (tmp_path / "b.toml").write_text(CONFIG)
+    r = subprocess.run([sys.executable, "-m", "imgkit", "build", str(tmp_path / "b.toml"),
+                        "-O", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if "cannot store extended attributes" in x]
+    assert len(lines) == 2, r.stderr
+    iso = next(x for x in lines if "ISO 9660" in x)
+    fat = next(x for x in lines if "FAT" in x)
+    assert "/bin/ping" in iso and "/copy/bin/ping" in fat and "security.capability" in fat
+    assert all(x.startswith("imgkit: warning: ") for x in lines)
