@@ -134,8 +134,10 @@ CANNOT_HOLD: dict[str, dict[str, str]] = {
 }
 #: Paths a format cannot hold at all.
 ABSENT = {"tar": {"run/sock": "tar has no socket type (imgkit skips it and says so)"}}
-#: What the image has that the source has not (the filesystem's own).
-EXTRA = {"ext4": ("lost+found",)}
+#: What the image has that the source has not (the format's own): ext4's lost+found; the
+#: directory Rock Ridge moves directories deeper than ISO 9660's 8 levels into (pycdlib names
+#: it rr_moved, as genisoimage does; readers show each moved directory in its place).
+EXTRA = {"ext4": ("lost+found",), "iso9660": ("rr_moved",)}
 
 
 def write_format(fmt: str, tree, out: str) -> tuple[Listing, list[str]]:

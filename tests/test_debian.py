@@ -25,6 +25,7 @@ import pytest
 from fidelity import (
     ABSENT,
     CANNOT_HOLD,
+    EXTRA,
     debugfs_commands,
     differences,
     ext4_listing,
@@ -317,7 +318,7 @@ def test_debian_root_in_every_format(debian_source, fmt, tmp_path):
     tree = assemble(TreeSpec(sources=(tar,), mtime=EPOCH))
     image, warnings = write_format(fmt, tree, str(tmp_path / f"root.{fmt}"))
     diffs = differences(source, image, cannot_hold=CANNOT_HOLD[fmt], absent=ABSENT.get(fmt),
-                        clamp=EPOCH)
+                        clamp=EPOCH, extra=EXTRA.get(fmt, ()))
     assert diffs == [], "\n".join(diffs[:40])
     if "xattrs" in CANNOT_HOLD[fmt]:   # ping's capability and the journal's ACL: said, not lost silently
         assert any("/usr/bin/ping" in w for w in warnings), warnings
