@@ -74,6 +74,8 @@ def make_every_kind_tar(path) -> None:
         _add(t, "etc/" + "n" * 200, data=b"long name\n", mode=0o600)
         _add(t, "etc/sticky", tarfile.DIRTYPE, mode=0o1777)
         _add(t, "etc/setgid", data=b"g", mode=0o2755, gid=50)
+        # a tail too big to follow its inode in one block (erofs stores it in a block)
+        _add(t, "etc/almost-a-block", data=bytes(range(256)) * 15 + b"x" * 246)
 
 
 SOCKET = ("run/sock", Node("socket", 0o755, 3, 4, 0, T + 100))   # entry lines take the build time
