@@ -46,7 +46,9 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # The linters, the test suite, then (when run as root, as CI does) the suite again as an
-# unprivileged user: building images must never need root.
+# unprivileged user: building images must never need root. The `slow` tests (a whole
+# distribution built and booted) run once, in the unprivileged pass (tests/conftest.py).
+test: export IMGKIT_SLOW_IN_UNPRIVILEGED_PASS = 1
 test: setup cache lint test-root test-unprivileged
 
 test-root:
@@ -67,7 +69,7 @@ fuzz: venv
 	    $(PY) -m pytest -p no:cacheprovider -q -ra tests/test_fuzz.py $(PYTEST_ARGS)
 
 bench: setup cache
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out build dist *.egg-info

@@ -268,3 +268,36 @@ def regular_subset(root: str, dest: str, *, max_files: int, max_bytes: int,
             break
     open(stamp, "w").close()
     return dest
+
+
+#: The "linear at scale" trees: (name, files, files per directory). ``flat`` puts every file
+#: in one directory, with long names that share their first six characters (what makes
+#: mtools' short-name search and pycdlib's directory code quadratic).
+SCALE_TREES = (("1k", 1_000, 100), ("10k", 10_000, 100), ("100k", 100_000, 100),
+               ("flat-20k", 20_000, 0))
+#: ``--quick``: the same shapes, smaller, so the section takes seconds.
+SCALE_TREES_QUICK = (("1k", 1_000, 100), ("10k", 10_000, 100), ("flat-5k", 5_000, 0))
+
+
+def scale_tree(name: str, files: int, per_dir: int) -> str:
+    """A synthetic tree of ``files`` small files (0-2 KiB, deterministic contents), ``per_dir``
+    to a directory (0: all in one directory ``flat``). Cached under the bench cache."""
+    dest = os.path.join(cache_dir(), f"scale-{name}")
+    stamp = dest + ".complete"
+    if os.path.exists(stamp):
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    log(f"making the {name} scale tree ({files:,} files)...")
+    for i in range(files):
+        if per_dir:
+            d = os.path.join(dest, f"d{i // (per_dir * 100):03d}", f"s{(i // per_dir) % 100:02d}")
+            fname = f"file{i:06d}.dat"
+        else:
+            d = os.path.join(dest, "flat")
+            fname = f"longname_shared_prefix_{i:06d}.data"
+        if i % (per_dir or files) == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, fname), "wb") as f:
+            f.write(b"%07d\n" % i * ((i * 37) % 256))
+    open(stamp, "w").close()
+    return dest

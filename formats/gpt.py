@@ -2,7 +2,9 @@
 
 On disk: a protective MBR at LBA 0 (or a hybrid one), the primary header at LBA 1, the entry
 array from LBA 2 (128 entries x 128 bytes = 32 sectors of 512 bytes), and at the end of the
-disk the backup entry array followed by the backup header in the last sector.
+disk the backup entry array followed by the backup header in the last sector. The array may
+move (the header's ``entries_lba`` says where; the reader follows it), hold fewer or more
+entries, and the backup may be left out: :class:`GptGeometry` is that shape.
 
 Both CRC32s are derived, never passed in: the header CRC is a construct ``Checksum`` over the
 header with its own CRC field zeroed, and the entry-array CRC is a ``Rebuild`` over the entry
@@ -207,11 +209,21 @@ class GptTable:
 
 @dataclass(frozen=True)
 class GptGeometry:
-    """Where the GPT structures sit on a disk of ``disk_sectors`` sectors."""
+    """Where the GPT structures sit on a disk of ``disk_sectors`` sectors.
+
+    The primary header is always at LBA 1; its entry array at ``entries_lba`` (LBA 2 unless
+    moved, e.g. to 1 MiB for a bootloader that boards load from LBA 2-33), ``num_entries``
+    entries rounded up to whole sectors. ``first_usable`` overrides the first LBA partitions
+    may use (default: right after the array). Without a ``backup`` no copy is written at the
+    end (its room stays free).
+    """
 
     disk_sectors: int
     sector_size: int
     num_entries: int
+    entries_lba: int = 2
+    first_usable: int | None = None
+    backup: bool = True
 
     @property
     def entry_sectors(self) -> int:
@@ -219,7 +231,9 @@ class GptGeometry:
 
     @property
     def first_usable_lba(self) -> int:
-        return 2 + self.entry_sectors
+        if self.first_usable is not None:
+            return self.first_usable
+        return self.entries_lba + self.entry_sectors
 
     @property
     def backup_header_lba(self) -> int:
@@ -231,13 +245,62 @@ class GptGeometry:
 
     @property
     def last_usable_lba(self) -> int:
+        """The last LBA partitions may use: before the backup, which keeps its room even when
+        it is not written, so a tool that repairs the disk (``sgdisk -e``) overwrites nothing."""
         return self.backup_entries_lba - 1
+
+    @property
+    def tail_sectors(self) -> int:
+        """Sectors the backup takes (or keeps free) at the end of the disk."""
+        return self.entry_sectors + 1
+
+    def ranges(self) -> list[tuple[int, int, str]]:
+        """``(start byte, end byte, what)`` of every GPT structure but the 440 bytes of boot
+        code: the protective MBR and header, the entry array, the backup at the end."""
+        ss = self.sector_size
+        array = (self.entries_lba * ss, (self.entries_lba + self.entry_sectors) * ss)
+        if self.entries_lba == 2:
+            out = [(_mbr.BOOT_CODE_SIZE, array[1], "the protective MBR, GPT header and entry array")]
+        else:
+            out = [(_mbr.BOOT_CODE_SIZE, 2 * ss, "the protective MBR and GPT header"),
+                   (array[0], array[1], f"the GPT entry array at LBA {self.entries_lba}")]
+        if self.backup and self.disk_sectors:
+            out.append((self.backup_entries_lba * ss, self.disk_sectors * ss,
+                        "the backup GPT entry array and header"))
+        return out
 
 
 def geometry(disk_sectors: int, *, sector_size: int = 512,
-             num_entries: int = DEFAULT_ENTRIES) -> GptGeometry:
+             num_entries: int = DEFAULT_ENTRIES, entries_lba: int = 2,
+             first_usable_lba: int | None = None, backup: bool = True) -> GptGeometry:
     """The :class:`GptGeometry` of a disk; the number of sectors the tables take at each end."""
-    return GptGeometry(disk_sectors, sector_size, num_entries)
+    return GptGeometry(disk_sectors, sector_size, num_entries, entries_lba, first_usable_lba,
+                       backup)
+
+
+def check_geometry(geo: GptGeometry, partitions: int = 0) -> None:
+    """Refuse a shape no GPT reader accepts: an array that overlaps the header or reaches
+    into the usable range, too few entries for the partitions, a disk too small."""
+    if not 1 <= geo.num_entries <= 0xFFFF:
+        raise InputError(f"GPT entry count: expected 1..65535, got {geo.num_entries}")
+    if geo.num_entries < partitions:
+        raise InputError(f"GPT entry count {geo.num_entries} is too small for "
+                         f"{partitions} partitions",
+                         hint=f"use at least {partitions} entries (the default is "
+                              f"{DEFAULT_ENTRIES})")
+    if geo.entries_lba < 2:
+        raise InputError(f"GPT entry array at LBA {geo.entries_lba}: expected LBA 2 or later "
+                         "(LBA 0 is the MBR, LBA 1 the header)")
+    array_end = geo.entries_lba + geo.entry_sectors
+    if geo.first_usable_lba < array_end:
+        raise InputError(f"GPT first usable LBA {geo.first_usable_lba} lies inside the entry "
+                         f"array (LBA {geo.entries_lba}-{array_end - 1})",
+                         hint=f"use a first usable LBA of {array_end} or more, or move the "
+                              "entry array before it")
+    if geo.disk_sectors and (geo.last_usable_lba < geo.first_usable_lba
+                             or (geo.backup and geo.backup_entries_lba < array_end)):
+        raise InputError(f"a disk of {geo.disk_sectors} sectors is too small for a GPT "
+                         f"whose first usable LBA is {geo.first_usable_lba}")
 
 
 def build_entries(partitions: Sequence[GptPartition], num_entries: int = DEFAULT_ENTRIES) -> bytes:
@@ -268,41 +331,43 @@ def build_header(*, my_lba: int, alternate_lba: int, first_usable_lba: int, last
 
 def build_gpt(disk_sectors: int, partitions: Sequence[GptPartition], *, disk_guid: uuid.UUID,
               sector_size: int = 512, num_entries: int = DEFAULT_ENTRIES, boot_code: bytes = b"",
-              hybrid: Sequence[_mbr.MbrPartition] = (),
-              mbr_signature: int = 0) -> list[tuple[int, bytes]]:
+              hybrid: Sequence[_mbr.MbrPartition] = (), mbr_signature: int = 0,
+              entries_lba: int = 2, first_usable_lba: int | None = None, backup: bool = True,
+              protective_first: bool = True) -> list[tuple[int, bytes]]:
     """Every GPT structure of a disk as ``(byte offset, bytes)`` regions.
 
     ``boot_code`` goes into the first 440 bytes of the protective MBR (e.g. ``gptmbr.bin``);
-    ``hybrid`` lists up to three MBR entries mirroring GPT partitions for a hybrid MBR.
+    ``hybrid`` lists up to three MBR entries mirroring GPT partitions for a hybrid MBR, with
+    the 0xEE entry first or (``protective_first=False``) last. ``entries_lba``,
+    ``first_usable_lba`` and ``backup`` shape the GPT (:class:`GptGeometry`); without a
+    backup, the primary header's alternate LBA still names the last sector, where a tool that
+    repairs the disk puts it.
     """
-    geo = geometry(disk_sectors, sector_size=sector_size, num_entries=num_entries)
-    if num_entries < DEFAULT_ENTRIES:
-        raise InputError(f"a GPT needs room for at least {DEFAULT_ENTRIES} entries, "
-                         f"got {num_entries}")
-    if geo.last_usable_lba < geo.first_usable_lba:
-        raise InputError(f"a disk of {disk_sectors} sectors is too small for a GPT")
+    geo = geometry(disk_sectors, sector_size=sector_size, num_entries=num_entries,
+                   entries_lba=entries_lba, first_usable_lba=first_usable_lba, backup=backup)
+    check_geometry(geo, len(partitions))
     for p in partitions:
         if not geo.first_usable_lba <= p.first_lba <= p.last_lba <= geo.last_usable_lba:
             raise InputError(f"GPT partition {p.number} ({p.name!r}): sectors {p.first_lba}-"
                              f"{p.last_lba} are outside the usable range "
                              f"{geo.first_usable_lba}-{geo.last_usable_lba}")
     entries = build_entries(partitions, num_entries)
+    padded = entries.ljust(geo.entry_sectors * sector_size, b"\0")
     common = dict(first_usable_lba=geo.first_usable_lba, last_usable_lba=geo.last_usable_lba,
                   disk_guid=disk_guid, entries_raw=entries)
-    primary = build_header(my_lba=1, alternate_lba=geo.backup_header_lba, entries_lba=2, **common)
-    backup = build_header(my_lba=geo.backup_header_lba, alternate_lba=1,
-                          entries_lba=geo.backup_entries_lba, **common)
+    primary = build_header(my_lba=1, alternate_lba=geo.backup_header_lba,
+                           entries_lba=geo.entries_lba, **common)
     pmbr = _mbr.build_sector(
         _mbr.protective_partitions(disk_sectors, first_usable_lba=geo.first_usable_lba,
-                                   hybrid=hybrid),
+                                   hybrid=hybrid, protective_first=protective_first),
         disk_signature=mbr_signature, boot_code=boot_code)
-    return [
-        (0, pmbr),
-        (sector_size, primary),
-        (2 * sector_size, entries),
-        (geo.backup_entries_lba * sector_size, entries),
-        (geo.backup_header_lba * sector_size, backup),
-    ]
+    regions = [(0, pmbr), (sector_size, primary), (geo.entries_lba * sector_size, padded)]
+    if backup:
+        secondary = build_header(my_lba=geo.backup_header_lba, alternate_lba=1,
+                                 entries_lba=geo.backup_entries_lba, **common)
+        regions += [(geo.backup_entries_lba * sector_size, padded),
+                    (geo.backup_header_lba * sector_size, secondary)]
+    return regions
 
 
 def _parse_header(f: BinaryIO, lba: int, sector_size: int, what: str):

@@ -213,13 +213,15 @@ def _link_entry(link: MbrPartition | None, ext_start: int) -> dict:
 
 
 def protective_partitions(disk_sectors: int, *, first_usable_lba: int,
-                          hybrid: Sequence[MbrPartition] = ()) -> list[MbrPartition]:
+                          hybrid: Sequence[MbrPartition] = (),
+                          protective_first: bool = True) -> list[MbrPartition]:
     """The entries of a protective MBR, or of a hybrid one when ``hybrid`` is not empty.
 
     Plain protective: one 0xEE entry over the whole disk (clamped to 32 bits), as the UEFI
-    spec asks. Hybrid: the 0xEE entry first, covering LBA 1 up to the first mirrored partition
-    (at least the GPT header and entry array), then up to three entries mirroring GPT
-    partitions: the layout ``sgdisk -h`` makes.
+    spec asks. Hybrid: the 0xEE entry covering LBA 1 up to the first mirrored partition (at
+    least the GPT header and entry array), and up to three entries mirroring GPT partitions:
+    the layout ``sgdisk -h`` makes. The 0xEE entry comes first, or last when
+    ``protective_first`` is false (some firmware and boot code look only at the first slot).
     """
     if len(hybrid) > 3:
         raise InputError(f"a hybrid MBR mirrors at most 3 GPT partitions, got {len(hybrid)}")
@@ -229,10 +231,11 @@ def protective_partitions(disk_sectors: int, *, first_usable_lba: int,
     if ee_end < first_usable_lba - 1:
         raise InputError(f"hybrid MBR: partition at LBA {min(p.start_lba for p in hybrid)} starts "
                          f"inside the GPT structures (first usable LBA {first_usable_lba})")
-    out = [MbrPartition(1, PROTECTIVE_TYPE, 1, ee_end)]
-    for i, p in enumerate(hybrid, start=2):
-        out.append(MbrPartition(i, p.type, p.start_lba, p.num_sectors, p.bootable))
-    return out
+    mirrored = [MbrPartition(0, p.type, p.start_lba, p.num_sectors, p.bootable) for p in hybrid]
+    protective = MbrPartition(0, PROTECTIVE_TYPE, 1, ee_end)
+    ordered = [protective, *mirrored] if protective_first else [*mirrored, protective]
+    return [MbrPartition(i, p.type, p.start_lba, p.num_sectors, p.bootable)
+            for i, p in enumerate(ordered, start=1)]
 
 
 def looks_like_table(sector: bytes) -> bool:

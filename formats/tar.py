@@ -15,20 +15,23 @@ whose mask then becomes the group bits, as ``stat`` shows them.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import io
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import libarchive
 from libarchive import ffi
+from libarchive.write import new_archive_write
 
 from imgkit.errors import ImageError, InputError
 from imgkit.holes import Ranges, blob_data_ranges, gaps, read_range
 from imgkit.sources import posix_acl
-from imgkit.sources.archive import _ACL_TAGS, _ACL_XATTRS
 from imgkit.tree import Blob, Entry, Kind, Tree
 
 _CHUNK = 1 << 20
@@ -44,8 +47,8 @@ ffi.ffi("entry_acl_add_entry", [ffi.c_archive_entry_p, ctypes.c_int, ctypes.c_in
                                 ctypes.c_int, ctypes.c_char_p], ctypes.c_int)
 
 #: Our ACL tags and xattr names -> libarchive's ACL tags and types (archive_entry.h).
-_LIBARCHIVE_TAG = {tag: number for number, tag in _ACL_TAGS.items()}
-_LIBARCHIVE_TYPE = {xattr: number for number, xattr in _ACL_XATTRS.items()}
+_LIBARCHIVE_TAG = {tag: number for number, tag in posix_acl.LIBARCHIVE_TAGS.items()}
+_LIBARCHIVE_TYPE = {xattr: number for number, xattr in posix_acl.LIBARCHIVE_TYPES.items()}
 
 #: Our compression names -> libarchive filter names.
 FILTERS = {"none": None, "gzip": "gzip", "xz": "xz", "zstd": "zstd", "lz4": "lz4"}
@@ -140,13 +143,38 @@ def _zero_span() -> ctypes.Array[ctypes.c_char]:
     return (ctypes.c_char * _ZERO_SPAN).from_buffer(mmap.mmap(-1, _ZERO_SPAN))
 
 
-def _write_body(a, blob: Blob, ranges: Ranges | None, path: str) -> None:
+class _Buffer:
+    """One reusable buffer that host files are read into and libarchive copies from: no
+    ``bytes`` object made per read."""
+
+    def __init__(self) -> None:
+        self.raw = ctypes.create_string_buffer(_CHUNK)
+        self.address = ctypes.addressof(self.raw)
+        self.view = memoryview(self.raw).cast("B")
+
+
+def _write_body(a, blob: Blob, ranges: Ranges | None, path: str, buf: _Buffer) -> None:
     """Stream the member's bytes. libarchive wants a sparse member's holes too (it skips
     them, not storing a byte); its data ranges are read from the host file alone."""
     if ranges is None:
-        with blob.open() as src:
-            while chunk := src.read(_CHUNK):
-                ffi.write_data(a, chunk, len(chunk))
+        where = blob.host_range()
+        if where is None:
+            with blob.open() as src:
+                while chunk := src.read(_CHUNK):
+                    ffi.write_data(a, chunk, len(chunk))
+            return
+        fd = os.open(where[0], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            offset, left = where[1], blob.size
+            while left:
+                n = os.preadv(fd, [buf.view[:min(left, _CHUNK)]], offset)
+                if not n:
+                    raise ImageError(f"{path}: the file shrank while it was being archived")
+                ffi.write_data(a, buf.address, n)
+                offset += n
+                left -= n
+        finally:
+            os.close(fd)
         return
     host, base = blob.host_range()  # type: ignore[misc]  # ranges imply a host file
     fd = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
@@ -160,6 +188,34 @@ def _write_body(a, blob: Blob, ranges: Ranges | None, path: str) -> None:
                 ffi.write_data(a, chunk, len(chunk))
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _open_archive(out: BinaryIO, fmt: str, filt: str | None, options: str) -> Iterator[Any]:
+    """A libarchive writer into ``out``, 1 MiB blocks, the last one not padded. A plain
+    file is written by libarchive itself, through its descriptor; anything else gets the
+    blocks through a Python callback."""
+    fd = None
+    if isinstance(out, (io.FileIO, io.BufferedWriter, io.BufferedRandom)):
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()
+            fd = out.fileno()
+    if fd is None:
+        def write_cb(data) -> int:
+            out.write(data)
+            return len(data)
+
+        with libarchive.custom_writer(write_cb, fmt, filt, options=options,
+                                      block_size=_CHUNK) as archive:
+            yield archive._pointer
+        return
+    with new_archive_write(fmt, filt, options) as a:
+        ffi.write_set_bytes_in_last_block(a, 1)
+        ffi.write_set_bytes_per_block(a, _CHUNK)
+        ffi.write_open_fd(a, fd)
+        yield a
+    if out.seekable():
+        out.seek(0, os.SEEK_END)  # where libarchive left the descriptor
 
 
 def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "pax_restricted",
@@ -181,14 +237,9 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
     elif compress == "xz":
         options = "xz:threads=0"
 
-    def write_cb(data) -> int:
-        out.write(data)
-        return len(data)
-
+    buf = _Buffer()
     try:
-        with libarchive.custom_writer(write_cb, fmt, filt, options=options,
-                                      block_size=_CHUNK) as archive:
-            a = archive._pointer
+        with _open_archive(out, fmt, filt, options) as a:
             for e in tree:
                 if not e.path and not include_root:
                     continue
@@ -202,7 +253,7 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
                 try:
                     ffi.write_header(a, p)
                     if has_data:
-                        _write_body(a, e.data, ranges, e.path)  # type: ignore[arg-type]
+                        _write_body(a, e.data, ranges, e.path, buf)  # type: ignore[arg-type]
                     ffi.write_finish_entry(a)
                 finally:
                     ffi.entry_free(p)

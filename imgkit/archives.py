@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from imgkit.atomic import atomic_open
 from imgkit.compress import check_method, compressed_writer
 from imgkit.formats.cpio import unstorable, write_cpio
-from imgkit.formats.tar import write_tar
 from imgkit.tree import Tree
 
 
@@ -40,6 +39,7 @@ def write_initramfs(tree: Tree, out_path: str, *, compress: str = "zstd",
 
 def write_tarball(tree: Tree, out_path: str, *, compress: str = "none") -> ArchiveResult:
     """Write ``tree`` as a pax tar at ``out_path``, compressed by libarchive's filters."""
+    from imgkit.formats.tar import write_tar  # libarchive: not loaded for an initramfs
     check_method(compress)
     with atomic_open(out_path) as f:
         written = write_tar(tree, f, compress=compress)

@@ -19,6 +19,7 @@ from imgkit.sources.oci import split_image_prefix
 from imgkit.tree import Entry, FileBlob, Kind, Tree, normalize_path
 
 if TYPE_CHECKING:
+    from imgkit.elfdeps import Root
     from imgkit.vm.guest_init import InitConfig
 
 
@@ -58,6 +59,11 @@ class TreeSpec:
     #: Tree paths whose files get every block allocated (a directory: each file below it;
     #: ``/``: the whole tree), see :attr:`Entry.keep_zeros`.
     keep_zeros: tuple[str, ...] = ()
+    #: ELF binaries (absolute paths or names looked up in the sbin and bin directories) laid
+    #: under the user tree with their shared-library closure (:mod:`imgkit.elfdeps`), owned
+    #: 0:0, taken from ``binaries_root`` (default: the host).
+    binaries: tuple[str, ...] = ()
+    binaries_root: Root | None = None
 
 
 def split_prefix(source: str) -> tuple[str, str]:
@@ -82,7 +88,7 @@ def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -
     a tree means the same thing whichever way it is declared. The built-in init's own entries
     (owned by 0:0 already) are laid under the finished user tree, outside the id map.
     """
-    user = _assemble_user(spec)
+    user = _with_binaries(spec, _assemble_user(spec))
     if spec.init is None:
         if spec.modules or spec.rc is not None or spec.init_config is not None:
             raise InputError(f"{spec.origin}: modules, rc and init_config need init = 'busybox'",
@@ -96,6 +102,8 @@ def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -
     wanted = spec.modules
     if spec.init_config is not None:
         render_init_conf(spec.init_config)  # its errors first, before modules are looked up
+        if spec.init_config.verity:
+            _need_binary(user, "veritysetup", spec.origin, "init_config verity")
         wanted = tuple(dict.fromkeys(wanted + init_config_modules(spec.init_config)))
     modules = []
     if wanted:
@@ -110,6 +118,30 @@ def assemble(spec: TreeSpec, *, progress: Callable[[str], None] | None = None) -
                              init_config=spec.init_config, mtime=spec.mtime or 0)
     base.overlay(user)
     return base
+
+
+def _need_binary(tree: Tree, name: str, origin: str, what: str) -> None:
+    """The init runs ``name`` from its PATH: it must be in the tree."""
+    if not any(f"{d}/{name}" in tree for d in ("usr/sbin", "usr/bin", "sbin", "bin")):
+        raise InputError(f"{origin}: {what} needs {name} in the initramfs",
+                         hint=f'add binaries = ["{name}"] (with its libraries, from the host)')
+
+
+def _with_binaries(spec: TreeSpec, user: Tree) -> Tree:
+    """``user`` laid over the binaries and their libraries (the user's own files win)."""
+    if not spec.binaries:
+        return user
+    from imgkit.elfdeps import HostRoot, closure_entries
+
+    root = spec.binaries_root or HostRoot()
+    try:
+        entries = closure_entries(root, spec.binaries, mtime=spec.mtime or 0)
+    except InputError as exc:
+        raise InputError(f"{spec.origin}: binaries: {exc}", hint=exc.hint) from None
+    tree = Tree(default_mtime=spec.mtime or 0)
+    tree.update(entries)
+    tree.overlay(user)
+    return tree
 
 
 def _assemble_user(spec: TreeSpec) -> Tree:

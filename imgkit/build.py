@@ -27,6 +27,7 @@ from imgkit.bootloaders import table as boot
 from imgkit.config import (
     SUBSTITUTION,
     Config,
+    DiskConfig,
     FilesystemConfig,
     PartitionConfig,
     TreeConfig,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     from imgkit.disk import layout
     from imgkit.disk.image import Content
+    from imgkit.elfdeps import Root
     from imgkit.formats import verity as dm_verity
     from imgkit.tree import Tree
     from imgkit.vm.kernel import KernelInfo
@@ -255,7 +257,8 @@ class Builder:
                       for dest, src in tc.files)
         idmap = idmap_from_options(squash=tc.owner == "squash", root_uid=tc.root_uid,
                                    root_gid=tc.root_gid, uid_map=tc.uid_map, gid_map=tc.gid_map)
-        spec = TreeSpec(sources=tc.sources, entries=tc.entries, files=files, idmap=idmap,
+        spec = TreeSpec(binaries=tc.binaries, binaries_root=self._binaries_root(tc),
+                        sources=tc.sources, entries=tc.entries, files=files, idmap=idmap,
                         host_owners=tc.host_owners, mtime=self.mtime,
                         origin=f"{self.cfg.path}: [trees.{tc.name}]",
                         entries_origin=f"{self.cfg.path}: [trees.{tc.name}] entries line",
@@ -266,6 +269,18 @@ class Builder:
         for warning in tree.warnings:
             self.progress(f"warning: tree {tc.name}: {warning}")
         return tree
+
+    def _binaries_root(self, tc: TreeConfig) -> Root | None:
+        """Where ``[trees.NAME] binaries`` are read from: the host (``None``) or a tree."""
+        if not tc.binaries or tc.binaries_from == "host":
+            return None
+        from imgkit.elfdeps import TreeRoot
+        if tc.binaries_from == tc.name or tc.binaries_from not in self.cfg.trees:
+            others = [n for n in self.cfg.trees if n != tc.name]
+            raise InputError(f"{self.cfg.path}: [trees.{tc.name}] binaries_from: expected "
+                             f"\"host\" or another tree, got {tc.binaries_from!r}",
+                             hint="trees: " + (", ".join(others) or "none"))
+        return TreeRoot(self.tree(tc.binaries_from), f"tree {tc.binaries_from}")
 
     # -- archives and UKIs ------------------------------------------------------------------
     def initramfs(self, name: str) -> str:
@@ -454,7 +469,7 @@ class Builder:
 
     def disk(self) -> str:
         from imgkit.disk import layout
-        from imgkit.disk.image import write_disk_into
+        from imgkit.disk.image import convert_raw, write_disk_into
 
         dc = self.cfg.disk
         assert dc is not None
@@ -486,17 +501,13 @@ class Builder:
         if bios:
             specs += bios.extra_partitions(bios_options, dc.table, tuple(specs))
         blobs = self._regions()
-        plan = layout.plan(layout.DiskSpec(table=dc.table, partitions=tuple(specs),
-                                           size=None if dc.size == "auto" else dc.size,
-                                           alignment=dc.alignment, seed=self._seed("disk"),
-                                           disk_guid=dc.guid, disk_signature=dc.signature,
-                                           reserved=tuple(r for r, _ in blobs)))
+        plan = layout.plan(self._disk_spec(dc, specs, tuple(r for r, _ in blobs)))
         self._check_room(plan.disk_size, "[disk] size", self.output_dir)
         regions = bios.disk_regions(bios_options, dc.table, plan, holder, self.context()) \
             if bios else boot.DiskBoot()
         out = self._out_path(dc.output)
         with atomic_path(out) as tmp:
-            # A raw disk is assembled in its final file; qcow2 is converted from a raw one.
+            # A raw disk is assembled in its final file; other formats are converted from one.
             raw = tmp if dc.format == "raw" else os.path.join(self.work, "disk.raw")
             with open(raw, "wb") as f:
                 f.truncate(plan.disk_size)
@@ -514,15 +525,31 @@ class Builder:
             if bios:
                 bios.install(bios_options, raw, plan.partition(holder) if holder else None,
                              self.context())
-            if dc.format == "qcow2":
-                from imgkit import tools
-                tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+            if dc.format != "raw":
+                convert_raw(raw, tmp, dc.format)
         verity_info = {name: self.verity(name).root_hash_hex for name in protected}
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,
                                   "number": p.number} for p in plan.partitions],
                      **({"verity_root_hashes": verity_info} if verity_info else {}))
         return out
+
+    def _disk_spec(self, dc: DiskConfig, specs: list[layout.PartitionSpec],
+                   reserved: tuple[layout.Reserved, ...]) -> layout.DiskSpec:
+        """The layout's view of [disk]: its keys, with the layout's defaults where unset."""
+        from imgkit.disk import layout
+        if dc.gpt_backup is False:
+            self.progress(f"warning: {self.cfg.path}: disk.gpt_backup = false: the disk has no "
+                          "backup GPT; sgdisk, sfdisk, fdisk and firmware will report it as "
+                          "missing or damaged")
+        return layout.DiskSpec(
+            table=dc.table, partitions=tuple(specs), size=None if dc.size == "auto" else dc.size,
+            alignment=dc.alignment, seed=self._seed("disk"), disk_guid=dc.guid,
+            disk_signature=dc.signature, reserved=reserved, size_align=dc.size_align,
+            gpt_entries=dc.gpt_entries if dc.gpt_entries is not None else layout.MAX_GPT_ENTRIES,
+            gpt_entries_offset=dc.gpt_entries_offset, gpt_first_lba=dc.gpt_first_lba,
+            gpt_backup=dc.gpt_backup is not False, protective_first=dc.hybrid_ee != "last",
+            auto_logical=dc.auto_logical)
 
     def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,
                         holder: str | None, bios: boot.BootPath | None) -> layout.PartitionSpec:

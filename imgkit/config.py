@@ -110,6 +110,11 @@ class TreeConfig:
     init: str | None = setting(STR, None, choices=("busybox",), help="add imgkit's /init and busybox")
     modules: tuple[str, ...] = setting(STRINGS, (), help="kernel modules (and their dependencies) to add")
     rc: str | None = setting(STR, None, help="shell script the built-in init runs when there is no root=")
+    binaries: tuple[str, ...] = setting(
+        STRINGS, (), help="ELF binaries (paths, or names found in /usr/sbin, /usr/bin, /sbin, /bin) "
+                          "added with their shared-library closure, read from the ELF files")
+    binaries_from: str = setting(STR, "host", help="where binaries come from: \"host\" or the "
+                                                   "name of another [trees.NAME]")
     # -- the built-in init's declarative config (imgkit.vm.guest_init.InitConfig) --
     init_config: InitConfig | None = setting(
         table_of(InitConfig), None,
@@ -211,6 +216,20 @@ class DiskConfig:
     signature: int | None = setting(INT, None, help="MBR disk signature (default: derived from the seed)")
     regions: tuple[RegionConfig, ...] = setting(tables_of(RegionConfig), (),
                                                 help="raw data at fixed offsets, outside the partitions")
+    size_align: str | None = setting(SIZE, None, help="an automatic disk size is rounded up to "
+                                                      "this (default: the alignment)")
+    gpt_entries: int | None = setting(INT, None, help="GPT entry count (default 128; at least "
+                                                      "one per partition)")
+    gpt_entries_offset: str | None = setting(SIZE, None, help="where the GPT entry array goes, "
+                                                              "e.g. \"1M\" (default: LBA 2)")
+    gpt_first_lba: int | None = setting(INT, None, help="the first LBA partitions may use "
+                                                        "(default: right after the entry array)")
+    gpt_backup: bool | None = setting(BOOL, None, help="write the backup GPT at the end (default "
+                                                       "true; false makes standard tools complain)")
+    auto_logical: bool = setting(BOOL, False, help="on MBR, more than four partitions make the "
+                                                   "fourth and later logical ones")
+    hybrid_ee: str | None = setting(STR, None, choices=("first", "last"),
+                                    help="the hybrid MBR's 0xEE entry: first (default) or last")
 
 
 def _boot_choice(firmware: str, default: str) -> ValueType:
@@ -440,6 +459,18 @@ def _check_disk_keys(cfg: Config, dc: DiskConfig) -> None:
                          hint="use signature for the MBR disk signature")
         if dc.hybrid_mbr:
             raise refuse("disk.hybrid_mbr", "a hybrid MBR exists only on GPT disks")
+    if dc.table != "gpt":
+        for key in ("gpt_entries", "gpt_entries_offset", "gpt_first_lba", "gpt_backup"):
+            if getattr(dc, key) is not None:
+                raise refuse(f"disk.{key}", "shapes a GPT, and this disk has none")
+    if dc.auto_logical and dc.table != "mbr":
+        raise refuse("disk.auto_logical", "makes MBR logical partitions, and this disk is not "
+                     "MBR")
+    if dc.hybrid_ee is not None and not dc.hybrid_mbr:
+        raise refuse("disk.hybrid_ee", "places the 0xEE entry of a hybrid MBR, and this disk "
+                     "has no disk.hybrid_mbr")
+    if dc.table == "none":
+        _check_tableless_keys(cfg, dc)
     if dc.table == "gpt" and dc.signature is not None and not dc.hybrid_mbr:
         raise refuse("disk.signature", "a GPT disk has no MBR disk signature (only a hybrid MBR "
                                        "has one)", hint="use guid for the GPT disk GUID")
@@ -464,6 +495,26 @@ def _check_disk_keys(cfg: Config, dc: DiskConfig) -> None:
         if p.image_offset not in ("0", "0B") and not p.image:
             raise InputError(f"{cfg.path}: {where}.image_offset: there is no image to place",
                              hint="add image = ... or drop image_offset")
+
+
+#: Partition keys a disk without a partition table has nowhere to write (key -> its default).
+_TABLE_PARTITION_KEYS = {"type": "linux", "bootable": False, "attributes": (), "guid": None,
+                         "logical": False, "mbr_type": None}
+
+
+def _check_tableless_keys(cfg: Config, dc: DiskConfig) -> None:
+    """``table = "none"``: the disk keys and partition keys that only a table holds."""
+    def refuse(key: str) -> InputError:
+        return InputError(f"{cfg.path}: {key}: needs a partition table (this disk's table is "
+                          "'none')", hint="drop the key, or use table = 'gpt' or 'mbr'")
+
+    for key in ("guid", "signature", "bios", "hybrid_mbr"):
+        if getattr(dc, key):
+            raise refuse(f"disk.{key}")
+    for i, p in enumerate(dc.partitions):
+        for key, default in _TABLE_PARTITION_KEYS.items():
+            if getattr(p, key) != default:
+                raise refuse(f"disk.partitions[{i}] ({p.name!r}).{key}")
 
 
 def declared_outputs(cfg: Config) -> list[tuple[str, str]]:

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 
 #: What :func:`sniff` can answer (besides ``"unknown"``).
 FORMATS = ("gpt", "mbr", "fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660",
-           "squashfs", "erofs", "cpio", "tar", "zip", "qcow2", "pe", "uki", "bzimage", "elf",
-           "multiboot", "multiboot2", "grub-boot", "grub-core")
+           "squashfs", "erofs", "cpio", "tar", "zip", "qcow2", "android-sparse", "pe", "uki",
+           "bzimage", "elf", "multiboot", "multiboot2", "grub-boot", "grub-core")
 DISK_FORMATS = ("gpt", "mbr")
 FS_FORMATS = ("fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660", "squashfs", "erofs")
 ARCHIVE_FORMATS = ("cpio", "tar", "zip")
@@ -166,6 +166,9 @@ def sniff_bytes(head: bytes) -> Detected:
     disk = dict(boot_signature=signed, boot_code=signed and any(head[:440]))
     if head[:4] == _QCOW2:
         return Detected("qcow2")
+    from imgkit.formats import android_sparse
+    if head[:4] == android_sparse.MAGIC_BYTES:
+        return Detected("android-sparse")
     if head[_ISO_AT:_ISO_AT + 5] == _ISO_ID:
         return Detected("iso9660", **disk)
     from imgkit.formats import squashfs

@@ -258,7 +258,26 @@ class _TempRaw:
                                             dir=scratch.current())
         os.close(fd)
         weakref.finalize(self, _unlink, self.path)
+        _check_expansion(src, os.path.dirname(self.path))
         tools.run(["qemu-img", "convert", "-U", qcow2.qemu_filename(src), "-O", "raw", self.path])
+
+
+def _check_expansion(src: str, directory: str) -> None:
+    """Refuse a qcow2 whose allocated data would pass the spool limit once converted: a few
+    hundred KB of qcow2 whose tables all point at one cluster describe 64 GiB of data."""
+    measured = json.loads(tools.run(["qemu-img", "measure", "-U", "--output=json", "-O", "qcow2",
+                                     qcow2.qemu_filename(src)]).stdout)
+    needed = int(measured.get("required", 0))
+    limit = scratch.spool_limit(directory)
+    if os.path.basename(directory).startswith(scratch.PREFIX):
+        directory = os.path.dirname(directory)
+    if needed > limit:
+        raise ImageError(f"{src}: the qcow2 image holds {needed:,} bytes of allocated data "
+                         f"({os.path.getsize(src):,} bytes on disk), more than the "
+                         f"{limit:,}-byte limit for reading it through {directory}",
+                         hint="IMGKIT_SPOOL_LIMIT=SIZE raises it (default: 90% of the free "
+                              "space there); a small qcow2 describing this much data has "
+                              "tables pointing at shared clusters")
 
 
 def _unlink(path: str) -> None:
@@ -325,6 +344,9 @@ def describe(path: str | os.PathLike) -> dict:
                 out["hybrid"] = table["table"]
         elif kind in FS_FORMATS:
             out["filesystem"] = filesystem_info(f, 0, size)
+        elif kind == "android-sparse":
+            from imgkit.formats import android_sparse
+            out["android_sparse"] = android_sparse.summary(android_sparse.read_sparse(f))
         elif kind == "unknown":
             raise unknown_format(path, _read_at(f, 0, 16))
     if found.is_archive:
@@ -351,7 +373,7 @@ def unknown_format(path: str, head: bytes) -> ImageError:
         "zeros" if not head.strip(b"\0") else f"first bytes {head.hex(' ')} ({head!r:.40})")
     return ImageError(f"{path}: unknown image format: found {what}",
                       hint="recognised: GPT and MBR disks, FAT12/16/32, ext2/3/4, ISO 9660, "
-                           "squashfs, qcow2, cpio and tar (plain or gzip/xz/zstd/lz4/bzip2), "
+                           "squashfs, qcow2, Android sparse, cpio and tar (plain or gzip/xz/zstd/lz4/bzip2), "
                            "zip, PE/UKI, multiboot kernels, GRUB boot.img and core.img")
 
 
@@ -394,7 +416,8 @@ def _table_lines(table: dict) -> list[str]:
     lines = []
     if table["table"] == "gpt":
         lines.append(f"Partition table: GPT, disk GUID {table['disk_guid'].upper()}, "
-                     f"{ss}-byte sectors, {table['max_partitions']} entries")
+                     f"{ss}-byte sectors, {table['max_partitions']} entries at LBA "
+                     f"{table['entries_lba']}")
         lines.append(f"Usable sectors {table['first_usable_lba']}-{table['last_usable_lba']}; "
                      f"backup table {'OK' if table['backup_ok'] else 'MISSING OR DIFFERENT'}")
     else:
@@ -484,6 +507,12 @@ def format_description(d: dict) -> str:
         for s in pe["sections"]:
             lines.append(f"  {s['name']:<10}{s['virtual_size']:>12}{s['virtual_address']:>12}"
                          f"{s['raw_size']:>12}{s['raw_offset']:>12}")
+    if "android_sparse" in d:
+        a = d["android_sparse"]
+        lines.append(f"Android sparse image: {a['expanded_size']:,} bytes "
+                     f"({_size(a['expanded_size'])}) expanded, {a['block_size']}-byte blocks, "
+                     f"{a['chunks']} chunks: {a['raw_blocks']} blocks raw, {a['fill_blocks']} "
+                     f"fill, {a['dont-care_blocks']} don't care")
     if "qcow2" in d:
         q = d["qcow2"]
         lines.append(f"qcow2 (compat {q['compat']}): virtual size {q['virtual_size']:,} bytes "

@@ -56,6 +56,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def spool_limit(directory: str) -> int:
+    """How many bytes a run may expand an input into below ``directory`` (an archive's spool,
+    a qcow2 converted to raw): ``$IMGKIT_SPOOL_LIMIT`` (a size such as ``20G``), else 90% of
+    the free space there, so that a compression bomb ends in an error, not a full ``$TMPDIR``."""
+    given = os.environ.get("IMGKIT_SPOOL_LIMIT")
+    if given:
+        from imgkit.sizes import parse_size
+        return parse_size(given, what="IMGKIT_SPOOL_LIMIT")
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize * 9 // 10
+
+
 def owner_gone(name: str, pattern: re.Pattern[str]) -> bool:
     """Whether the temporary ``name`` carries the pid of a process that no longer exists."""
     m = pattern.match(name)

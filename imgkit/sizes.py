@@ -127,11 +127,25 @@ def parse_size_spec(value: str | int | Percent, *, what: str = "size",
         raise InputError(f"{exc} (accepted forms: {', '.join(forms)})", hint=exc.hint) from None
 
 
+_BINARY_UNITS = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
+
+
 def format_size(n: int) -> str:
-    """Bytes as a short human string that is exact when possible (``"64 MiB"``, ``"1536 B"``)."""
-    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    """Bytes as a human string that never hides a byte: a whole unit when exact (``"64 MiB"``),
+    else the byte count with the rounded size beside it (``"4,193,792 bytes (4.00 MiB)"``,
+    ``"1,536 bytes (1.50 KiB)"``, ``"100 bytes"``)."""
+    for unit, factor in _BINARY_UNITS:
         if n >= factor and n % factor == 0:
             return f"{n // factor} {unit}"
-    if n >= MiB:
-        return f"{n} B ({n / MiB:.2f} MiB)"
-    return f"{n} B"
+    for unit, factor in _BINARY_UNITS:
+        if n >= factor:
+            return f"{n:,} bytes ({n / factor:.2f} {unit})"
+    return f"{n:,} bytes"
+
+
+def format_size_and_bytes(n: int) -> str:
+    """:func:`format_size`, followed by the byte count when the short form does not show it
+    (``"8 MiB (8388608 bytes)"``, ``"4,193,792 bytes (4.00 MiB)"``): for messages comparing
+    two sizes, where the exact numbers matter."""
+    text = format_size(n)
+    return text if "bytes" in text else f"{text} ({n} bytes)"

@@ -30,8 +30,9 @@ def load(tmp_path, text: str):
 
 
 @pytest.mark.parametrize("body,message,hint", [
-    ("[disk]\noutput = 'd.img'\nformat = 'vmdk'\n",
-     r"c\.toml: disk\.format: expected one of raw, qcow2, got 'vmdk'", "allowed: raw, qcow2"),
+    ("[disk]\noutput = 'd.img'\nformat = 'vdi'\n",
+     r"c\.toml: disk\.format: expected one of raw, qcow2, vmdk, vhdx, vpc, android-sparse, "
+     r"got 'vdi'", "allowed: raw, qcow2"),
     ("[initramfs.i]\ntree = 't'\ncompress = 'bzip2'\n[trees.t]\n",
      r"initramfs\.i\.compress: expected one of none, gzip, xz, zstd, lz4", "allowed: none"),
     ("[trees.t]\nhost_owners = 1\n", r"trees\.t\.host_owners: expected bool, got int 1", None),

@@ -244,7 +244,7 @@ def check_report(console: str) -> None:
 def test_debian_boots_to_login(debian_images, firmware, which):
     image = debian_images[which]
     r = _imgkit("run", image, "--firmware", firmware, "--snapshot", "--expect", "login:",
-                "--timeout", "240", timeout=300)
+                "--timeout", "480", timeout=560)
     check_report(r.stdout)
 
 
@@ -264,7 +264,7 @@ def test_debian_boots_to_login_with_grub_under_seabios(debian_grub_image):
                          capture_output=True, text=True, check=True).stdout
     assert "console=ttyS0 root=PARTLABEL=root rw rootwait panic=-1" in cfg, cfg
     r = _imgkit("run", debian_grub_image, "--firmware", "bios", "--snapshot", "--expect", "login:",
-                "--timeout", "240", timeout=300)
+                "--timeout", "480", timeout=560)
     check_report(r.stdout)
 
 

@@ -373,7 +373,9 @@ def source_dir(src):
         os.utime(p, ns=(EPOCH * 10**9 + 123, EPOCH * 10**9 + 456), follow_symlinks=False)
 
 
-def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch):
+def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch, e2fs):
+    """The source directory itself, with either e2fsprogs; the same bytes as a staging copy
+    (1.47.0) or the archive stream (1.47.1 and newer) give."""
     from imgkit.formats.ext4 import write as ext4
     from imgkit.sources import read_directory
 
@@ -382,11 +384,13 @@ def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch):
     before = sorted((str(p), p.lstat().st_mtime_ns) for p in src.rglob("*"))
     tree = read_directory(str(src))
     assert ext4._direct_source(tree, ext4.e2fsprogs_version()) is not None
-    write_ext4(tree, tmp_path / "direct.img", seed="s", mtime_epoch=EPOCH - 10)
+    info = write_ext4(tree, tmp_path / "direct.img", seed="s", mtime_epoch=EPOCH - 10)
+    assert info.populated_from == "directory"
     assert sorted((str(p), p.lstat().st_mtime_ns) for p in src.rglob("*")) == before
     fsck(tmp_path / "direct.img")
     monkeypatch.setattr(ext4, "_direct_source", lambda tree, version: None)
-    write_ext4(tree, tmp_path / "staged.img", seed="s", mtime_epoch=EPOCH - 10)
+    info = write_ext4(tree, tmp_path / "staged.img", seed="s", mtime_epoch=EPOCH - 10)
+    assert info.populated_from == expected_path()
     assert (tmp_path / "direct.img").read_bytes() == (tmp_path / "staged.img").read_bytes()
 
     img = tmp_path / "direct.img"
@@ -572,6 +576,64 @@ def test_ext4_at_an_offset_equals_the_standalone_image(tmp_path):
     assert data[3 << 20:11 << 20] == alone.read_bytes()
     assert data[:4096] == b"\xaa" * 4096 and not any(data[4096:3 << 20]) and not any(data[11 << 20:])
     subprocess.run(["e2fsck", "-fn", f"{disk}?offset={3 << 20}"], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
+def test_ext4_from_an_uncompressed_tar_reads_it_in_place(tmp_path, fmt, e2fs, monkeypatch):
+    """An uncompressed tar's members are windows of the archive (no spool, no copy in
+    scratch), whatever headers precede their data (GNU long names, pax records, hard links);
+    the image holds exactly what GNU tar extracts, as e2fsck and debugfs see it."""
+    from imgkit.sources.archive import read_archive
+    src = tmp_path / "src"
+    deep = src / ("d" * 90) / ("e" * 90)
+    deep.mkdir(parents=True)
+    files = {"a": b"A" * 511, "b": b"", "c": os.urandom(70000), f"{'d' * 90}/{'e' * 90}/f": b"f\n"}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    os.link(src / "c", src / "c-link")
+    os.symlink("a", src / "to-a")
+    archive = tmp_path / "root.tar"
+    sh_bytes("tar", "--sort=name", f"--format={fmt}", "-cf", str(archive), "-C", str(src), ".")
+    scratch_dir = tmp_path / "tmp"
+    scratch_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_dir))
+    tree = read_archive(str(archive))
+    for rel, data in files.items():
+        blob = tree[rel].data
+        assert blob.host_range()[0] == str(archive), rel
+        with blob.open() as f:
+            assert f.read() == data == sh_bytes("tar", "-xOf", str(archive), "./" + rel), rel
+    assert sum(p.stat().st_blocks for p in scratch_dir.rglob("*") if p.is_file()) == 0
+    img = tmp_path / "t.img"
+    write_ext4(tree, img, seed="t")
+    fsck(img)
+    for rel, data in files.items():
+        assert e2("debugfs", "-R", f'cat "/{rel}"', str(img)).stdout == data, rel
+    assert stat_of(img, "/c")["ino"] == stat_of(img, "/c-link")["ino"]
+    assert stat_of(img, "/c")["links"] == 2
+    assert 'Fast link dest: "a"' in stat_of(img, "/to-a")["raw"]
+
+
+def sh_bytes(*argv: str) -> bytes:
+    return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
+def test_a_tar_whose_data_is_not_where_expected_is_spooled(tmp_path, monkeypatch):
+    """When a member's header block does not check out, the archive is read again into a
+    spool: the blobs then hold the bytes GNU tar extracts, not a guess of where they were."""
+    from imgkit.sources import archive as archive_source
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 3000)
+    (src / "b").write_bytes(b"bb")
+    tar = tmp_path / "r.tar"
+    sh_bytes("tar", "--sort=name", "-cf", str(tar), "-C", str(src), ".")
+    monkeypatch.setattr(archive_source, "_is_member_header", lambda block, size: False)
+    tree = archive_source.read_archive(str(tar))
+    for name in ("a", "b"):
+        assert tree[name].data.host_range()[0] != str(tar)
+        with tree[name].data.open() as f:
+            assert f.read() == sh_bytes("tar", "-xOf", str(tar), "./" + name)
 
 
 # -- keep_zeros: a swapfile keeps every block -------------------------------------------------

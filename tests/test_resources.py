@@ -65,3 +65,50 @@ def test_a_compression_bomb_stops_at_the_spool_limit(tmp_path):
                env={"IMGKIT_SPOOL_LIMIT": "100M", "TMPDIR": str(tmpdir)})
     assert r.returncode == 0, r.stderr
     assert "zeros" in sh("bsdtar", "-tf", str(tmp_path / "out.tar"))
+
+
+def _shared_cluster_qcow2(path, virtual_size: int) -> None:
+    """A qcow2 (version 2, 64 KiB clusters) whose L1 entries all name one L2 table and whose
+    L2 entries all name one data cluster of 0xaa: six clusters on disk describing
+    ``virtual_size`` bytes of data."""
+    import struct
+    cluster = 1 << 16
+    l1_size = -(-virtual_size // (cluster * (cluster // 8)))
+    copied = 1 << 63
+    header = struct.pack(">4sIQIIQIIQQIIQ", b"QFI\xfb", 2, 0, 0, 16, virtual_size, 0, l1_size,
+                         1 * cluster, 2 * cluster, 1, 0, 0)
+    with open(path, "wb") as f:
+        f.write(header.ljust(cluster, b"\0"))
+        f.write(struct.pack(">Q", 4 * cluster | copied).ljust(8, b"\0") * l1_size)
+        f.seek(2 * cluster)
+        f.write(struct.pack(">Q", 3 * cluster).ljust(cluster, b"\0"))
+        f.write((struct.pack(">H", 1) * 6).ljust(cluster, b"\0"))
+        f.write(struct.pack(">Q", 5 * cluster | copied) * (cluster // 8))
+        f.write(b"\xaa" * cluster)
+
+
+def test_a_qcow2_describing_more_data_than_the_limit_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.qcow2"
+    _shared_cluster_qcow2(bomb, 4 << 30)
+    assert bomb.stat().st_size < 400 << 10
+    # QEMU's own map agrees that every cluster of the 4 GiB holds data
+    import json
+    extents = json.loads(sh("qemu-img", "map", "-f", "qcow2", "--output=json", str(bomb)))
+    assert sum(e["length"] for e in extents if e["data"]) == 4 << 30
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"IMGKIT_SPOOL_LIMIT": "1G", "TMPDIR": str(tmpdir)}
+    for command in ("inspect", "ls"):
+        r = imgkit(command, str(bomb), env=env)
+        line = one_error(r)
+        assert "allocated data" in line and "1,073,741,824-byte limit" in line, line
+        assert "IMGKIT_SPOOL_LIMIT" in r.stderr
+        assert not list(tmpdir.iterdir()), list(tmpdir.rglob("*"))
+    # an ordinary qcow2 under the same limit is read
+    raw = tmp_path / "disk.img"
+    with open(raw, "wb") as f:
+        f.truncate(64 << 20)
+    sh("mkfs.vfat", "-n", "SMALL", str(raw))
+    sh("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp_path / "ok.qcow2"))
+    r = imgkit("inspect", str(tmp_path / "ok.qcow2"), env=env)
+    assert r.returncode == 0 and "SMALL" in r.stdout, r.stderr

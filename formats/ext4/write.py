@@ -27,7 +27,8 @@ Two builds of the same tree are therefore bit-identical, whether from the source
 from a staging copy.
 
 From e2fsprogs 1.47.1 on, ``mke2fs -d -`` reads a tar archive on its standard input (through
-libarchive, which it loads at run time: ``libarchive13``). Then the tree is streamed to it as a
+libarchive, which it loads at run time: ``libarchive13``). Then a tree that is not exactly
+one host directory (which mke2fs still reads itself: that costs less) is streamed to it as a
 pax archive (:func:`imgkit.formats.tar.write_tar`) and no host directory is read or made: owners,
 modes, mtimes, device numbers, symlinks and hard links come from the archive. The debugfs pass
 still runs, for what the archive path leaves out: atime, ctime and crtime (mke2fs sets the
@@ -48,6 +49,7 @@ libraries are put on ``LD_LIBRARY_PATH`` of those tools only.
 """
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import contextlib
 import ctypes
@@ -61,11 +63,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from imgkit import tools
+from imgkit import progress, scratch, tools
 from imgkit.atomic import atomic_path
 from imgkit.errors import InputError, LayoutError, ToolError
 from imgkit.formats.ext4 import debugfs
@@ -156,8 +159,9 @@ def write_ext4(
     the superblock; without it, the newest mtime of the tree is used. ``features`` are added to
     :data:`DEFAULT_FEATURES` (``"^name"`` removes one), ``inodes`` overrides the inode count,
     ``reserved_percent`` is mke2fs' ``-m`` (0 by default: an image is not a shared disk).
-    ``staging_dir`` is where the temporary staging tree goes (default: beside ``out_path``,
-    where hard links to the sources are most likely to work); a tree read unchanged from one
+    ``staging_dir`` is where the temporary staging tree goes (default: beside ``out_path``
+    when hard links to the sources work there, else the run's scratch directory: never a
+    copy of the tree in the output directory); a tree read unchanged from one
     host directory needs none, as ``mke2fs`` reads that directory itself, and neither does
     any tree with e2fsprogs 1.47.1 or newer, which is streamed to ``mke2fs`` as an archive.
     """
@@ -199,27 +203,29 @@ def write_ext4(
         n_inodes = inodes
 
     out_path = os.fspath(out_path)
-    base = os.fspath(staging_dir) if staging_dir else os.path.dirname(os.path.abspath(out_path))
-    use_tar = version >= (1, 47, 1) and _tar_can_carry(tree)
+    can_tar = version >= (1, 47, 1) and _tar_can_carry(tree)
+    base = os.fspath(staging_dir) if staging_dir else _work_base(tree, out_path, can_tar)
     with tempfile.TemporaryDirectory(prefix=".imgkit-ext4-", dir=base) as work, \
             (atomic_path(out_path) if offset is None else contextlib.nullcontext(out_path)) as tmp, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         source: str | None = None
         host: dict[str, _Host] = {}
-        if use_tar:
+        # The source directory first, whatever the version: mke2fs reading it costs less
+        # than streaming the tree (and gives the same image). Looked at only now that our
+        # own temporaries exist: were they inside the source directory, it would no longer
+        # match the tree and would not be used.
+        direct = _direct_source(tree, version)
+        use_tar = direct is None and can_tar
+        if direct is not None:
+            source, host = direct
+            populated_from = "directory"
+        elif use_tar:
             populated_from = "tar"
         else:
-            # Looked at only now that our own temporaries exist: were they inside the source
-            # directory, it would no longer match the tree and would not be used.
-            direct = _direct_source(tree, version)
-            if direct is not None:
-                source, host = direct
-                populated_from = "directory"
-            else:
-                source = os.path.join(work, "root")
-                stage_tree(tree, source)
-                host = _scan(source)
-                populated_from = "staging"
+            source = os.path.join(work, "root")
+            stage_tree(tree, source)
+            host = _scan(source)
+            populated_from = "staging"
         conf = os.path.join(work, "mke2fs.conf")
         feats = _merge_features(features)
         with open(conf, "w") as f:
@@ -228,7 +234,8 @@ def write_ext4(
             _mke2fs, source=source, tar=_tar_tree(tree) if use_tar else None,
             log=os.path.join(work, "mke2fs.log"), conf=conf, label=label, fs_uuid=fs_uuid,
             fs_hash=fs_hash, inodes=n_inodes, reserved=reserved_percent, fs_time=fs_time,
-            extra=tuple(extra_mke2fs_args))
+            extra=tuple(extra_mke2fs_args), what=f"ext4 {label or os.path.basename(out_path)}",
+            data_bytes=sum(e.size for e in tree if e.kind is Kind.FILE))
         try:
             if size is not None:
                 if mkfs(tmp, size, offset=offset) is not None:
@@ -267,6 +274,32 @@ def write_ext4(
             cleanup.result()
     return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes,
                     populated_from=populated_from)
+
+
+def _work_base(tree: Tree, out_path: str, use_tar: bool) -> str:
+    """Where the work directory (and a staging copy, if one is needed) goes.
+
+    Beside the output only when staging there can hard-link the tree's files (whole host
+    files on the output's filesystem): then staging costs inodes, not bytes. Otherwise (an
+    archive's spool, generated files, the archive path, which stages nothing) in this run's
+    scratch directory, beside the spool, so no copy of the tree lands in the output
+    directory and a filesystem that shares extents (``copy_file_range``) can reflink it.
+    """
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    scratch_dir = scratch.current() or tempfile.gettempdir()
+    if use_tar:
+        return scratch_dir
+    try:
+        out_dev = os.stat(out_dir).st_dev
+    except OSError:
+        return out_dir
+    for e in tree:
+        if e.kind is Kind.FILE and isinstance(e.data, FileBlob) and e.data.offset == 0:
+            try:
+                return out_dir if os.stat(e.data.path).st_dev == out_dev else scratch_dir
+            except OSError:
+                continue
+    return scratch_dir
 
 
 def estimate_size(tree: Tree, *, inodes: int | None = None,
@@ -323,6 +356,15 @@ def stage_tree(tree: Tree, staging: str) -> None:
     os.mkdir(staging, 0o755)
     linked: set[tuple[int, int]] = set()
     hardlinks: list[Entry] = []
+    files = [e for e in tree if e.kind is Kind.FILE]
+    with progress.step("staging for mke2fs", sum(e.size for e in files), len(files)) as step:
+        _stage_entries(tree, staging, linked, hardlinks, step)
+    for e in hardlinks:   # after all primaries exist, wherever they sort
+        os.link(os.path.join(staging, e.target or ""), os.path.join(staging, e.path))
+
+
+def _stage_entries(tree: Tree, staging: str, linked: set[tuple[int, int]],
+                   hardlinks: list[Entry], step: progress.Step) -> None:
     for e in tree:
         dest = os.path.join(staging, e.path) if e.path else staging
         if e.kind is Kind.DIR:
@@ -330,6 +372,7 @@ def stage_tree(tree: Tree, staging: str) -> None:
                 os.mkdir(dest, 0o755)
         elif e.kind is Kind.FILE:
             _stage_file(e, dest, linked)
+            step.advance(e.size, 1)
         elif e.kind is Kind.SYMLINK:
             os.symlink(e.target or "", dest)
         elif e.kind is Kind.FIFO:
@@ -340,8 +383,6 @@ def stage_tree(tree: Tree, staging: str) -> None:
             _stage_device(e, dest)
         elif e.kind is Kind.HARDLINK:
             hardlinks.append(e)
-    for e in hardlinks:   # after all primaries exist, wherever they sort
-        os.link(os.path.join(staging, e.target or ""), os.path.join(staging, e.path))
 
 
 def e2fsprogs_version() -> tuple[int, ...]:
@@ -597,7 +638,8 @@ def _raise_unreadable(source: str) -> None:
 
 def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log: str,
             conf: str, label: str, fs_uuid: str, fs_hash: str, inodes: int, reserved: float,
-            fs_time: int, extra: tuple[str, ...], offset: int | None = None) -> str | None:
+            fs_time: int, extra: tuple[str, ...], offset: int | None = None,
+            what: str = "ext4", data_bytes: int = 0) -> str | None:
     """Make the filesystem from the directory ``source``, or from ``tar`` streamed as an
     archive; ``None`` on success, mke2fs' complaint if the tree did not fit.
 
@@ -619,13 +661,14 @@ def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log:
     env.update({"MKE2FS_CONFIG": conf, "E2FSPROGS_FAKE_TIME": str(fs_time),
                 "SOURCE_DATE_EPOCH": str(fs_time)})
     if tar is None:
-        proc = tools.run(argv, env=env, check=False)
+        with _watch_allocation(image, what, data_bytes):
+            proc = tools.run(argv, env=env, check=False)
         returncode = proc.returncode
         text = (proc.stderr or b"").decode(errors="replace") + (proc.stdout or b"").decode(
             errors="replace")
     else:
         env["LC_ALL"] = "C.UTF-8"   # libarchive converts UTF-8 names to the locale's charset
-        returncode, text = _mke2fs_from_tar(argv, env, tar, log)
+        returncode, text = _mke2fs_from_tar(argv, env, tar, log, what)
     if returncode == 0:
         return None
     if _NO_SPACE.search(text):
@@ -638,13 +681,44 @@ def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log:
                     f"{size} byte ext4 image\n{tail}", hint=hint)
 
 
+@contextlib.contextmanager
+def _watch_allocation(image: str, what: str, data_bytes: int) -> Iterator[None]:
+    """Report mke2fs' progress (a process of its own) as the bytes allocated to ``image``
+    grow: it is made sparse, so what it holds is what mke2fs wrote."""
+    def allocated() -> int:
+        try:
+            return os.stat(image).st_blocks * 512
+        except OSError:
+            return 0
+
+    with progress.step(what, data_bytes or None) as step:
+        base = allocated()
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(0.2):
+                step.set(min(max(allocated() - base, 0), data_bytes or 1 << 62), 0)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
+
+
 class _Pipe:
     """mke2fs' standard input as the tar writer's file: once mke2fs has exited (it ran out
     of room, or failed), the rest of the archive is dropped and its exit status tells why."""
 
-    def __init__(self, f) -> None:
+    def __init__(self, f, step: progress.Step | None = None,
+                 ends: Sequence[int] = ()) -> None:
         self._f = f
         self.broken = False
+        self._step = step
+        self._ends = ends     # where each file's data ends in the stream, about
+        self._written = 0
 
     def write(self, data) -> int:
         if not self.broken:
@@ -652,6 +726,10 @@ class _Pipe:
                 self._f.write(data)
             except BrokenPipeError:
                 self.broken = True
+        if self._step is not None:
+            self._written += len(data)
+            self._step.set(min(self._written, self._ends[-1] if self._ends else 0),
+                           bisect.bisect_right(self._ends, self._written))
         return len(data)
 
     def flush(self) -> None:
@@ -663,15 +741,23 @@ class _Pipe:
 
 
 def _mke2fs_from_tar(argv: list[str], env: dict[str, str], tar: Tree,
-                     log: str) -> tuple[int, str]:
+                     log: str, what: str) -> tuple[int, str]:
     """Run mke2fs reading ``tar`` from its standard input, written as the archive goes."""
     from imgkit.formats.tar import write_tar
 
-    with open(log, "w+b") as out:
+    # About where each file's data ends in the archive (a header or three per entry), so
+    # the progress line can count files as the bytes go.
+    ends, at = [], 0
+    for e in tar:
+        at += 3 * 512
+        if e.kind is Kind.FILE:
+            at += -(-e.size // 512) * 512
+            ends.append(at)
+    with open(log, "w+b") as out, progress.step(what, at, len(ends)) as step:
         proc = tools.spawn(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
                            env=env)
         try:
-            pipe = _Pipe(proc.stdin)
+            pipe = _Pipe(proc.stdin, step, ends)
             try:
                 write_tar(tar, pipe, acl_text=False)
             finally:

@@ -7,7 +7,6 @@ name (LFN) entry, the LFN checksum and the date/time packing. Sizes are asserted
 """
 from __future__ import annotations
 
-import calendar
 import time
 
 from imgkit.formats.records import Record
@@ -117,6 +116,8 @@ def pack_time(mtime: int) -> tuple[int, int, int]:
 
 def unpack_time(date: int, tod: int) -> int:
     """Epoch seconds of a FAT date and time read as UTC, as Linux (``tz=UTC``) does; 0 if unset."""
+    import calendar  # the reader's alone: the writer's start-up does without it
+
     month, day = (date >> 5) & 0xF, date & 0x1F
     if not 1 <= month <= 12 or not day:
         return 0

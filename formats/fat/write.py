@@ -840,9 +840,13 @@ def _lfn_entries(utf16: bytes, checksum: int) -> bytes:
     out = []
     for i in range(n, 0, -1):
         c = padded[(i - 1) * per:i * per]
-        out.append(LFN.pack(order=i | (c_fat.LFN_LAST if i == n else 0), name1=c[:10],
-                            attr=ATTR_LFN, checksum=checksum, name2=c[10:22], name3=c[22:]))
+        # LFN's fields in order: order, name1, attr, type, checksum, name2, cluster, name3.
+        out.append(_LFN_PACK(i | (c_fat.LFN_LAST if i == n else 0), c[:10], ATTR_LFN, 0,
+                             checksum, c[10:22], 0, c[22:]))
     return b"".join(out)
+
+
+_LFN_PACK = LFN.struct.pack
 
 
 def _directory(node: _Node, parent_cluster: int, is_root: bool, label: bytes,

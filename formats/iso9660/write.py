@@ -39,7 +39,6 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError, LayoutError
-from imgkit.formats import gpt as _gpt
 from imgkit.losses import xattr_loss
 from imgkit.tree import Blob, Entry, Kind, Tree
 
@@ -131,10 +130,13 @@ def write_iso(
             if boot is not None:
                 builder.add_boot(iso, boot)
             with atomic_open(out_path) as f:
-                iso.write_fp(f)
+                with _kernel_copies(f) as out:
+                    # One read per file: each becomes a single copy_file_range (_Deferred).
+                    iso.write_fp(out, blocksize=1 << 40)
                 size = f.tell()
                 if boot is not None and boot.isohybrid and _has_gpt(f):
-                    _gpt.reseal(f)
+                    from imgkit.formats import gpt  # construct: 8 MB, for hybrid images only
+                    gpt.reseal(f)
         except PyCdlibException as exc:
             raise LayoutError(f"ISO image {os.fspath(out_path)!r}: {exc}") from exc
         finally:
@@ -151,8 +153,14 @@ def _has_gpt(f) -> bool:
 
 # -- names --------------------------------------------------------------------------------
 
+_NOT_DCHAR = re.compile(r"[^A-Z0-9_]")
+_NOT_JOLIET = re.compile(r"[*/:;?\\]")
+#: What Joliet's UCS-2 cannot hold: characters past the BMP, and lone surrogates.
+_NOT_UCS2 = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+
+
 def _dchars(text: str) -> str:
-    return re.sub(r"[^A-Z0-9_]", "_", text.upper())
+    return _NOT_DCHAR.sub("_", text.upper())
 
 
 class _Names:
@@ -171,7 +179,8 @@ class _Names:
         while name.upper() in used:
             n += 1
             name = make(f"_{n}")
-        self.counters[key] = n
+        if n:  # a name taken at the first try needs no counter: the next try starts at 0
+            self.counters[key] = n
         used.add(name.upper())
         return name
 
@@ -196,9 +205,9 @@ def _iso_dir_name(name: str, level: int, suffix: str) -> str:
 
 
 def _joliet_name(name: str, suffix: str) -> str:
-    clean = re.sub(r"[*/:;?\\]", "_", name)
-    clean = "".join(c if ord(c) < 0x10000 and not 0xD800 <= ord(c) < 0xE000 else "_"
-                    for c in clean)
+    clean = _NOT_JOLIET.sub("_", name)
+    if not clean.isascii():
+        clean = _NOT_UCS2.sub("_", clean)
     if len(clean) + len(suffix) <= 64:
         return clean + suffix
     stem, dot, ext = clean.rpartition(".")
@@ -252,7 +261,8 @@ class _Builder:
         jol = self.joliet_names.unique(e.parent, lambda s: _joliet_name(e.name, s))
         jol_full = posixpath.join(parent_jol, jol)
         self.iso_path[e.path] = iso_full
-        self.joliet_path[e.path] = jol_full
+        if e.kind is Kind.DIR:  # only directories' Joliet paths are looked up again
+            self.joliet_path[e.path] = jol_full
         return iso_full, jol_full
 
     def populate(self, iso: pycdlib.PyCdlib, clock: _Clock) -> None:
@@ -303,21 +313,33 @@ class _Builder:
         # Owners and the times of '.' and '..' go in after everything is added: a record
         # lookup makes pycdlib lay out the whole image again, once per call while entries are
         # still being added, which would be quadratic.
-        self._fix_root(iso, self.tree.root)
+        # Every name is chosen: the per-directory name sets go before the records are walked
+        # (the build's peak of memory).
+        self.iso_names = self.joliet_names = _Names()
+        root = self._fix_root(iso, self.tree.root)
         if self.rr:
-            for e in fixups:
-                self._fix_rr(iso, e)
+            # Each entry by its ISO path (the strings already held), met on one walk of the
+            # records; what the walk does not reach is in or below a Rock Ridge relocated
+            # directory, found through pycdlib, which follows the links.
+            pending = {self.iso_path[e.path]: e for e in fixups}
+            for path, rec in _walk_records(root):
+                e = pending.pop(path, None)
+                if e is not None:
+                    self._fix_rr(rec, e)
+            for path, e in pending.items():
+                self._fix_rr(iso.get_record(iso_path=path), e)
 
-    def _fix_root(self, iso: pycdlib.PyCdlib, root: Entry) -> None:
-        """The root's metadata lives in its ``.`` record (and the PVD's root record)."""
+    def _fix_root(self, iso: pycdlib.PyCdlib, root: Entry):
+        """The root's metadata lives in its ``.`` record (and the PVD's root record);
+        returns the root's record."""
         rec = iso.get_record(iso_path="/")
         for r in (rec, *rec.children[:2]):
             _retime(r, root.mtime)
             if self.rr and r.rock_ridge is not None:
                 _set_px(r.rock_ridge, root.st_mode, root.uid, root.gid)
+        return rec
 
-    def _fix_rr(self, iso: pycdlib.PyCdlib, e: Entry) -> None:
-        rec = iso.get_record(iso_path=self.iso_path[e.path])
+    def _fix_rr(self, rec, e: Entry) -> None:
         _set_px(rec.rock_ridge, e.st_mode, e.uid, e.gid)
         if e.kind is Kind.DIR:
             dot, dotdot = rec.children[0], rec.children[1]
@@ -369,6 +391,24 @@ class _Builder:
             iso.add_isohybrid(mbr_id=_PATCH.mbr_id, efi=efi)
 
 
+def _walk_records(root) -> Iterator[tuple[str, object]]:
+    """``(ISO 9660 path, directory record)`` of every record below ``root``, in one walk (a
+    ``get_record`` per entry looks each path up from the root again). Rock Ridge relocated
+    directories (deeper than eight levels) are not entered: their placeholder is not the
+    record to change."""
+    stack = [("/", root)]
+    while stack:
+        path, rec = stack.pop()
+        for child in rec.children[2:]:
+            rr = child.rock_ridge
+            if rr is not None and rr.child_link_record_exists():
+                continue
+            full = posixpath.join(path, child.file_identifier().decode("ascii"))
+            yield full, child
+            if child.is_dir():
+                stack.append((full, child))
+
+
 def _px(rr) -> _prr.RRPXRecord | None:
     if rr is None:
         return None
@@ -409,27 +449,118 @@ def _retime(rec, t: int) -> None:
                 setattr(tf, field, new)
 
 
-class _LazyReader(io.RawIOBase):
+class _Deferred:
+    """``length`` bytes of ``host`` from ``offset``, standing in for the bytes themselves.
+
+    While an image is written, a file's reader hands pycdlib one of these instead of the
+    data; pycdlib only measures it and passes it to the output, where :class:`_DataOut`
+    copies it in the kernel. File data never passes through Python.
+    """
+
+    __slots__ = ("host", "offset", "length")
+
+    def __init__(self, host: str, offset: int, length: int) -> None:
+        self.host, self.offset, self.length = host, offset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _Deferring(threading.local):
+    active = False
+
+
+_DEFERRING = _Deferring()
+
+
+class _DataOut:
+    """The output pycdlib writes to: bytes go to the file object, :class:`_Deferred` spans
+    are copied file to file with ``copy_file_range`` (``sendfile`` where that fails) at the
+    current position."""
+
+    mode = "wb"
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._fd = f.fileno()
+
+    def write(self, data) -> int:
+        if type(data) is not _Deferred:
+            return self._f.write(data)
+        self._f.flush()
+        pos = self._f.tell()
+        src = os.open(data.host, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            done = 0
+            with contextlib.suppress(OSError):
+                while done < data.length:
+                    n = os.copy_file_range(src, self._fd, data.length - done,
+                                           data.offset + done, pos + done)
+                    if n == 0:
+                        break
+                    done += n
+            if done < data.length:
+                os.lseek(self._fd, pos + done, os.SEEK_SET)
+                while done < data.length:
+                    n = os.sendfile(self._fd, src, data.offset + done, data.length - done)
+                    if n == 0:
+                        raise InputError(f"{data.host}: the file shrank while the ISO image "
+                                         "was written")
+                    done += n
+        finally:
+            os.close(src)
+        self._f.seek(pos + data.length)
+        return data.length
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+@contextlib.contextmanager
+def _kernel_copies(f: BinaryIO) -> Iterator[BinaryIO]:
+    """Let readers of host files hand out :class:`_Deferred` spans while ``f`` is written
+    (a plain file); anything else is written as pycdlib gives it."""
+    try:
+        f.fileno()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        yield f
+        return
+    _DEFERRING.active = True
+    try:
+        yield _DataOut(f)  # type: ignore[misc]
+    finally:
+        _DEFERRING.active = False
+
+
+class _LazyReader:
     """A file object over a Blob that opens it only while pycdlib copies it.
 
     pycdlib keeps every added file object until the image is written; holding thousands of
     host files open would exhaust file descriptors, so each is opened on first read and
-    closed once its last byte has been read.
+    closed once its last byte has been read. A small slotted object, not an ``io`` one:
+    there is one per file for the whole build.
     """
 
+    __slots__ = ("_blob", "_f", "_pos")
+    mode = "rb"
+
     def __init__(self, blob: Blob) -> None:
-        super().__init__()
         self._blob = blob
         self._f: BinaryIO | None = None
         self._pos = 0
-
-    mode = "rb"
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
         return True
+
+    @property
+    def closed(self) -> bool:
+        return False
 
     def tell(self) -> int:
         return self._pos
@@ -441,7 +572,27 @@ class _LazyReader(io.RawIOBase):
             self._pos = target
         return self._pos
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def read(self, size: int | None = -1):
+        """While the image is written (:func:`_kernel_copies`), a span of the host file
+        instead of its bytes; otherwise bytes, as any reader."""
+        left = max(self._blob.size - self._pos, 0)
+        n = left if size is None or size < 0 else min(size, left)
+        where = self._blob.host_range() if _DEFERRING.active else None
+        if where is not None:
+            span = _Deferred(where[0], where[1] + self._pos, n)
+            self._pos += n
+            return span
+        out = bytearray(n)
+        view = memoryview(out)
+        done = 0
+        while done < n:
+            got = self.readinto(view[done:])
+            if not got:
+                break
+            done += got
+        return bytes(out[:done])
+
+    def readinto(self, b) -> int:
         if self._pos >= self._blob.size:
             self._drop()
             return 0
@@ -454,7 +605,7 @@ class _LazyReader(io.RawIOBase):
                     break
                 skip -= len(chunk)
         want = min(len(b), self._blob.size - self._pos)
-        n = self._f.readinto(memoryview(b)[:want]) or 0
+        n = self._f.readinto(memoryview(b)[:want]) or 0  # type: ignore[attr-defined]
         self._pos += n
         if n == 0 or self._pos >= self._blob.size:
             self._drop()
@@ -467,7 +618,6 @@ class _LazyReader(io.RawIOBase):
 
     def close(self) -> None:
         self._drop()
-        super().close()
 
 
 # -- making pycdlib deterministic ---------------------------------------------------------
@@ -571,12 +721,17 @@ def _both32(value: int) -> bytes:
     return value.to_bytes(4, "little") + value.to_bytes(4, "big")
 
 
+def _utc_offset(tm: float, local) -> int:
+    return 0
+
+
 @contextlib.contextmanager
 def _patched_pycdlib(seed: str) -> Iterator[_Clock]:
     clock = _Clock()
     saved = [(m, "time", m.time) for m in (_pmain, _pheadervd, _pdates, _putils)]
     saved.append((_pisohybrid, "uuid", _pisohybrid.uuid))
     saved.append((_prr.RockRidge, "new", _prr.RockRidge.new))
+    saved.append((_putils, "gmtoffset_from_tm", _putils.gmtoffset_from_tm))
     _PATCH.mbr_id = int.from_bytes(hashlib.sha256(f"imgkit iso mbr\0{seed}".encode())
                                    .digest()[:4], "little")
     try:
@@ -584,6 +739,9 @@ def _patched_pycdlib(seed: str) -> Iterator[_Clock]:
             m.time = clock
         _pisohybrid.uuid = _SeededUUID(seed)
         _prr.RockRidge.new = _rr_new_with_pn(_prr.RockRidge.new)
+        # Local time is UTC on the clock above, so every date's offset from GMT is 0:
+        # skip working it out from two struct_times per date (a hundred thousand dates).
+        _putils.gmtoffset_from_tm = _utc_offset
         yield clock
     finally:
         for obj, name, value in saved:

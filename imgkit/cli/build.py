@@ -44,14 +44,19 @@ def check_output_dir(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from imgkit import progress as steps
     from imgkit.build import build
+    from imgkit.cli import progress_line
     from imgkit.config import load_config
 
     started = time.monotonic()
     quiet = args.json or args.quiet
     check_output_dir(args.output_dir)
-    result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
-                   progress=None if quiet else progress, only=tuple(args.only))
+    with steps.reporting(progress_line.for_stream(sys.stderr, quiet=quiet)):
+        result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
+                       progress=None if quiet else progress, only=tuple(args.only))
     if args.json:
         import json
 

@@ -15,7 +15,11 @@ if TYPE_CHECKING:
 
 
 def progress(message: str) -> None:
-    """One progress or summary line, on stderr (stdout is kept for ``--json``)."""
+    """One progress or summary line, on stderr (stdout is kept for ``--json``); a progress
+    line being drawn (:mod:`imgkit.cli.progress_line`) is erased first."""
+    line = sys.modules.get("imgkit.cli.progress_line")
+    if line is not None:
+        line.clear()
     print(f"imgkit: {message}", file=sys.stderr, flush=True)
 
 

@@ -19,9 +19,12 @@
 # writes it from [trees.NAME.init_config], every value quoted): it sets root=, rootfile=
 # (an image on the root device, loop-mounted), lowers= (overlay layers above the root,
 # comma-separated, later wins), upper= (tmpfs or a device), command= (the final argv,
-# quoted), initctl=, switch= (switch_root or chroot) and the hook functions hook_before_root,
+# quoted), initctl=, switch= (switch_root, pivot_root or chroot) and the hook functions hook_before_root,
 # hook_after_root and hook_before_exec. The command line overrides it with imgkit.root=,
 # imgkit.file=, imgkit.lowers=, imgkit.upper=, imgkit.fstype=, imgkit.init=, imgkit.switch=.
+# With verity= (the hash device of root=), the root is opened with veritysetup as
+# /dev/mapper/root using roothash= (or imgkit.roothash=; imgkit.verity= names the hash device)
+# and, with verity_check=, read once whole so that a corrupted block fails the boot loudly.
 # On failure it prints "imgkit-init: ERROR ..." and then powers off if panic= is set (after
 # that many seconds; negative means at once), else opens a shell.
 
@@ -69,12 +72,17 @@ fi
 # -- init config, then the kernel command line ----------------------------------------------
 root= rootfstype= rootflags= mode=ro rootdelay=10 command="'/sbin/init'" panic= cmd= want_shell=
 rootfile= lowers= upper= initctl= switch=switch_root
+verity= roothash= verity_check=1
 hook_before_root() { :; }
 hook_after_root() { :; }
 hook_before_exec() { :; }
 run_hook() {
     stage=$1; shift
     "$@" || say "warning: $stage hook '$*' exited with status $?"
+}
+# run_hook_script STAGE: the script on stdin (a here-document of init.conf), run by sh.
+run_hook_script() {
+    sh -s || say "warning: $1 hook script exited with status $?"
 }
 if [ -f /etc/imgkit/init.conf ]; then
     . /etc/imgkit/init.conf || fail "cannot read /etc/imgkit/init.conf"
@@ -97,6 +105,9 @@ handle() {
         imgkit.lowers=*) lowers=${arg#imgkit.lowers=} ;;
         imgkit.upper=*) upper=${arg#imgkit.upper=} ;;
         imgkit.switch=*) switch=${arg#imgkit.switch=} ;;
+        roothash=*) roothash=${arg#roothash=} ;;
+        imgkit.roothash=*) roothash=${arg#imgkit.roothash=} ;;
+        imgkit.verity=*) verity=${arg#imgkit.verity=} ;;
         panic=*) panic=${arg#panic=} ;;
         imgkit.cmd=*) cmd=${arg#imgkit.cmd=} ;;
         imgkit.shell) want_shell=1 ;;
@@ -243,7 +254,40 @@ mount_layer() {
     esac
 }
 
+# open_verity: root (the data device) and verity (its hash device) opened with veritysetup
+# as /dev/mapper/root, which becomes the root; with verity_check, every block is read once,
+# so a corrupted image stops the boot here instead of failing reads later.
+open_verity() {
+    [ -n "$roothash" ] || fail "verity: no root hash for $root (expected roothash=HEX on the kernel command line, e.g. roothash=\${verity:root} in a UKI cmdline)"
+    command -v veritysetup >/dev/null 2>&1 || fail "verity: veritysetup is not in the initramfs (add binaries = [\"veritysetup\"])"
+    say "waiting up to ${rootdelay}s for $root and its hash device $verity"
+    wait_dev "$root"; data_dev=$dev
+    wait_dev "$verity"; hash_dev=$dev
+    mkdir -p /run/cryptsetup
+    veritysetup open "$data_dev" root "$hash_dev" "$roothash" \
+        || fail "verity: veritysetup open $data_dev root $hash_dev $roothash failed (is $verity the hash device of $root, and the root hash its own?)"
+    if [ ! -b /dev/mapper/root ]; then  # no udev: the node is /dev/dm-N on devtmpfs
+        for name in /sys/block/dm-*/dm/name; do
+            if [ "$(cat "$name" 2>/dev/null)" = root ]; then
+                dm=${name%/dm/name}
+                mkdir -p /dev/mapper && ln -sf "/dev/${dm##*/}" /dev/mapper/root
+            fi
+        done
+    fi
+    [ -b /dev/mapper/root ] || fail "verity: /dev/mapper/root did not appear after veritysetup open"
+    say "verity: $data_dev opened as /dev/mapper/root with hash device $hash_dev"
+    if [ -n "$verity_check" ]; then
+        if ! err=$(dd if=/dev/mapper/root of=/dev/null bs=1M 2>&1); then
+            fail "verity: $root ($data_dev) does not match its hash tree on $verity ($hash_dev) for root hash $roothash: reading /dev/mapper/root failed ($(echo "$err" | grep -i error | head -n 1)); the image is corrupted or modified"
+        fi
+        say "verity: every block of $root matches root hash $roothash"
+    fi
+    root=/dev/mapper/root
+}
+
 hook_before_root
+
+[ -n "$verity" ] && open_verity
 
 opts=$mode
 [ -n "$rootflags" ] && opts="$opts,$rootflags"
@@ -316,10 +360,35 @@ if [ -n "$initctl" ] && [ -d /newroot/dev ]; then
     exec 3>&-
 fi
 
+# pivot_root: the kernel refuses to pivot away from the initramfs (rootfs has no parent
+# mount), so the init first moves to a small tmpfs holding only busybox (switch_root, which
+# empties the initramfs), then pivot_root's into the root, the old root going onto a directory
+# of it (/run, /mnt or /tmp) from where it is detached.
+pivot_into() {
+    for old in run mnt tmp; do
+        [ -d "/newroot/$old" ] && [ ! -L "/newroot/$old" ] && break
+        old=
+    done
+    [ -n "$old" ] || fail "pivot_root: the root has no /run, /mnt or /tmp directory for the old root"
+    stage=/run/imgkit/stage
+    mkdir -p $stage
+    { mount -t tmpfs -o size=8m,mode=0755 tmpfs $stage && mkdir -p $stage/bin $stage/newroot \
+        && cp /bin/busybox $stage/bin/busybox && ln -s busybox $stage/bin/sh \
+        && mount --move /newroot $stage/newroot; } || fail "pivot_root: cannot stage a tmpfs root"
+    say "entering the root with pivot_root (old root on /$old)"
+    exec switch_root $stage /bin/busybox sh -c '
+        old=$1; shift
+        cd /newroot && /bin/busybox pivot_root . "$old" || {
+            echo "imgkit-init: ERROR: pivot_root /newroot /newroot/$old failed"; /bin/busybox poweroff -f; }
+        "/$old/bin/busybox" umount -l "/$old" || echo "imgkit-init: warning: cannot detach the old root"
+        exec "$@"' pivot "$old" "$@"
+}
+
 case "$switch" in
     switch_root) exec switch_root /newroot "$@" ;;
     chroot) cd /newroot && exec chroot /newroot "$@" ;;
-    *) fail "switch=$switch: expected switch_root or chroot" ;;
+    pivot_root) pivot_into "$@" ;;
+    *) fail "switch=$switch: expected switch_root, pivot_root or chroot" ;;
 esac
 echo "imgkit-init: ERROR: $switch to $init failed"
 poweroff -f

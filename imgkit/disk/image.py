@@ -5,8 +5,10 @@ partition image is copied in with ``os.copy_file_range`` one data extent at a ti
 (``SEEK_DATA``/``SEEK_HOLE``), so holes in a filesystem image stay holes in the disk, and the
 tables are written last with ``pwrite``. Nothing is held in memory but the table sectors.
 
-qcow2 output goes through ``qemu-img convert`` from a temporary raw image beside the output.
-Either way the output appears only when complete (:mod:`imgkit.atomic`).
+qcow2, vmdk, vhdx and vpc (VHD) outputs go through ``qemu-img convert`` from a temporary raw
+image beside the output, an Android sparse image (``android-sparse``, for fastboot) through
+:mod:`imgkit.formats.android_sparse`. Either way the output appears only when complete
+(:mod:`imgkit.atomic`).
 """
 from __future__ import annotations
 
@@ -21,9 +23,13 @@ from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
 from imgkit.holes import copy_sparse, pwrite_all
-from imgkit.sizes import format_size
+from imgkit.sizes import format_size, format_size_and_bytes
 
-FORMATS = ("raw", "qcow2")
+#: Formats ``qemu-img convert`` writes, with the options each needs (a VHD keeps the exact
+#: size instead of rounding it to a CHS geometry).
+QEMU_FORMATS: dict[str, tuple[str, ...]] = {"qcow2": (), "vmdk": (), "vhdx": (),
+                                            "vpc": ("-o", "force_size=on")}
+FORMATS = ("raw", *QEMU_FORMATS, "android-sparse")
 #: What goes into a partition: a host file at its start, or (host file, byte offset in it).
 Content = str | os.PathLike | tuple[str | os.PathLike, int] | None
 _CHUNK = 1 << 20
@@ -35,6 +41,10 @@ def table_regions(plan: Plan, *, boot_code: bytes | None = None) -> list[tuple[i
     ``boot_code`` (at most 440 bytes) fills the code area of the (protective) MBR.
     """
     code = boot_code or b""
+    if plan.table == "none":
+        if code:
+            raise InputError("a disk without a partition table has no MBR for boot code")
+        return []
     if plan.table == "gpt":
         parts = [_gpt.GptPartition(p.number, p.type_guid, p.guid, p.start_lba, p.last_lba,
                                    p.attributes, p.label) for p in plan.partitions]
@@ -43,7 +53,10 @@ def table_regions(plan: Plan, *, boot_code: bytes | None = None) -> list[tuple[i
         return _gpt.build_gpt(plan.disk_sectors, parts, disk_guid=plan.disk_guid,
                               sector_size=plan.sector_size, num_entries=plan.num_entries,
                               boot_code=code, hybrid=hybrid,
-                              mbr_signature=plan.disk_signature or 0)
+                              mbr_signature=plan.disk_signature or 0,
+                              entries_lba=plan.entries_lba,
+                              first_usable_lba=plan.first_usable_lba, backup=plan.gpt_backup,
+                              protective_first=plan.protective_first)
     parts = [_mbr.MbrPartition(p.number, p.mbr_type, p.start_lba, p.num_sectors, p.bootable)
              for p in plan.partitions]
     ebrs = [p.ebr_lba for p in plan.partitions if p.logical]
@@ -75,8 +88,8 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
                          hint="pass only the first 440 bytes of the MBR image")
     _check_regions(plan, extra_regions, boot_code)
     tables = table_regions(plan, boot_code=boot_code)
-    if format == "qcow2":
-        from imgkit import tools  # qcow2 only: spares raw disks the subprocess import
+    if format in QEMU_FORMATS:
+        from imgkit import tools  # spares raw disks the subprocess import
         tools.which("qemu-img")
     with atomic_path(out_path) as tmp:
         if format == "raw":
@@ -87,10 +100,23 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
         os.close(fd)
         try:
             _write_raw(plan, sources, tables, extra_regions, raw)
-            tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp])
+            convert_raw(raw, tmp, format)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(raw)
+
+
+def convert_raw(raw: str | os.PathLike, dest: str | os.PathLike, format: str) -> None:
+    """Write the raw disk image ``raw`` as ``dest`` in ``format`` (not ``raw``)."""
+    if format == "android-sparse":
+        from imgkit.formats.android_sparse import write_sparse
+        write_sparse(raw, dest)
+        return
+    if format not in QEMU_FORMATS:
+        raise InputError(f"disk format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    from imgkit import tools
+    tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", format, *QEMU_FORMATS[format],
+               os.fspath(raw), os.fspath(dest)])
 
 
 def _check_contents(plan: Plan, contents: Mapping[str, Content]
@@ -117,8 +143,8 @@ def _check_contents(plan: Plan, contents: Mapping[str, Content]
         if offset < 0 or offset + size > part.size:
             at = f" at offset {offset}" if offset else ""
             raise LayoutError(
-                f"partition {name!r}: content {path} is {format_size(size)} ({size} bytes){at} "
-                f"but the partition holds only {format_size(part.size)} ({part.size} bytes)",
+                f"partition {name!r}: content {path} is {format_size_and_bytes(size)}{at} "
+                f"but the partition holds only {format_size_and_bytes(part.size)}",
                 hint="make the partition bigger, or its size 'auto'")
         out.append((part.start + offset, path, size))
     return out

@@ -13,11 +13,16 @@ Placement rules:
   to the alignment) or ``"grow"`` (as large as the rest of the disk allows; at most one);
 * a logical MBR partition gets its EBR in the first aligned sector before it, and all logical
   partitions together form one extended partition (they must be listed one after another);
-* an automatic disk size ends at the last partition plus the backup GPT, rounded up to the
-  alignment.
+* an automatic disk size ends at the last partition plus the backup GPT, rounded up to
+  ``size_align`` (default: the alignment);
+* a GPT may be shaped: its entry array moved (``gpt_entries_offset``), sized
+  (``gpt_entries``), the first usable LBA set, the backup left out;
+* ``table = "none"``: no partition table at all, each "partition" only a byte range that an
+  image goes into (flash layouts).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Iterable, Sequence
@@ -28,9 +33,18 @@ from imgkit.disk import parttypes
 from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
-from imgkit.sizes import AUTO, GROW, MiB, Percent, format_size, parse_size, parse_size_spec
+from imgkit.sizes import (
+    AUTO,
+    GROW,
+    MiB,
+    Percent,
+    format_size,
+    format_size_and_bytes,
+    parse_size,
+    parse_size_spec,
+)
 
-Table = Literal["gpt", "mbr"]
+Table = Literal["gpt", "mbr", "none"]
 
 MAX_MBR_PRIMARIES = 4
 MAX_GPT_ENTRIES = _gpt.DEFAULT_ENTRIES
@@ -88,6 +102,13 @@ class DiskSpec:
     ``(start, end[, what])``; on MBR, ``[0, 440)`` (the boot code area) is always allowed.
     ``seed``: every GUID and the MBR disk signature not given explicitly derive from it.
     ``auto_slack``: extra room added to every ``"auto"`` partition that sets no ``slack``.
+    ``size_align``: an automatic disk size is rounded up to it (default: ``alignment``).
+    GPT shape: ``gpt_entries`` entries (at least one per partition), the array at byte
+    ``gpt_entries_offset`` (default: LBA 2), partitions from ``gpt_first_lba`` (default: right
+    after the array), ``gpt_backup`` whether the backup header and array are written;
+    ``protective_first``: a hybrid MBR's 0xEE entry is its first entry, else its last.
+    ``auto_logical``: an MBR layout of more than four partitions, none marked logical, gets
+    its fourth and later ones as logical partitions (else: an error saying to mark them).
     """
 
     table: Table = "gpt"
@@ -101,6 +122,13 @@ class DiskSpec:
     disk_signature: int | None = None
     extended_type: str | int = "extended"
     auto_slack: int | str = 0
+    size_align: int | str | None = None
+    gpt_entries: int = _gpt.DEFAULT_ENTRIES
+    gpt_entries_offset: int | str | None = None
+    gpt_first_lba: int | None = None
+    gpt_backup: bool = True
+    protective_first: bool = True
+    auto_logical: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,9 @@ class Plan:
     extended: ExtendedPartition | None
     reserved: tuple[Reserved, ...]
     num_entries: int = MAX_GPT_ENTRIES
+    entries_lba: int = 2
+    gpt_backup: bool = True
+    protective_first: bool = True
 
     def partition(self, name: str) -> PlannedPartition:
         """The planned partition called ``name``."""
@@ -173,9 +204,18 @@ class Plan:
                          hint="partitions: " + ", ".join(p.name for p in self.partitions))
 
     @property
+    def gpt(self) -> _gpt.GptGeometry | None:
+        """Where the GPT structures are (``None`` on other tables)."""
+        if self.table != "gpt":
+            return None
+        return _gpt.geometry(self.disk_sectors, sector_size=self.sector_size,
+                             num_entries=self.num_entries, entries_lba=self.entries_lba,
+                             first_usable_lba=self.first_usable_lba, backup=self.gpt_backup)
+
+    @property
     def structures(self) -> tuple[Reserved, ...]:
         """Byte ranges the partition tables occupy (besides the 440-byte boot code area)."""
-        return _structures(self.table, self.sector_size, self.disk_size, self.num_entries,
+        return _structures(self.table, self.sector_size, self.gpt,
                            [p.ebr_lba for p in self.partitions if p.ebr_lba is not None])
 
 
@@ -193,17 +233,12 @@ def _rng(start: int, end: int) -> str:
     return f"[{start}, {end}) ({format_size(start)} .. {format_size(end)})"
 
 
-def _structures(table: str, ss: int, disk_size: int | None, num_entries: int,
+def _structures(table: str, ss: int, geo: _gpt.GptGeometry | None,
                 ebr_lbas: Iterable[int] = ()) -> tuple[Reserved, ...]:
     out = []
-    if table == "gpt":
-        entry_bytes = _align_up(num_entries * _gpt.ENTRY_SIZE, ss)
-        out.append(Reserved(_mbr.BOOT_CODE_SIZE, 2 * ss + entry_bytes,
-                            "the protective MBR, GPT header and entry array"))
-        if disk_size is not None:
-            out.append(Reserved(disk_size - ss - entry_bytes, disk_size,
-                                "the backup GPT entry array and header"))
-    else:
+    if geo is not None:
+        out += [Reserved(start, end, what) for start, end, what in geo.ranges()]
+    elif table == "mbr":
         out.append(Reserved(_mbr.BOOT_CODE_SIZE, ss, "the MBR partition table"))
     for lba in ebr_lbas:
         out.append(Reserved(lba * ss, (lba + 1) * ss, f"the EBR at LBA {lba}"))
@@ -234,11 +269,31 @@ class _Part:
     align: int | None = None    # its own alignment, if it has one
 
 
+def _gpt_shape(spec: DiskSpec, ss: int, disk_size: int | None) -> _gpt.GptGeometry | None:
+    """The GPT geometry ``spec`` asks for (``None`` on other tables); without a disk size yet,
+    one of zero sectors (no backup position)."""
+    if spec.table != "gpt":
+        return None
+    entries_lba = 2
+    if spec.gpt_entries_offset is not None:
+        offset = parse_size(spec.gpt_entries_offset, what="GPT entry array offset")
+        if offset % ss:
+            raise LayoutError(f"GPT entry array offset {offset} is not a multiple of the "
+                              f"{ss}-byte sector", hint=f"use {_align_up(offset, ss)}")
+        entries_lba = offset // ss
+    geo = _gpt.geometry(0, sector_size=ss, num_entries=spec.gpt_entries,
+                        entries_lba=entries_lba, first_usable_lba=spec.gpt_first_lba,
+                        backup=spec.gpt_backup)
+    # The disk's size and the partition count are checked by the caller, naming partitions.
+    _gpt.check_geometry(geo)
+    return dataclasses.replace(geo, disk_sectors=(disk_size or 0) // ss)
+
+
 def plan(spec: DiskSpec) -> Plan:
     """Place every partition of ``spec``; raise :class:`LayoutError` if it cannot be done."""
     table = spec.table
-    if table not in ("gpt", "mbr"):
-        raise InputError(f"partition table: expected 'gpt' or 'mbr', got {table!r}")
+    if table not in ("gpt", "mbr", "none"):
+        raise InputError(f"partition table: expected 'gpt', 'mbr' or 'none', got {table!r}")
     ss = spec.sector_size
     if ss not in (512, 1024, 2048, 4096):
         raise InputError(f"sector size: expected 512, 1024, 2048 or 4096, got {ss}")
@@ -253,11 +308,17 @@ def plan(spec: DiskSpec) -> Plan:
             raise LayoutError(f"disk size {disk_size} is not a multiple of the {ss}-byte sector",
                               hint=f"use {_align_up(disk_size, ss)}")
     reserved = _reserved(spec.reserved)
+    spec = _auto_logicals(spec)
+    size_align = align if spec.size_align is None else \
+        parse_size(spec.size_align, what="disk size alignment")
+    if size_align <= 0 or size_align % ss:
+        raise InputError(f"disk size alignment: expected a positive multiple of the {ss}-byte "
+                         f"sector, got {size_align}")
+    _gpt_shape(spec, ss, disk_size)
     _check_counts(spec)
 
     parts = [_resolve(p, i, spec, ss, align, disk_size) for i, p in enumerate(spec.partitions)]
     grow = [p for p in parts if p.size is None]
-    n_entries = MAX_GPT_ENTRIES
 
     if grow and disk_size is None:
         g = grow[0]
@@ -275,25 +336,40 @@ def plan(spec: DiskSpec) -> Plan:
             g.size = mid * ss
             try:
                 _place(parts, spec, ss, align, reserved)
-                _check_geometry(parts, spec, ss, disk_size, reserved, n_entries)
+                _check_geometry(parts, spec, ss, disk_size, reserved)
                 lo = mid
             except LayoutError:
                 hi = mid - 1
         g.size = lo * ss
         if lo == 0:
             _place(parts, spec, ss, align, reserved)       # the real error if not the grow
-            _check_geometry(parts, spec, ss, disk_size, reserved, n_entries)
+            _check_geometry(parts, spec, ss, disk_size, reserved)
             raise LayoutError(f"partition {g.spec.name!r}: no room is left for size 'grow'",
                               hint="make the disk larger or the other partitions smaller")
 
     _place(parts, spec, ss, align, reserved)
     if disk_size is None:
-        end = max([p.start + p.size for p in parts] + [r.end for r in reserved] + [ss])
-        tail = _align_up(MAX_GPT_ENTRIES * _gpt.ENTRY_SIZE, ss) + ss if table == "gpt" else 0
-        disk_size = _align_up(end + tail, align)
-    _check_geometry(parts, spec, ss, disk_size, reserved, n_entries)
+        geo = _gpt_shape(spec, ss, None)
+        heads = [s.end for s in _structures(table, ss, geo)] or [ss]
+        end = max([p.start + p.size for p in parts] + [r.end for r in reserved] + heads)
+        tail = geo.tail_sectors * ss if geo is not None else 0
+        disk_size = _align_up(end + tail, size_align)
+    _check_geometry(parts, spec, ss, disk_size, reserved)
     _check_contents(parts)
     return _finish(parts, spec, ss, align, disk_size, reserved)
+
+
+def _auto_logicals(spec: DiskSpec) -> DiskSpec:
+    """An MBR layout of more than four partitions, none marked logical: the fourth and later
+    become logical partitions in an extended partition (which takes the fourth primary slot),
+    as genimage and fdisk do."""
+    parts = spec.partitions
+    if not spec.auto_logical or spec.table != "mbr" or len(parts) <= MAX_MBR_PRIMARIES \
+            or any(p.logical for p in parts):
+        return spec
+    first = MAX_MBR_PRIMARIES - 1
+    return dataclasses.replace(spec, partitions=parts[:first] + tuple(
+        dataclasses.replace(p, logical=True) for p in parts[first:]))
 
 
 def _check_counts(spec: DiskSpec) -> None:
@@ -307,10 +383,15 @@ def _check_counts(spec: DiskSpec) -> None:
         raise LayoutError(f"only one partition can have size 'grow', got {len(grows)}: "
                           f"{', '.join(grows)}",
                           hint="give all but one of them a fixed size or 'auto'")
+    if spec.table == "none":
+        return
     if spec.table == "gpt":
-        if len(spec.partitions) > MAX_GPT_ENTRIES:
-            raise LayoutError(f"a GPT holds at most {MAX_GPT_ENTRIES} partitions, "
-                              f"got {len(spec.partitions)}")
+        if len(spec.partitions) > spec.gpt_entries:
+            shaped = f" with gpt_entries = {spec.gpt_entries}" \
+                if spec.gpt_entries != MAX_GPT_ENTRIES else ""
+            raise LayoutError(f"a GPT{shaped} holds at most {spec.gpt_entries} partitions, "
+                              f"got {len(spec.partitions)}",
+                              hint="raise gpt_entries" if shaped else None)
         for p in spec.partitions:
             if p.logical:
                 raise LayoutError(f"partition {p.name!r}: logical partitions exist only on MBR",
@@ -325,8 +406,8 @@ def _check_counts(spec: DiskSpec) -> None:
         raise LayoutError(
             f"an MBR holds at most {MAX_MBR_PRIMARIES} primary partitions, this layout needs "
             f"{primaries}" + (" (counting the extended partition)" if logical_idx else ""),
-            hint="mark the later partitions 'logical' (they go into an extended partition), "
-                 "or use a GPT table")
+            hint="mark the later partitions 'logical' (they go into an extended partition; "
+                 "auto_logical = true does it for the fourth and later), or use a GPT table")
     if logical_idx and logical_idx != list(range(logical_idx[0], logical_idx[-1] + 1)):
         raise LayoutError("logical partitions must be listed one after another (they share "
                           "one extended partition)",
@@ -390,8 +471,8 @@ def _resolve(p: PartitionSpec, index: int, spec: DiskSpec, ss: int, align: int,
 def _place(parts: list[_Part], spec: DiskSpec, ss: int, align: int,
            reserved: tuple[Reserved, ...]) -> None:
     """Assign starts (and EBR positions) in order; overlaps are checked afterwards."""
-    n_entries = MAX_GPT_ENTRIES
-    cursor = (2 * ss + _align_up(n_entries * _gpt.ENTRY_SIZE, ss)) if spec.table == "gpt" else ss
+    geo = _gpt_shape(spec, ss, None)
+    cursor = geo.first_usable_lba * ss if geo is not None else (ss if spec.table == "mbr" else 0)
     for p in parts:
         size = p.size or 0
         if p.offset is not None:
@@ -413,16 +494,19 @@ def _place(parts: list[_Part], spec: DiskSpec, ss: int, align: int,
 
 
 def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
-                    reserved: tuple[Reserved, ...], n_entries: int) -> None:
+                    reserved: tuple[Reserved, ...]) -> None:
     """Everything inside the disk, nothing overlapping anything else."""
-    structures = _structures(spec.table, ss, disk_size, n_entries)
-    if spec.table == "gpt":
-        first = structures[0].end
-        last_end = structures[1].start
+    geo = _gpt_shape(spec, ss, disk_size)
+    structures = _structures(spec.table, ss, geo)
+    if geo is not None:
+        first = geo.first_usable_lba * ss
+        last_end = (geo.last_usable_lba + 1) * ss
         if last_end <= first:
             raise LayoutError(f"a disk of {format_size(disk_size)} is too small for a GPT "
                               f"(its tables alone take {format_size(first + disk_size - last_end)})",
                               hint="make the disk larger or leave its size automatic")
+    elif spec.table == "none":
+        first, last_end = 0, disk_size
     else:
         first, last_end = ss, disk_size
         if disk_size > (1 << 32) * ss:
@@ -438,7 +522,9 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
             if r.start < s.end and s.start < r.end:
                 raise LayoutError(f"{r.what} {_rng(r.start, r.end)} overlaps {s.what} "
                                   f"{_rng(s.start, s.end)}",
-                                  hint="move the reserved range into a gap between partitions")
+                                  hint="move it into a gap between partitions" +
+                                  (", or move the GPT entry array (gpt_entries_offset)"
+                                   if geo is not None else ""))
         if r.end > disk_size:
             raise LayoutError(f"{r.what} {_rng(r.start, r.end)} lies beyond the end of the "
                               f"{format_size(disk_size)} disk")
@@ -470,11 +556,8 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
                 continue          # two fixed structures (e.g. EBR inside a reserved range)
             mover = b if b[3] is not None else a
             fixed = a if mover is b else b
-            raise LayoutError(
-                f"{a[2]} {_rng(a[0], a[1])} overlaps {b[2]} {_rng(b[0], b[1])}",
-                hint=f"move {mover[2]} to offset {_align_up(fixed[1], ss)} or later, or make "
-                     f"{fixed[2]} smaller" if fixed[3] is not None else
-                     f"move {mover[2]} to offset {_align_up(fixed[1], ss)} or later")
+            raise LayoutError(f"{a[2]} {_rng(a[0], a[1])} overlaps {b[2]} {_rng(b[0], b[1])}",
+                              hint=_overlap_hint(mover, fixed, ss))
     if spec.table == "mbr":
         logicals = [p for p in parts if p.spec.logical]
         if logicals:
@@ -494,13 +577,28 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
                                       hint="list the logical partitions in disk order")
 
 
+def _overlap_hint(mover: tuple[int, int, str, _Part | None],
+                  fixed: tuple[int, int, str, _Part | None], ss: int) -> str:
+    """How to resolve an overlap, naming only what the user places: an EBR goes where its
+    logical partition puts it (the sector before it), so the partition is what moves."""
+    part = mover[3]
+    assert part is not None
+    if mover[0] != part.start:            # the EBR of a logical partition
+        to = _align_up(fixed[1] + ss, part.align or ss)
+        move = (f"move partition {part.spec.name!r} to offset {to} or later (its EBR takes "
+                "the sector before it)")
+    else:
+        move = f"move {mover[2]} to offset {_align_up(fixed[1], ss)} or later"
+    return move + (f", or make {fixed[2]} smaller" if fixed[3] is not None else "")
+
+
 def _check_contents(parts: list[_Part]) -> None:
     for p in parts:
         c = p.spec.content_size
         if c is not None and c > p.size:
             raise LayoutError(
-                f"partition {p.spec.name!r}: its content is {format_size(c)} ({c} bytes) but the "
-                f"partition holds only {format_size(p.size)} ({p.size} bytes)",
+                f"partition {p.spec.name!r}: its content is {format_size_and_bytes(c)} but the "
+                f"partition holds only {format_size_and_bytes(p.size)}",
                 hint=f"give it a size of at least {format_size(_align_up(c, MiB))} or 'auto'")
 
 
@@ -515,7 +613,10 @@ def _finish(parts: list[_Part], spec: DiskSpec, ss: int, align: int, disk_size: 
         s = p.spec
         what = f"type of partition {s.name!r}"
         label = s.label if s.label is not None else s.name
-        if gpt:
+        if spec.table == "none":
+            type_guid, mbr_type, guid, attrs = None, None, None, 0
+            number = p.index + 1
+        elif gpt:
             _gpt.check_name(label, what=f"label of partition {s.name!r}")
             type_guid = parttypes.gpt_type(s.type, what=what)
             mbr_type = None
@@ -557,18 +658,20 @@ def _finish(parts: list[_Part], spec: DiskSpec, ss: int, align: int, disk_size: 
                 number += 1
                 pnum = number
         planned.append(PlannedPartition(
-            number=number if gpt else pnum, name=s.name, label=label, start=p.start,
+            number=number if gpt or spec.table == "none" else pnum, name=s.name, label=label, start=p.start,
             size=p.size, start_lba=p.start // ss, num_sectors=p.size // ss,
             last_lba=(p.start + p.size) // ss - 1, type_guid=type_guid, mbr_type=mbr_type,
             guid=guid, attributes=attrs, bootable=s.bootable, logical=s.logical,
             ebr_lba=p.ebr // ss if p.ebr is not None else None, hybrid=s.hybrid,
             content_size=s.content_size))
-    if gpt:
-        geo = _gpt.geometry(disk_size // ss, sector_size=ss)
+    geo = _gpt_shape(spec, ss, disk_size)
+    if geo is not None:
         first, last = geo.first_usable_lba, geo.last_usable_lba
         disk_guid = (_as_uuid(spec.disk_guid, "disk GUID") if spec.disk_guid is not None
                      else _gpt.guid_from_seed(seed, "disk"))
         sig = spec.disk_signature
+    elif spec.table == "none":
+        first, last, disk_guid, sig = 0, disk_size // ss - 1, None, None
     else:
         first, last = 1, disk_size // ss - 1
         disk_guid = None
@@ -579,7 +682,9 @@ def _finish(parts: list[_Part], spec: DiskSpec, ss: int, align: int, disk_size: 
     return Plan(table=spec.table, sector_size=ss, alignment=align, disk_size=disk_size,
                 disk_sectors=disk_size // ss, first_usable_lba=first, last_usable_lba=last,
                 partitions=tuple(planned), disk_guid=disk_guid, disk_signature=sig,
-                extended=extended, reserved=reserved)
+                extended=extended, reserved=reserved, num_entries=spec.gpt_entries,
+                entries_lba=geo.entries_lba if geo is not None else 2,
+                gpt_backup=spec.gpt_backup, protective_first=spec.protective_first)
 
 
 def _as_uuid(value: uuid.UUID | str, what: str) -> uuid.UUID:

@@ -100,6 +100,7 @@ class PartitionTable:
     first_usable_lba: int | None = None
     last_usable_lba: int | None = None
     max_partitions: int | None = None
+    entries_lba: int | None = None
     backup_ok: bool | None = None
     hybrid_mbr: tuple[Partition, ...] = ()
     warnings: tuple[str, ...] = field(default=())
@@ -126,6 +127,7 @@ class PartitionTable:
         out = {"table": "gpt", "sector_size": self.sector_size, "disk_guid": str(self.disk_guid),
                "sectors": self.sectors, "first_usable_lba": self.first_usable_lba,
                "last_usable_lba": self.last_usable_lba, "max_partitions": self.max_partitions,
+               "entries_lba": self.entries_lba,
                "backup_ok": self.backup_ok, "partitions": parts}
         if self.hybrid_mbr:
             out["hybrid_mbr"] = [{"number": p.number, "type": f"0x{p.type:02x}",
@@ -156,6 +158,7 @@ def read_gpt_table(f: BinaryIO, disk_size: int) -> PartitionTable:
     return PartitionTable("gpt", ss, disk_size // ss, parts, disk_guid=table.disk_guid,
                           first_usable_lba=table.first_usable_lba,
                           last_usable_lba=table.last_usable_lba, max_partitions=table.num_entries,
+                          entries_lba=table.entries_lba,
                           backup_ok=table.backup_ok, hybrid_mbr=hybrid, warnings=tuple(warnings))
 
 

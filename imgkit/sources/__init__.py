@@ -11,7 +11,6 @@ import os
 from imgkit.errors import InputError
 from imgkit.sources.directory import read_directory
 from imgkit.sources.initramfs_list import looks_like_list, read_initramfs_list
-from imgkit.sources.oci import parse_image_source
 from imgkit.tree import Tree
 
 __all__ = ["load_source", "load_sources", "source_kind", "read_archive", "read_directory",
@@ -20,6 +19,7 @@ __all__ = ["load_source", "load_sources", "source_kind", "read_archive", "read_d
 
 def source_kind(path: str) -> str:
     """``directory``, ``list``, ``archive`` or ``image``."""
+    from imgkit.sources.oci import parse_image_source  # hashlib, json, urllib: on use only
     if parse_image_source(path) is not None:
         return "image"
     if os.path.isdir(path):

@@ -1,8 +1,12 @@
 """Any archive libarchive reads (tar in every compression, cpio, zip, ``docker export``).
 
 Owners, modes, times, device numbers, xattrs and POSIX ACLs come from the archive's headers.
-File data is streamed once into a spool file beside the other temporary data, so the tree's
-blobs can be re-read lazily by writers without holding the archive in memory. Sparse members
+File data of an uncompressed tar is not copied: each member's blob is its window of the
+archive file itself (found from where the next header starts, and checked against the
+member's own header block), so reading a root filesystem's tar costs no scratch space and no
+pass over its bytes. Other archives' data (compressed, cpio, zip, sparse members) is streamed
+once into a spool file beside the other temporary data, so the tree's blobs can be re-read
+lazily by writers without holding the archive in memory. Sparse members
 (GNU tar ``-S``, pax sparse 0.0/0.1/1.0, bsdtar) keep their size from the header and their
 holes as holes in the spool. Paths with ``..`` are refused: that is how archives escape their
 destination.
@@ -26,11 +30,11 @@ from typing import BinaryIO
 import libarchive
 from libarchive import ffi
 
-from imgkit import scratch
+from imgkit import progress, scratch
 from imgkit.errors import ImageError, InputError
 from imgkit.sources import posix_acl
 from imgkit.sources.posix_acl import AclEntry, Tag
-from imgkit.tree import Entry, Kind, Tree, _Window, normalize_path
+from imgkit.tree import Entry, FileBlob, Kind, Tree, _Window, normalize_path
 
 _c_int_p = ctypes.POINTER(ctypes.c_int)
 ffi.ffi("entry_xattr_reset", [ffi.c_archive_entry_p], ctypes.c_int)
@@ -47,15 +51,12 @@ ffi.ffi("entry_fflags", [ffi.c_archive_entry_p, ctypes.POINTER(ctypes.c_ulong),
 ffi.ffi("entry_fflags_text", [ffi.c_archive_entry_p], ctypes.c_char_p)
 ffi.ffi("entry_mac_metadata", [ffi.c_archive_entry_p, ctypes.POINTER(ctypes.c_size_t)],
         ctypes.c_void_p)
+ffi.ffi("read_header_position", [ffi.c_archive_p], ctypes.c_longlong)
+ffi.ffi("filter_code", [ffi.c_archive_p, ctypes.c_int], ctypes.c_int)
+ffi.ffi("format", [ffi.c_archive_p], ctypes.c_int)
 
 # archive_entry.h
-_ACL_TYPE_ACCESS = 0x100
-_ACL_TYPE_DEFAULT = 0x200
 _ACL_TYPE_NFS4 = 0x400 | 0x800 | 0x1000 | 0x2000
-_ACL_TAGS = {10001: Tag.USER, 10002: Tag.USER_OBJ, 10003: Tag.GROUP, 10004: Tag.GROUP_OBJ,
-             10005: Tag.MASK, 10006: Tag.OTHER}
-_ACL_XATTRS = {_ACL_TYPE_ACCESS: posix_acl.ACCESS_XATTR,
-               _ACL_TYPE_DEFAULT: posix_acl.DEFAULT_XATTR}
 
 
 class Spool:
@@ -72,7 +73,7 @@ class Spool:
         self.size = 0
         self._pos = 0   # where the file object writes next
         self.data_bytes = 0
-        self.limit = spool_limit(os.path.dirname(self.path))
+        self.limit = scratch.spool_limit(os.path.dirname(self.path))
         weakref.finalize(self, _unlink, self.path)
 
     def append_member(self, archive_p, size: int | None,
@@ -114,23 +115,11 @@ class Spool:
 
 
 class SpoolFull(Exception):
-    """The archive's data would pass the spool's limit (see :func:`spool_limit`)."""
+    """The archive's data would pass the spool's limit (see :func:`imgkit.scratch.spool_limit`)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.limit = limit
-
-
-def spool_limit(directory: str) -> int:
-    """How many bytes of file data an archive may spool: ``$IMGKIT_SPOOL_LIMIT`` (a size such
-    as ``20G``), else 90% of the free space where the spool lives, so that a compression bomb
-    ends in an error instead of a full ``$TMPDIR``."""
-    given = os.environ.get("IMGKIT_SPOOL_LIMIT")
-    if given:
-        from imgkit.sizes import parse_size
-        return parse_size(given, what="IMGKIT_SPOOL_LIMIT")
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize * 9 // 10
 
 
 def _unlink(path: str) -> None:
@@ -204,6 +193,68 @@ class _NamedAcl:
     entries: list[tuple[Tag, int, int, str]]   # tag, perm, id or -1, name
 
 
+_ARCHIVE_FILTER_NONE = 0
+_ARCHIVE_FORMAT_TAR = 0x30000
+_ARCHIVE_FORMAT_BASE_MASK = 0xFF0000
+_TAR_BLOCK = 512
+
+
+class _NoWindow(Exception):
+    """A member's data was not where its header block says: read the archive again, spooled."""
+
+
+class _TarWindows:
+    """Blobs that are windows of an uncompressed tar file (see the module docstring).
+
+    libarchive tells where each entry's first header block starts; a regular member's data
+    ends, padded to 512 bytes, where the next entry (or the end-of-archive blocks) starts. So
+    a member's blob is made when the next header has been read: :meth:`hold` keeps it,
+    :meth:`place` finishes it, after checking that the 512 bytes before the data are a tar
+    header of a regular file of that size.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._held: tuple[dict, int, str] | None = None
+
+    def hold(self, fields: dict, size: int, origin: str) -> None:
+        self._held = (fields, size, origin)
+
+    def place(self, next_header: int, tree: Tree) -> None:
+        """Give the held member its blob (its data ends before ``next_header``) and add it."""
+        if self._held is None:
+            return
+        fields, size, origin = self._held
+        self._held = None
+        start = next_header - -(-size // _TAR_BLOCK) * _TAR_BLOCK
+        header = os.pread(self._fd, _TAR_BLOCK, start - _TAR_BLOCK) if start >= _TAR_BLOCK else b""
+        if not _is_member_header(header, size):
+            raise _NoWindow(origin)
+        fields["data"] = FileBlob(self.path, size, start)
+        tree.add(Entry(kind=Kind.FILE, **fields))
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _is_member_header(block: bytes, size: int) -> bool:
+    """Whether ``block`` is a ustar/GNU header of a regular file of ``size`` bytes."""
+    if len(block) != _TAR_BLOCK or block[257:262] != b"ustar" or block[156:157] not in (
+            b"0", b"\0", b"7"):
+        return False
+    field = block[124:136]
+    if field[0] & 0x80:   # base-256, for sizes past 8 GiB
+        value = int.from_bytes(field[1:], "big")
+    else:
+        text = field.replace(b"\0", b" ").strip()
+        try:
+            value = int(text, 8) if text else 0
+        except ValueError:
+            return False
+    return value == size
+
+
 def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
     """Read every entry of the archive at ``path`` into a new :class:`Tree`.
 
@@ -212,13 +263,31 @@ def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
     those) is left out, as extracting it would do nothing."""
     if not os.path.isfile(path):
         raise InputError(f"source archive {path!r} does not exist")
+    if layer:   # a layer may be a temporary file of the image reader: spooled, always
+        return _read_archive(path, prefix, layer, windows=False)
+    try:
+        return _read_archive(path, prefix, layer, windows=True)
+    except _NoWindow:
+        return _read_archive(path, prefix, layer, windows=False)
+
+
+def _read_archive(path: str, prefix: str, layer: bool, *, windows: bool) -> Tree:
+    """:func:`read_archive`; ``windows``: an uncompressed tar's members may be windows of
+    the file (:class:`_TarWindows`), else every member is spooled."""
     tree = Tree()
     spool = Spool()
     losses = _Losses(path)
     named: list[_NamedAcl] = []
+    held: _TarWindows | None = None
+    step = progress.step(f"reading {os.path.basename(path)}", os.path.getsize(path))
     try:
         with libarchive.file_reader(path) as archive:
             for n, ae in enumerate(archive, 1):
+                step.set(ffi.filter_bytes(archive._pointer, -1), n)
+                if n == 1 and windows and _plain_tar(archive._pointer):
+                    held = _TarWindows(path)
+                if held is not None:
+                    held.place(ffi.read_header_position(archive._pointer), tree)
                 name = ae.pathname
                 origin = f"{path}: entry {n} {name!r}"
                 rel = normalize_path(f"{prefix}/{name}", origin=origin)
@@ -244,6 +313,10 @@ def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
                     raise ImageError(f"{origin}: unsupported file type (mode {mode:o})")
                 if kind is Kind.FILE:
                     size = ffi.entry_size(p) if ffi.entry_size_is_set(p) else None
+                    if (held is not None and size is not None and rel != ""
+                            and ffi.entry_sparse_count(p) == 0):
+                        held.hold(fields, size, origin)
+                        continue
                     try:
                         offset, length, ranges = spool.append_member(
                             archive._pointer, size, sparse=ffi.entry_sparse_count(p) > 0)
@@ -265,17 +338,30 @@ def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:
                                        mtime=fields["mtime"], xattrs=xattrs)
                     continue
                 tree.add(Entry(kind=kind, **fields))
+            if held is not None:   # the last member ends where the end-of-archive blocks start
+                held.place(ffi.read_header_position(archive._pointer), tree)
     except libarchive.ArchiveError as exc:
         raise ImageError(f"cannot read archive {path!r}: {exc}",
                          hint="is it a tar, cpio, zip or another format libarchive reads?") from exc
     finally:
         spool.seal()
+        step.close()
+        if held is not None:
+            held.close()
     if named:
         _resolve_named_acls(tree, named, losses)
     if not layer:
         tree.validate()
     tree.warnings.extend(losses.messages())
     return tree
+
+
+def _plain_tar(archive_p) -> bool:
+    """Whether the archive being read is a tar without compression (after its first header,
+    when libarchive knows the format)."""
+    return (ffi.filter_count(archive_p) == 1
+            and ffi.filter_code(archive_p, 0) == _ARCHIVE_FILTER_NONE
+            and ffi.format(archive_p) & _ARCHIVE_FORMAT_BASE_MASK == _ARCHIVE_FORMAT_TAR)
 
 
 def _whiteout_below_a_file(tree: Tree, path: str) -> bool:
@@ -300,11 +386,11 @@ def _xattrs_and_acls(p, path: str, origin: str, losses: _Losses,
     if types & _ACL_TYPE_NFS4:
         losses.add("NFSv4 ACLs cannot be kept in a Linux image, left out", path)
     mask: int | None = None
-    for want, xattr in _ACL_XATTRS.items():
+    for want, xattr in posix_acl.LIBARCHIVE_TYPES.items():
         if not types & want:
             continue
         entries = _acl_entries(p, want)
-        if want == _ACL_TYPE_ACCESS:
+        if want == posix_acl.LIBARCHIVE_ACL_ACCESS:
             mask = next((perm for tag, perm, _, _ in entries if tag is Tag.MASK), None)
             if not any(tag in posix_acl.QUALIFIED or tag is Tag.MASK for tag, *_ in entries):
                 continue   # user::, group::, other:: only: the mode says it all
@@ -335,7 +421,7 @@ def _acl_entries(p, want: int) -> list[tuple[Tag, int, int, str]]:
         while ffi.entry_acl_next(p, want, ctypes.byref(kind), ctypes.byref(perm),
                                  ctypes.byref(tag), ctypes.byref(qual),
                                  ctypes.byref(name)) == ffi.ARCHIVE_OK:
-            t = _ACL_TAGS.get(tag.value)
+            t = posix_acl.LIBARCHIVE_TAGS.get(tag.value)
             if t is not None:
                 out.append((t, perm.value & 0o7, qual.value, os.fsdecode(name.value or b"")))
     return out

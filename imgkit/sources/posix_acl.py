@@ -37,6 +37,14 @@ class Tag(enum.IntEnum):
 #: Tags whose entry names a user or group and so needs an id.
 QUALIFIED = (Tag.USER, Tag.GROUP)
 
+#: libarchive's numbering (archive_entry.h) of the tags and of the ACL types, which the
+#: archive reader and the tar writer translate from and to.
+LIBARCHIVE_TAGS = {10001: Tag.USER, 10002: Tag.USER_OBJ, 10003: Tag.GROUP, 10004: Tag.GROUP_OBJ,
+                   10005: Tag.MASK, 10006: Tag.OTHER}
+LIBARCHIVE_ACL_ACCESS = 0x100
+LIBARCHIVE_ACL_DEFAULT = 0x200
+LIBARCHIVE_TYPES = {LIBARCHIVE_ACL_ACCESS: ACCESS_XATTR, LIBARCHIVE_ACL_DEFAULT: DEFAULT_XATTR}
+
 
 @dataclass(frozen=True)
 class AclEntry:

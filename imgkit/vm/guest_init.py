@@ -86,14 +86,30 @@ def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
 
 # -- the declarative init config ---------------------------------------------------------------
 
-def _argv_lists(value: Any, where: Where, key: str, path: bool) -> tuple[tuple[str, ...], ...]:
-    if not all(isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
-               for argv in value):
-        raise where.error(key, "a list of argv lists (e.g. [[\"mkdir\", \"-p\", \"/x\"]])", value)
-    return tuple(tuple(argv) for argv in value)
+@dataclass(frozen=True)
+class ShellHook:
+    """A hook written as a shell script: fed to busybox ``sh`` on its stdin."""
+
+    script: str
 
 
-ARGV_LISTS = ValueType("list of argv lists", (list,), _argv_lists)
+Hook = tuple[str, ...] | ShellHook
+
+
+def _hooks(value: Any, where: Where, key: str, path: bool) -> tuple[Hook, ...]:
+    hooks: list[Hook] = []
+    for item in value:
+        if isinstance(item, list) and item and all(isinstance(a, str) for a in item):
+            hooks.append(tuple(item))
+        elif isinstance(item, dict) and set(item) == {"shell"} and isinstance(item["shell"], str):
+            hooks.append(ShellHook(item["shell"]))
+        else:
+            raise where.error(key, "a list of argv lists (e.g. [[\"mkdir\", \"-p\", \"/x\"]]) "
+                                   "or { shell = \"script\" } tables", value)
+    return tuple(hooks)
+
+
+HOOKS = ValueType("list of argv lists", (list,), _hooks)
 
 #: Where each layer or root spelling comes from, as the init reads it.
 LAYER_HELP = ("a device (/dev/vdX, LABEL=, UUID=, PARTLABEL=, PARTUUID=), DEVICE:/path for an "
@@ -123,19 +139,34 @@ class InitConfig:
                                                          f"{LAYER_HELP}")
     upper: str | None = setting(STR, None, help="the overlay's writable layer: \"tmpfs\" or a "
                                                 "device (its upper/ and work/ are made)")
+    verity: str | None = setting(STR, None, help="the dm-verity hash device of root (a device "
+                                                 "spelling): root is opened with veritysetup as "
+                                                 "/dev/mapper/root, the root hash from roothash= "
+                                                 "on the kernel command line")
+    roothash: str | None = setting(STR, None, help="the root hash, when it is not given on the "
+                                                   "kernel command line (roothash=HEX wins)")
+    verity_check: bool = setting(BOOL, True, help="read the whole verity device once before "
+                                                  "mounting it, so a corrupted block stops the "
+                                                  "boot there (false: an I/O error when read)")
     rw: bool = setting(BOOL, False, help="mount a single-device root read-write")
     delay: int = setting(INT, 10, help="seconds to wait for each device")
-    before_root: tuple[tuple[str, ...], ...] = setting(
-        ARGV_LISTS, (), help="commands run in the initramfs before the root is set up")
-    after_root: tuple[tuple[str, ...], ...] = setting(
-        ARGV_LISTS, (), help="commands run once the root is mounted on /newroot")
-    before_exec: tuple[tuple[str, ...], ...] = setting(
-        ARGV_LISTS, (), help="commands run just before the final command is executed")
+    before_root: tuple[Hook, ...] = setting(
+        HOOKS, (), help="commands run in the initramfs before the root is set up: argv lists, "
+                        "or { shell = \"script\" } fed to sh on stdin")
+    after_root: tuple[Hook, ...] = setting(
+        HOOKS, (), help="commands run once the root is mounted on /newroot (argv or shell)")
+    before_exec: tuple[Hook, ...] = setting(
+        HOOKS, (), help="commands run just before the final command is executed (argv or shell)")
     command: tuple[str, ...] = setting(STRINGS, ("/sbin/init",),
                                        help="the final command (argv), run in the root as PID 1")
     initctl: bool = setting(BOOL, False, help="a /dev/initctl FIFO: any write to it powers off")
-    switch: str = setting(STR, "switch_root", choices=("switch_root", "chroot"),
-                          help="how the root is entered")
+    switch: str = setting(STR, "switch_root", choices=("switch_root", "chroot", "pivot_root"),
+                          help="how the root is entered: switch_root (the initramfs emptied), "
+                               "chroot (the initramfs stays the mount namespace's root) or "
+                               "pivot_root (through a tmpfs stage; the old root detached)")
+    idmap: str | None = setting(STR, None, help="id-mapped layers: refused, the built-in init "
+                                                "cannot make id-mapped mounts (map owners at "
+                                                "build time with uid_map/gid_map)")
 
 
 def _layers(cfg: InitConfig) -> list[str]:
@@ -148,6 +179,33 @@ def _check_spec(value: str, what: str) -> None:
                          hint="a layer holds no comma or newline")
 
 
+def _check_verity(cfg: InitConfig) -> None:
+    if cfg.verity is None:
+        if cfg.roothash:
+            raise InputError("init config roothash: it goes with verity, the hash device",
+                             hint='e.g. verity = "PARTLABEL=root-verity"')
+        return
+    if not cfg.root or cfg.file or cfg.rw or not _is_device(cfg.root):
+        raise InputError(f"init config verity: expected root to be a device opened read-only, "
+                         f"got root={cfg.root!r}" + (f", file={cfg.file!r}" if cfg.file else "")
+                         + (", rw = true" if cfg.rw else ""),
+                         hint="dm-verity protects a whole partition: root = \"PARTLABEL=root\", "
+                              "verity = \"PARTLABEL=root-verity\"")
+    if not _is_device(cfg.verity):
+        raise InputError(f"init config verity: expected a device, got {cfg.verity!r}",
+                         hint="/dev/vdX, LABEL=, UUID=, PARTLABEL= or PARTUUID=")
+    if cfg.roothash and not _is_hex(cfg.roothash):
+        raise InputError(f"init config roothash: expected hexadecimal digits, got {cfg.roothash!r}")
+
+
+def _is_device(spec: str) -> bool:
+    return (spec.startswith("/dev/") or "=" in spec) and ":/" not in spec and "\n" not in spec
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def init_config_modules(cfg: InitConfig) -> tuple[str, ...]:
     """Kernel modules the config needs on top of the user's: loop and squashfs for image
     files, overlay for a stack, the root filesystem type's own."""
@@ -156,9 +214,36 @@ def init_config_modules(cfg: InitConfig) -> tuple[str, ...]:
         wanted += ["loop", "squashfs"]
     if cfg.lowers or cfg.upper:
         wanted.append("overlay")
+    if cfg.verity:
+        wanted.append("dm_verity")
     if cfg.fstype:
         wanted += _FSTYPE_MODULES.get(cfg.fstype, (cfg.fstype,))
     return tuple(dict.fromkeys(wanted))
+
+
+def _here_document(command: str, text: str) -> list[str]:
+    """``command`` with ``text`` on its stdin, verbatim: a quoted here-document whose
+    delimiter is a word no line of ``text`` is."""
+    if "\0" in text:
+        raise InputError("init config hook: a shell script holds a NUL byte")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    n, delimiter = 0, "IMGKIT_HOOK_END"
+    while delimiter in (line.strip() for line in lines):
+        n += 1
+        delimiter = f"IMGKIT_HOOK_END_{n}"
+    return [f"{command} <<'{delimiter}'", *lines, delimiter]
+
+
+def _check_idmap(cfg: InitConfig) -> None:
+    if cfg.idmap is not None:
+        raise InputError(
+            "init config idmap: the built-in init cannot make id-mapped mounts: busybox mount "
+            "has no mount_setattr(MOUNT_ATTR_IDMAP), which needs a user namespace to take the "
+            "mapping from, and the initramfs holds no helper for it",
+            hint="map owners when the layer is built ([trees.NAME] uid_map/gid_map or owner); "
+                 "the layers are then mounted plain")
 
 
 def render_init_conf(cfg: InitConfig) -> str:
@@ -177,6 +262,8 @@ def render_init_conf(cfg: InitConfig) -> str:
                          hint="set root (a device) or lowers (overlay layers)")
     for layer in _layers(cfg) + ([cfg.upper] if cfg.upper else []):
         _check_spec(layer, "layer")
+    _check_verity(cfg)
+    _check_idmap(cfg)
     q = shlex.quote
     lines = ["# /etc/imgkit/init.conf: read by /init (sourced; every value is quoted)",
              f"root={q(cfg.root or '')}",
@@ -184,15 +271,21 @@ def render_init_conf(cfg: InitConfig) -> str:
              f"rootfstype={q(cfg.fstype or '')}",
              f"lowers={q(','.join(cfg.lowers))}",
              f"upper={q(cfg.upper or '')}",
+             f"verity={q(cfg.verity or '')}",
+             f"roothash={q(cfg.roothash or '')}",
+             f"verity_check={'1' if cfg.verity_check else ''}",
              f"mode={'rw' if cfg.rw else 'ro'}",
              f"rootdelay={int(cfg.delay)}",
              f"command={q(' '.join(q(a) for a in cfg.command))}",
              f"initctl={'1' if cfg.initctl else ''}",
              f"switch={q(cfg.switch)}"]
     for hook in ("before_root", "after_root", "before_exec"):
-        argvs = getattr(cfg, hook)
         lines.append(f"hook_{hook}() {{")
-        lines += [f"    run_hook {hook} {' '.join(q(a) for a in argv)}" for argv in argvs]
+        for item in getattr(cfg, hook):
+            if isinstance(item, ShellHook):
+                lines += _here_document(f"    run_hook_script {hook}", item.script)
+            else:
+                lines.append(f"    run_hook {hook} {' '.join(q(a) for a in item)}")
         lines.append("    :")
         lines.append("}")
     return "\n".join(lines) + "\n"
