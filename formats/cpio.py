@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from imgkit.errors import ImageError
 from imgkit.holes import Ranges, blob_data_ranges, file_data_ranges, gaps, read_range
+from imgkit.losses import xattr_loss
 from imgkit.tree import Blob, Entry, FileBlob, Kind, Tree, sort_key
 
 NEWC_MAGIC = b"070701"
@@ -294,16 +295,7 @@ def unstorable(tree: Tree) -> list[str]:
     newc has no xattrs, so file capabilities, POSIX ACLs and SELinux labels are lost; the
     root directory is not stored at all (it exists wherever the archive is unpacked).
     """
-    paths = [e.path for e in tree if e.path and e.xattrs]
-    if not paths:
-        return []
-    names = sorted({key for e in tree if e.path and e.xattrs for key, _ in e.xattrs})
-    shown = ", ".join("/" + p for p in paths[:5])
-    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
-    keys = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    return [f"cpio newc cannot store extended attributes: {len(paths)} "
-            f"{'entry loses its' if len(paths) == 1 else 'entries lose their'} xattrs "
-            f"({keys}): {shown}{more}"]
+    return xattr_loss(tree, "cpio newc")
 
 
 def _emission_order(tree: Tree) -> Iterator[list[Entry]]:

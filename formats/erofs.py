@@ -252,7 +252,9 @@ class _Inode:
 
     @property
     def full_blocks(self) -> int:
-        return (self.size - self.inline) // BLOCK
+        """Blocks of data not stored inline: a tail too big to follow the inode takes a block
+        of its own (the rest of it reads as zeros)."""
+        return -(-(self.size - self.inline) // BLOCK)
 
 
 def build_time_of(tree: Tree) -> int:
@@ -431,7 +433,7 @@ def write_erofs(tree: Tree, path: str, *, label: str = "", uuid: str | None = No
             with _content(node, tree, by_path) as src:
                 if node.full_blocks:
                     out.seek(node.blkaddr * BLOCK)
-                    _copy(src, out, node.full_blocks * BLOCK, node.entry.path)
+                    _copy(src, out, node.size - node.inline, node.entry.path)
                 if node.inline:
                     out.seek(node.pos + node.isize)
                     _copy(src, out, node.inline, node.entry.path)

@@ -7,12 +7,12 @@ archive (:func:`imgkit.formats.tar.write_tar`): owners, modes, times, device num
 links and xattrs come from the archive, file data is read once from its source, and nothing
 is staged. Sockets, which tar cannot hold, are pseudo definitions beside it. squashfs keeps
 only ``user.``, ``trusted.`` and ``security.`` xattrs (the kernel reads no other namespace):
-others, POSIX ACLs among them, are left out with a warning per path.
+others, POSIX ACLs among them, are left out, with one warning naming the paths.
 
 Without 4.6 (no network on the first build), the 4.5.1 path stays: regular file data is staged
 in a work directory (linked, or copied with ``copy_file_range``) and every entry is a
 pseudo-file definition (``-pf``) whose data ``cat`` reads; 4.5.1 has no pseudo definition for
-xattrs, so none are stored, and the paths that had some are returned as warnings. Trees a tar
+xattrs, so none are stored, and the paths that had some are named in one warning. Trees a tar
 archive cannot carry exactly (names or link targets that are not UTF-8) take that path too,
 with ``x`` definitions for their xattrs when the tools are 4.6.
 
@@ -37,6 +37,7 @@ from imgkit import tools
 from imgkit.errors import ImageError, InputError, ToolError
 from imgkit.formats.blobs import available, read_at
 from imgkit.formats.records import Record
+from imgkit.losses import xattr_loss
 from imgkit.tree import Entry, Kind, Tree
 
 MAGIC = b"hsqs"
@@ -178,23 +179,22 @@ def xattr_lines(e: Entry) -> list[str]:
 
 
 def _storable(tree: Tree, why_not: str | None) -> tuple[Tree, list[str]]:
-    """``tree`` with only the xattrs the image can hold, and a warning per path that lost
-    some: every xattr when ``why_not`` (the tools take none), else those outside
-    :data:`XATTR_PREFIXES`."""
-    warnings: list[str] = []
-
-    def keep(e: Entry) -> Entry:
+    """``tree`` with only the xattrs the image can hold, and one warning
+    (:func:`imgkit.losses.xattr_loss`) naming the paths that lost some: every xattr when
+    ``why_not`` (the tools take none), else those outside :data:`XATTR_PREFIXES`."""
+    def kept(e: Entry) -> Entry:
         if not e.xattrs:
             return e
-        kept = () if why_not else tuple((k, v) for k, v in e.xattrs if k.startswith(XATTR_PREFIXES))
-        if len(kept) == len(e.xattrs):
-            return e
-        dropped = ", ".join(k for k, v in e.xattrs if (k, v) not in kept)
-        reason = why_not or "squashfs holds only user., trusted. and security. xattrs"
-        warnings.append(f"squashfs: xattrs of {e.path!r} not stored ({dropped}): {reason}")
-        return e.replace(xattrs=kept)
+        return e.replace(xattrs=() if why_not else
+                         tuple((k, v) for k, v in e.xattrs if k.startswith(XATTR_PREFIXES)))
 
-    return tree.map(keep), warnings
+    def dropped(e: Entry) -> Entry:
+        if not e.xattrs:
+            return e
+        return e.replace(xattrs=tuple(x for x in e.xattrs if x not in kept(e).xattrs))
+
+    reason = why_not or "it holds only user., trusted. and security. ones"
+    return tree.map(kept), xattr_loss(tree.map(dropped), "squashfs", reason)
 
 
 def _stage(tree: Tree, data_dir: str, *, xattrs: bool) -> list[str]:

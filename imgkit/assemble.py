@@ -16,7 +16,7 @@ from imgkit.idmap import KEEP, IdMap
 from imgkit.sources import load_source
 from imgkit.sources.initramfs_list import parse_list_lines
 from imgkit.sources.oci import split_image_prefix
-from imgkit.tree import Entry, FileBlob, Kind, Tree
+from imgkit.tree import Entry, FileBlob, Kind, Tree, normalize_path
 
 if TYPE_CHECKING:
     from imgkit.elfdeps import Root
@@ -56,6 +56,9 @@ class TreeSpec:
     file_mask: int = 0o7777
     #: How errors name the ``entries`` lines (default: "ORIGIN entry").
     entries_origin: str | None = None
+    #: Tree paths whose files get every block allocated (a directory: each file below it;
+    #: ``/``: the whole tree), see :attr:`Entry.keep_zeros`.
+    keep_zeros: tuple[str, ...] = ()
     #: ELF binaries (absolute paths or names looked up in the sbin and bin directories) laid
     #: under the user tree with their shared-library closure (:mod:`imgkit.elfdeps`), owned
     #: 0:0, taken from ``binaries_root`` (default: the host).
@@ -166,16 +169,34 @@ def _assemble_user(spec: TreeSpec) -> Tree:
         tree.add(host_file_entry(dest, host, mode=mode, where=spec.origin,
                                  mtime=spec.mtime, mask=spec.file_mask))
     tree.validate()
+    mark_keep_zeros(tree, spec.keep_zeros, origin=spec.origin)
     return finish(tree, idmap=spec.idmap, mtime=spec.mtime)
+
+
+def mark_keep_zeros(tree: Tree, paths: tuple[str, ...], *, origin: str) -> None:
+    """Set :attr:`Entry.keep_zeros` on the files ``paths`` name (a path, or every file below a
+    directory); a path the tree does not have is an error, not a silent no-op."""
+    for given in paths:
+        path = normalize_path(given, origin=origin)
+        if path not in tree:
+            raise InputError(f"{origin}: keep_zeros: {given!r} is not in the tree",
+                             hint="give tree paths of files or directories (\"/\" is all)")
+        below = f"{path}/" if path else ""
+        for e in list(tree):
+            if e.kind is Kind.FILE and (e.path == path or e.path.startswith(below)):
+                tree.add(e.replace(keep_zeros=True))
 
 
 def add_list_entries(tree: Tree, lines: tuple[str, ...] | list[str], *, origin: str,
                      default_mtime: int = 0) -> None:
-    """Add entries written in gen_init_cpio syntax (errors name ``origin:N``)."""
+    """Add entries written in gen_init_cpio syntax (errors name ``origin:N``). A directory
+    the lines only imply (the parent of a listed path) keeps the owner, mode and time it has
+    in ``tree``: a line adding one file must not reset its directories."""
     if lines:
         for e in parse_list_lines(lines, origin=origin, base=os.getcwd(),
                                   default_mtime=default_mtime):
-            if e.path:
+            implied = e.kind is Kind.DIR and e.origin.startswith("implied by ")
+            if e.path and not (implied and e.path in tree):
                 tree.add(e)
 
 

@@ -174,7 +174,8 @@ class Builder:
                 self.progress(f"kernel: {info.version} from tree {kc.tree}")
                 return info
             info = k.fetch_debian_kernel(package=kc.package)
-            self.progress(f"kernel: {info.version} from Debian package {kc.package}")
+            self.progress(f"kernel: {info.version} from Debian package {kc.package} "
+                          + ("(downloaded)" if info.downloaded else "(cached)"))
             return info
         info = self._once("kernel", make)
         self._check_tree_modules()
@@ -264,7 +265,8 @@ class Builder:
                         origin=f"{self.cfg.path}: [trees.{tc.name}]",
                         entries_origin=f"{self.cfg.path}: [trees.{tc.name}] entries line",
                         init=tc.init, modules=tc.modules, moddir=moddir, rc=tc.rc,
-                        init_config=tc.init_config, file_mask=0o755)
+                        init_config=tc.init_config, file_mask=0o755,
+                        keep_zeros=tc.keep_zeros)
         tree = assemble(spec, progress=lambda msg: self.progress(f"tree {tc.name}: {msg}"))
         for warning in tree.warnings:
             self.progress(f"warning: tree {tc.name}: {warning}")

@@ -104,6 +104,9 @@ class TreeConfig:
     uid_map: str | None = setting(STR, None, help="uid ranges \"INSIDE OUTSIDE COUNT\"")
     gid_map: str | None = setting(STR, None, help="gid ranges \"INSIDE OUTSIDE COUNT\"")
     host_owners: bool = setting(BOOL, False, help="take owners from the host files")
+    keep_zeros: tuple[str, ...] = setting(
+        STRINGS, (), help="tree paths whose files get every block allocated, all-zero ones "
+                          "too (a swapfile for swapon); a directory: its files; \"/\": all")
     init: str | None = setting(STR, None, choices=("busybox",), help="add imgkit's /init and busybox")
     modules: tuple[str, ...] = setting(STRINGS, (), help="kernel modules (and their dependencies) to add")
     rc: str | None = setting(STR, None, help="shell script the built-in init runs when there is no root=")

@@ -160,10 +160,15 @@ def report_image(fs: Any, kind: str, image_size: int, warnings: Sequence[str],
         raise InputError(f"filesystem {fs.name}: the {kind.split()[0]} image is {image_size:,} "
                          f"bytes, more than the {room:,} bytes it is given",
                          hint="give the partition more room or leave its size out")
-    for warning in warnings:
-        ctx.progress(f"warning: {warning}")
+    report_warnings(warnings, ctx)
     ctx.progress(f"filesystem {fs.name}: {kind}, {image_size:,} bytes")
     return image_size
+
+
+def report_warnings(warnings: Sequence[str], ctx: BuildContext) -> None:
+    """What a writer could not hold of its tree, for the user (a line each)."""
+    for warning in warnings:
+        ctx.progress(f"warning: {warning}")
 
 
 def size_or_none(text: str | None, what: str) -> int | None:

@@ -164,6 +164,10 @@ class Entry:
     data: Blob | None = field(default=None, compare=False)
     origin: str = field(default="", compare=False)
     """Where the entry came from (``file:line`` or a host path), for error messages."""
+    keep_zeros: bool = False
+    """Every block of this file is allocated in the image, all-zero ones too (a swapfile:
+    ``swapon`` refuses a file with holes); by default a filesystem writer may store all-zero
+    blocks as holes."""
 
     @property
     def st_mode(self) -> int:

@@ -171,3 +171,30 @@ def test_ext4_partition_by_gpt_name(tmp_path, debian_kernel, vmlinux, root):
     result = qemu.boot(spec, expect=re.compile(r"MOUNT /dev/vda1 / ext4 ro\S*"),
                        timeout=BOOT_TIMEOUT)
     assert "EXT4-ROOT pid=1" in result.log
+
+
+PIPE_RC = r"""
+stty -echo 2>/dev/null
+echo IMGKIT-READING
+while read -r line; do
+    case "$line" in *typed-through-a-pipe*) echo "GOT <$line> ANSWER-$((6 * 7))"; break ;; esac
+done
+"""
+
+
+def test_run_types_piped_stdin_into_the_serial_console(tmp_path, vmlinux):
+    """``printf ... | imgkit run``: the guest's /dev/console (ttyS0) reads the pipe. The
+    first bytes may go before the guest opens the port (the UART drops its FIFO then), so
+    lines are sent until the guest echoes one."""
+    import subprocess
+    import sys
+    initrd = _write_initrd(initrd_init.busybox_init_tree(rc_script=PIPE_RC),
+                           tmp_path / "i.zst", "zstd")
+    lines = b"".join(b"%d typed-through-a-pipe\n" % i for i in range(200))
+    r = subprocess.run([sys.executable, "-m", "imgkit", "run", "--kernel", vmlinux,
+                        "--initrd", initrd, "--append", APPEND, "--expect", "ANSWER-42",
+                        "--timeout", str(BOOT_TIMEOUT)], input=lines, capture_output=True,
+                       timeout=BOOT_TIMEOUT + 60)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, r.stderr.decode(errors="replace") + out
+    assert re.search(r"GOT <\d+ typed-through-a-pipe> ANSWER-42", out), out[-2000:]

@@ -4,9 +4,11 @@ The root is made once by ``debootstrap`` (as root: it chroots and runs maintaine
 and cached as a tar in ``$IMGKIT_CACHE`` keyed by its package list, so the unprivileged run
 of the suite and later runs reuse it. Everything after that runs as whoever runs the test:
 imgkit builds a GPT disk from the tar (a UKI with the tree's own kernel on an ESP, syslinux
-on the same ESP for BIOS, an ext4 root), the ext4 is compared path by path with the tar (GNU
-tar's listing, Python's tarfile for xattrs) through ``debugfs``, and the disk boots under OVMF
-(raw) and SeaBIOS (qcow2).
+on the same ESP for BIOS, an ext4 root), the ext4 is compared path by path with the tar
+(tests/fidelity.py: Python's tarfile against ``debugfs``), and the disk boots under OVMF
+(raw) and SeaBIOS (qcow2). The same root as an OCI image (``umoci raw add-layer``) gives the
+same ext4 and boots too. The other formats (cpio, tar, squashfs, ISO, erofs) made from the
+tar are compared with it through their own tools.
 """
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ import sys
 import tempfile
 
 import pytest
+from fidelity import (
+    ABSENT,
+    CANNOT_HOLD,
+    EXTRA,
+    debugfs_commands,
+    differences,
+    ext4_listing,
+    tar_source,
+    write_format,
+)
 
 SUITE = "bookworm"
 PACKAGES = ("systemd-sysv", "udev", "linux-image-amd64", "kmod", "iproute2", "passwd",
@@ -74,123 +86,44 @@ def make_root_tar() -> str:
     return tar
 
 
-# -- the fidelity check: the tar (GNU tar's listing) against the ext4 image (debugfs) --------
-_TAR_LINE = re.compile(r"^(?P<mode>[-dlhcbps][-rwxsStT]{9})\s+(?P<uid>\d+)/(?P<gid>\d+)\s+"
-                       r"(?P<size>\d+|\d+,\d+)\s+\d{4}-\d\d-\d\d \d\d:\d\d (?P<name>.*)$")
-_TYPES = {"-": 0o100000, "h": 0o100000, "d": 0o040000, "l": 0o120000, "c": 0o020000,
-          "b": 0o060000, "p": 0o010000, "s": 0o140000}
+def cached_oci_layout(tar: str) -> str:
+    """An OCI image layout of the root tar, tagged ``debian``, made by umoci (``raw add-layer``
+    stores the tar verbatim as one gzip layer) and cached beside the tar; a run that cannot
+    write the cache makes its own copy in a temporary directory."""
+    done = tar.removesuffix(".tar") + "-oci"
+    if os.path.isdir(done):
+        return done
+    parent = os.path.dirname(tar)
+    if not os.access(parent, os.W_OK):
+        parent = tempfile.mkdtemp(prefix="debian-oci-")
+        done = os.path.join(parent, "oci")
+    work = tempfile.mkdtemp(prefix="umoci-", dir=parent)
+    try:
+        layout = os.path.join(work, "oci")
+        for argv in (["init", "--layout", layout], ["new", "--image", f"{layout}:base"],
+                     ["raw", "add-layer", "--image", f"{layout}:base", "--tag", "debian", tar]):
+            subprocess.run(["umoci", *argv], check=True, capture_output=True)
+        subprocess.run(["chmod", "-R", "a+rX", layout], check=True)
+        os.replace(layout, done)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return done
 
 
-def _unescape(name: str) -> str:
-    """GNU tar's 'escape' quoting of names (backslash, octal bytes) undone."""
-    def one(m: re.Match) -> str:
-        text = m[1]
-        return {"\\": "\\", "n": "\n", "t": "\t"}.get(text) or chr(int(text, 8))
-    return re.sub(r"\\(\\|n|t|[0-7]{3})", one, name)
-
-
-def _perm(text: str) -> int:
-    """``rwsr-xr-x`` -> 0o4755."""
-    bits = 0
-    for i, (c, special) in enumerate(zip(text, "..s..s..t", strict=True)):
-        if c not in "-ST":
-            bits |= 1 << (8 - i)
-        if c in "sStT" and special in "st":
-            bits |= {2: 0o4000, 5: 0o2000, 8: 0o1000}[i]
-    return bits
-
-
-def tar_listing(tar: str) -> dict[str, dict]:
-    """path -> mode, uid, gid, size, target, rdev, hardlink, from ``tar -tv``."""
-    out = subprocess.run(["tar", "--numeric-owner", "-tvf", tar], capture_output=True,
-                         text=True, check=True, env={**os.environ, "LC_ALL": "C"}).stdout
-    entries: dict[str, dict] = {}
-    for line in out.splitlines():
-        m = _TAR_LINE.match(line)
-        assert m, f"unparsed tar listing line: {line!r}"
-        name, target, hardlink = m["name"], None, None
-        if m["mode"][0] == "l":
-            name, target = name.split(" -> ", 1)
-        elif m["mode"][0] == "h":
-            name, hardlink = name.split(" link to ", 1)
-            hardlink = _unescape(hardlink).removeprefix("./")
-        name = _unescape(name).removeprefix("./").rstrip("/")
-        size, rdev = (0, tuple(map(int, m["size"].split(",")))) if "," in m["size"] else \
-            (int(m["size"]), None)
-        entries[name] = {"mode": _TYPES[m["mode"][0]] | _perm(m["mode"][1:]),
-                         "uid": int(m["uid"]), "gid": int(m["gid"]), "size": size,
-                         "target": _unescape(target) if target else None, "rdev": rdev,
-                         "hardlink": hardlink}
-    return entries
-
-
-def _debugfs(image: str, commands: list[str]) -> dict[str, str]:
-    """Each command's output from one ``debugfs -f`` run (read-only)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".cmds") as f:
-        f.write("".join(c + "\n" for c in commands))
-        f.flush()
-        out = subprocess.run(["debugfs", "-f", f.name, image], capture_output=True, text=True,
-                             check=True, errors="surrogateescape").stdout
-    results: dict[str, str] = {}
-    for chunk in out.split("debugfs: ")[1:]:
-        cmd, _, body = chunk.partition("\n")
-        results[cmd] = body
-    return results
-
-
-def _q(path: str) -> str:
-    return '"/' + path + '"'
+# -- the fidelity check (tests/fidelity.py): the tar against each image --------------------------
+#: Build time of every test build (SOURCE_DATE_EPOCH): newer mtimes are clamped to it.
+EPOCH = 1700000000
+#: What the example config adds to the tar's root, and the filesystem's own lost+found.
+ADDED = ("lost+found", "etc/systemd/system/imgkit-check.service",
+         "etc/systemd/system/multi-user.target.wants/imgkit-check.service",
+         "usr/local/sbin/imgkit-check")
 
 
 def image_differences(tar: str, image: str) -> list[str]:
-    """Every difference between the tar's paths and the ext4 image (``IMG?offset=N``): type,
-    permissions, owner, size, symlink target, device numbers, hard-link groups."""
-    want = tar_listing(tar)
-    dirs = [p for p, e in want.items() if e["mode"] & 0o170000 == 0o040000]
-    listed = _debugfs(image, [f"ls -p {_q(d)}" for d in dirs])
-    have: dict[str, dict] = {}
-    for d in dirs:
-        for line in listed.get(f"ls -p {_q(d)}", "").splitlines():
-            parts = line.split("/")
-            if len(parts) < 7 or parts[5] in (".", ".."):
-                continue
-            path = f"{d}/{parts[5]}" if d else parts[5]
-            have[path] = {"ino": int(parts[1]), "mode": int(parts[2], 8), "uid": int(parts[3]),
-                          "gid": int(parts[4]), "size": int(parts[6] or 0)}
-    special = [p for p, e in want.items() if e["target"] is not None or e["rdev"] is not None]
-    stats = _debugfs(image, [f"stat {_q(p)}" for p in special])
-    diffs = []
-    for path, e in want.items():
-        if not path:
-            continue
-        h = have.get(path)
-        if h is None:
-            diffs.append(f"{path}: missing from the image")
-            continue
-        primary = want[e["hardlink"]] if e["hardlink"] else e
-        for key in ("mode", "uid", "gid"):
-            expected = e[key] if key != "mode" or not e["hardlink"] else primary["mode"]
-            if h[key] != expected:
-                diffs.append(f"{path}: {key} {h[key]:o} in the image, {expected:o} in the tar")
-        if primary["mode"] & 0o170000 == 0o100000 and h["size"] != primary["size"]:
-            diffs.append(f"{path}: size {h['size']} in the image, {primary['size']} in the tar")
-        if e["hardlink"] and have.get(e["hardlink"], {}).get("ino") != h["ino"]:
-            diffs.append(f"{path}: not a hard link to {e['hardlink']} in the image")
-        body = stats.get(f"stat {_q(path)}", "")
-        if e["target"] is not None:
-            m = re.search(r'link dest: "(.*)"', body)
-            if not m or m[1] != e["target"]:
-                diffs.append(f"{path}: link target {m[1] if m else None!r} in the image, "
-                             f"{e['target']!r} in the tar")
-        if e["rdev"] is not None:
-            m = re.search(r"Device major/minor number: (\d+):(\d+)", body)
-            got = (int(m[1]), int(m[2])) if m else None
-            if got != e["rdev"]:
-                diffs.append(f"{path}: device {got} in the image, {e['rdev']} in the tar")
-    extra = sorted(set(have) - set(want))
-    diffs += [f"{p}: in the image, not in the tar" for p in extra
-              if not p.startswith(("lost+found", "etc/systemd/system/", "usr/local/sbin/"))]
-    return diffs
+    """Every difference between the tar's paths and the ext4 image (``IMG?offset=N``):
+    kind, permissions, owner, size, mtime (clamped to the build time), symlink target,
+    device numbers, xattrs (ACLs too), hard-link groups, contents."""
+    return differences(tar_source(tar), ext4_listing(image), clamp=EPOCH, extra=ADDED)
 
 
 def tar_xattr(tar: str, path: str, name: str) -> bytes | None:
@@ -206,7 +139,8 @@ def tar_xattr(tar: str, path: str, name: str) -> bytes | None:
 
 
 def image_xattr(image: str, path: str, name: str) -> bytes | None:
-    body = _debugfs(image, [f"ea_list {_q(path)}"]).get(f"ea_list {_q(path)}", "")
+    command = f'ea_list "/{path}"'
+    body = debugfs_commands(image, [command]).get(command, "")
     m = re.search(rf"^\s*{re.escape(name)} \(\d+\) = ((?:[0-9a-f]{{2}} ?)+)$", body, re.M)
     return bytes.fromhex(m[1].replace(" ", "")) if m else None
 
@@ -249,6 +183,22 @@ def debian_images(tmp_path_factory):
                                      capture_output=True, text=True, check=True).stdout)
     assert info["format"] == "qcow2", info
     return tar, str(work / "out" / "debian.img"), qcow2
+
+
+@pytest.fixture(scope="module")
+def debian_oci_image(tmp_path_factory):
+    """examples/debian.toml with the root taken from an OCI image of the root tar
+    (``oci:DIR:debian``) instead of the tar itself, as a raw disk."""
+    tar, work = _example_work(tmp_path_factory, "debian-oci")
+    os.symlink(cached_oci_layout(tar), work / "debian-oci")
+    with open(os.path.join(EXAMPLES, "debian.toml"), encoding="utf-8") as f:
+        text = f.read()
+    assert 'sources = ["root.tar"]' in text
+    (work / "oci.toml").write_text(text.replace('sources = ["root.tar"]',
+                                                'sources = ["oci:debian-oci:debian"]'))
+    r = _imgkit("build", str(work / "oci.toml"), "-O", str(work / "out"))
+    assert re.search(r"kernel: \S+ from tree rootfs", r.stderr), r.stderr
+    return tar, str(work / "out" / "debian.img")
 
 
 def _root_partition(image: str) -> str:
@@ -323,3 +273,53 @@ def test_grub_example_config_boots_the_trees_kernel_with_the_declared_cmdline():
     cfg = load_config(os.path.join(EXAMPLES, "debian-grub.toml"))
     assert (cfg.kernel.source, cfg.kernel.tree) == ("tree", "rootfs")
     assert cfg.disk.bios == "grub" and "root=PARTLABEL=root" in cfg.cmdline
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_debian_root_from_an_oci_image_is_the_tars_root(debian_oci_image):
+    """The ext4 built from the OCI image holds exactly what the tar holds (GNU tar's listing
+    against debugfs), ping's capability included."""
+    tar, raw = debian_oci_image
+    fs = _root_partition(raw)
+    fsck = subprocess.run(["e2fsck", "-fn", fs], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert image_differences(tar, fs) == []
+    assert image_xattr(fs, "usr/bin/ping", "security.capability") == \
+        tar_xattr(tar, "usr/bin/ping", "security.capability")
+
+
+@pytest.mark.boot
+@pytest.mark.slow
+def test_debian_from_an_oci_image_boots_to_login(debian_oci_image):
+    _, raw = debian_oci_image
+    r = _imgkit("run", raw, "--firmware", "bios", "--snapshot", "--expect", "login:",
+                "--timeout", "420", timeout=480)
+    check_report(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def debian_source():
+    """The cached root tar and its listing (Python's tarfile), read once for every format."""
+    tar = make_root_tar()
+    return tar, tar_source(tar)
+
+
+# Marked boot as well as slow so that the non-boot suite leaves these minutes-long builds of
+# the whole root to the slow run, with the boot tests.
+@pytest.mark.boot
+@pytest.mark.slow
+# squashfs: tests/test_debian_live.py compares the live ISO's squashfs with the tar
+@pytest.mark.parametrize("fmt", ["cpio", "tar", "iso9660", "erofs"])
+def test_debian_root_in_every_format(debian_source, fmt, tmp_path):
+    """The whole root written as each format keeps every path, as the format's own tools
+    read it back: no difference but what the format cannot hold (fidelity.CANNOT_HOLD)."""
+    from imgkit.assemble import TreeSpec, assemble
+    tar, source = debian_source
+    tree = assemble(TreeSpec(sources=(tar,), mtime=EPOCH))
+    image, warnings = write_format(fmt, tree, str(tmp_path / f"root.{fmt}"))
+    diffs = differences(source, image, cannot_hold=CANNOT_HOLD[fmt], absent=ABSENT.get(fmt),
+                        clamp=EPOCH, extra=EXTRA.get(fmt, ()))
+    assert diffs == [], "\n".join(diffs[:40])
+    if "xattrs" in CANNOT_HOLD[fmt]:   # ping's capability and the journal's ACL: said, not lost silently
+        assert any("/usr/bin/ping" in w for w in warnings), warnings

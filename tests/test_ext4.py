@@ -578,3 +578,72 @@ def test_a_tar_whose_data_is_not_where_expected_is_spooled(tmp_path, monkeypatch
         assert tree[name].data.host_range()[0] != str(tar)
         with tree[name].data.open() as f:
             assert f.read() == sh_bytes("tar", "-xOf", str(tar), "./" + name)
+
+
+# -- keep_zeros: a swapfile keeps every block -------------------------------------------------
+
+def _dd_swapfile(path, mib: int) -> None:
+    """A swapfile as the swapon manual says to make one: dd from /dev/zero, then mkswap."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "status=none"],
+                   check=True)
+    os.chmod(path, 0o600)
+    subprocess.run(["mkswap", str(path)], check=True, capture_output=True)
+
+
+def _blocks_and_holes(img, path: str) -> tuple[int, int, list[tuple[int, int]]]:
+    """debugfs' view of ``path``: i_size, 512-byte sectors counted, and the logical block
+    ranges its extents map (``filefrag -v``)."""
+    st = debugfs(img, f"stat {path}")
+    size = int(re.search(r"Size: (\d+)", st)[1])
+    sectors = int(re.search(r"Blockcount: (\d+)", st)[1])
+    frag = debugfs(img, f"filefrag -v {path}")
+    ranges = [(int(m[1]), int(m[2])) for m in
+              re.finditer(r"^\s*\d+\s+(\d+)\s+\d+\s+(?:\d+\s+)?(\d+)\s*$", frag, re.M)]
+    return size, sectors, ranges
+
+
+def _mapped(ranges: list[tuple[int, int]]) -> set[int]:
+    return {b for start, length in ranges for b in range(start, start + length)}
+
+
+@pytest.mark.parametrize("keep", [["/swapfile"], ["/"]], ids=["one-file", "whole-tree"])
+def test_keep_zeros_allocates_every_block_of_a_swapfile(tmp_path, e2fs, keep):
+    import sys
+    src = tmp_path / "src"
+    src.mkdir()
+    _dd_swapfile(src / "swapfile", 8)
+    (src / "zeros").write_bytes(bytes(1 << 20))    # not listed: may become a hole
+    (tmp_path / "swap.toml").write_text(f"""
+[trees.root]
+sources = ["src"]
+keep_zeros = {keep!r}
+[filesystems.root]
+type = "ext4"
+tree = "root"
+output = "root.ext4"
+""".replace("'", '"'))
+    r = subprocess.run([sys.executable, "-m", "imgkit", "build", str(tmp_path / "swap.toml"),
+                        "-O", str(tmp_path / "out"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    img = tmp_path / "out" / "root.ext4"
+    fsck(img)
+    size, sectors, ranges = _blocks_and_holes(img, "/swapfile")
+    blocks = size // 4096
+    assert size == 8 << 20 and sectors * 512 >= size, (size, sectors)
+    assert _mapped(ranges) == set(range(blocks)), f"holes in the swapfile: {ranges}"
+    dumped = tmp_path / "swap.out"
+    debugfs(img, f"dump /swapfile {dumped}")
+    assert dumped.read_bytes() == (src / "swapfile").read_bytes()   # the header, then zeros
+    zsize, zsectors, zranges = _blocks_and_holes(img, "/zeros")
+    if keep == ["/"]:
+        assert _mapped(zranges) == set(range(zsize // 4096))
+    else:
+        assert zsectors == 0 and zranges == [], "an unlisted all-zero file is a hole"
+
+
+def test_keep_zeros_of_a_path_not_in_the_tree_is_an_error(tmp_path):
+    from imgkit.assemble import TreeSpec, assemble
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(InputError, match="keep_zeros: '/swap' is not in the tree"):
+        assemble(TreeSpec(sources=(str(src),), keep_zeros=("/swap",)))

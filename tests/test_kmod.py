@@ -344,3 +344,34 @@ output = "esp.cpio"
     with pytest.raises(InputError, match="kernel:initrd"):
         build(_config(tmp_path, text.replace('source = "tree"\ntree = "root"', 'source = "host"')),
               str(tmp_path / "out2"))
+
+
+def test_a_fresh_download_is_not_called_cached(tmp_path, monkeypatch):
+    """The first fetch into an empty cache says it downloaded, the second that it did not.
+    apt is stood in for by a package built with dpkg-deb (no network); dpkg -x unpacks it."""
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "boot").mkdir()
+    (pkg / "boot" / "vmlinuz-9.9.9-test").write_bytes(b"MZ kernel")
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: linux-image-9.9.9-test\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: nobody <nobody@example.org>\nDescription: test kernel\n")
+    deb = tmp_path / "linux-image-9.9.9-test_1.0_all.deb"
+    tools.run(["dpkg-deb", "--root-owner-group", "-b", str(pkg), str(deb)])
+    real_run = tools.run
+
+    def run(argv, **kw):
+        if argv[:2] == ["apt-cache", "depends"]:
+            return real_run(["echo", "  Depends: linux-image-9.9.9-test"])
+        if argv[:2] == ["apt-cache", "show"]:
+            return real_run(["echo", "Version: 1.0"])
+        if argv[:2] == ["apt-get", "download"]:
+            shutil.copy(deb, kw["cwd"])
+            return real_run(["true"])
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(kernel.tools, "run", run)
+    first = kernel.fetch_debian_kernel(tmp_path / "cache", package="linux-image-test")
+    second = kernel.fetch_debian_kernel(tmp_path / "cache", package="linux-image-test")
+    assert (first.version, first.downloaded) == ("9.9.9-test", True)
+    assert (second.vmlinuz, second.downloaded) == (first.vmlinuz, False)

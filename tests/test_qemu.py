@@ -258,3 +258,37 @@ def test_share_security_model_follows_the_user(monkeypatch, euid, model):
     assert _pairs(explicit, "-virtfs")[0].endswith("security_model=none")
     with pytest.raises(InputError, match="security model"):
         qemu.build_argv(QemuSpec(shares=(Share("/srv/w", "w", security_model="passthrough"),)))
+
+
+def test_a_pipe_given_as_stdin_reaches_qemu(fake_qemu):
+    fake_qemu("read x; echo \"GOT $x\"; exit 0")
+    r, w = os.pipe()
+    os.write(w, b"typed\n")
+    os.close(w)
+    try:
+        result = qemu.boot(QemuSpec(), timeout=20, stdin=r)
+    finally:
+        os.close(r)
+    assert "GOT typed" in result.log
+
+
+def test_print_cmdline_names_a_copy_of_the_uefi_vars(tmp_path):
+    """The printed line must not hand QEMU the system's variable store to write."""
+    import subprocess
+    import sys
+
+    from imgkit.vm.firmware import find_uefi
+
+    template = find_uefi().vars_template
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 1000)
+    r = subprocess.run([sys.executable, "-m", "imgkit", "run", "--kernel", str(kernel),
+                        "--firmware", "uefi", "--print-cmdline"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    pflash = [a for a in r.stdout.split() if "if=pflash" in a]
+    assert len(pflash) == 2 and template not in pflash[1], pflash
+    assert "readonly=on" in pflash[0]
+    name = os.path.basename(template)
+    assert pflash[1].endswith(f"file=COPY-OF-{name}"), pflash
+    assert f"each run copies {template}" in r.stderr

@@ -153,3 +153,30 @@ def test_id_maps(sample_tree):
         IdMap("ranges", uid_ranges=parse_ranges("0 0 1")).apply(sample_tree)
     with pytest.raises(InputError, match="INSIDE OUTSIDE COUNT"):
         parse_ranges("0 1000")
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="privilege: root reads every file (runs in the "
+                                              "uid 65534 pass)")
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_an_unreadable_source_says_how_to_get_a_readable_root(tmp_path, what):
+    """What a debootstrap root gives a user: /etc/shadow or /root only root may read."""
+    from imgkit.errors import InputError
+    from imgkit.sources import read_directory
+
+    src = tmp_path / "rootdir"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    secret = src / "etc" / "shadow" if what == "file" else src / "root"
+    if what == "file":
+        secret.write_text("root:*:19000::::::\n")
+    else:
+        secret.mkdir()
+    os.chmod(secret, 0)
+    try:
+        with pytest.raises(InputError) as info:
+            read_directory(str(src))
+    finally:
+        os.chmod(secret, 0o700)
+    assert str(secret) in str(info.value)
+    hint = info.value.hint or ""
+    assert "tar" in hint and "--xattrs" in hint and "mmdebstrap --mode=unshare" in hint

@@ -266,7 +266,9 @@ def write_ext4(
         # The superblock counts the bytes each tool wrote, which differs with the work done
         # (placeholders linked anew); zero it in a pass of its own, which writes no more.
         with open(cmds, "w") as f:
-            f.write(f"set_current_time @{fs_time}\nssv kbytes_written 0\n")
+            f.write(f"set_current_time @{fs_time}\n")
+            f.writelines(_allocate_commands(tree, inodes_now))
+            f.write("ssv kbytes_written 0\n")
         _debugfs(target, cmds)
         if cleanup is not None:
             cleanup.result()
@@ -972,6 +974,17 @@ def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
             lines.append(f"sif {ref} {field} @{e.mtime}")
     with open(cmd_path, "wb") as f:
         f.write(b"\n".join(os.fsencode(line) for line in lines) + b"\n")
+
+
+def _allocate_commands(tree: Tree, inodes: dict[str, _Inode]) -> list[str]:
+    """``fallocate`` for each file whose every block must be allocated (mke2fs stores
+    all-zero blocks as holes): the holes become unwritten extents, which read as zeros and
+    which ``swapon`` takes."""
+    out = []
+    for e in tree:
+        if e.kind is Kind.FILE and e.keep_zeros and e.size:
+            out.append(f"fallocate <{inodes[e.path].ino}> 0 {(e.size - 1) // BLOCK}\n")
+    return out
 
 
 def _debugfs(image: str, cmds: str) -> None:

@@ -39,6 +39,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from imgkit.atomic import atomic_open
 from imgkit.errors import InputError, LayoutError
+from imgkit.losses import xattr_loss
 from imgkit.tree import Blob, Entry, Kind, Tree
 
 SECTOR = 2048
@@ -71,9 +72,11 @@ class IsoBoot:
 
 @dataclass(frozen=True)
 class IsoInfo:
-    """What :func:`write_iso` made: the image size in bytes."""
+    """What :func:`write_iso` made: the image size in bytes, and what of the tree it could
+    not hold (one line each)."""
 
     size: int
+    warnings: tuple[str, ...] = ()
 
 
 # -- public API ---------------------------------------------------------------------------
@@ -139,7 +142,8 @@ def write_iso(
         finally:
             with contextlib.suppress(PyCdlibException):
                 iso.close()
-    return IsoInfo(size=size)
+    return IsoInfo(size=size, warnings=tuple(xattr_loss(
+        tree, "ISO 9660", "Rock Ridge as pycdlib writes it has no AAIP xattr records")))
 
 
 def _has_gpt(f) -> bool:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 DESCRIPTION = ("Boot a kernel (direct), a UKI, a disk image (raw/qcow2) or an ISO in QEMU with "
                "the right firmware; serial console on the terminal. With --expect, exit 0 once "
-               "TEXT appears.")
+               "TEXT appears. A pipe or file as standard input is typed into the serial "
+               "console (printf 'root\\n' | imgkit run disk.img --expect '# ').")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,14 +118,49 @@ def check_kernel(path: str) -> None:
 
 
 def print_cmdline(spec: QemuSpec, accel: str) -> None:
+    """The QEMU command line a run would use. A UEFI run writes to a copy of OVMF's
+    variable store made for that run (never the system's template): the line names that
+    copy by a placeholder, and stderr says how to make one."""
     import shlex
 
     from imgkit.vm.firmware import find_uefi
     from imgkit.vm.qemu import build_argv
 
     uefi = find_uefi() if spec.firmware == "uefi" else None
-    print(shlex.join(build_argv(spec, accel=accel, uefi=uefi,
-                                vars_path=uefi.vars_template if uefi else None)))
+    vars_path = None
+    if uefi is not None and spec.uefi_vars is None:
+        vars_path = vars_placeholder(uefi.vars_template)
+        progress(f"{vars_path}: each run copies {uefi.vars_template} to a file of its own "
+                 f"and gives QEMU that copy; to run this line, cp {uefi.vars_template} "
+                 "OVMF_VARS.fd and put its path there")
+    print(shlex.join(build_argv(spec, accel=accel, uefi=uefi, vars_path=vars_path)))
+
+
+def vars_placeholder(template: str) -> str:
+    """What ``--print-cmdline`` shows in place of the per-run copy of ``template``."""
+    import os
+    return f"COPY-OF-{os.path.basename(template)}"
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:   # closed
+        return False
+
+
+def piped_stdin() -> int | None:
+    """Our standard input when it is a pipe or a regular file (``echo root | imgkit run``,
+    ``imgkit run ... < keys``): QEMU reads it as the serial console's input. A terminal
+    (without ``--expect``) gets the interactive console instead; anything else (``/dev/null``,
+    no stdin at all) gives the guest no input."""
+    import os
+    import stat
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return None
+    return 0 if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         if args.print_cmdline:
             print_cmdline(spec, accel)
             return 0
-        if args.expect is None and not (args.quiet or args.json) and sys.stdin.isatty():
+        if args.expect is None and not (args.quiet or args.json) and _stdin_is_tty():
             progress(f"QEMU ({accel}); serial console here: Ctrl-A X quits, Ctrl-A C is the "
                      "QEMU monitor")
             return run_interactive(spec, timeout=args.timeout, accel=accel)
@@ -148,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         console = None if (args.quiet or args.json) else sys.stdout
         try:
             result = boot(spec, expect=args.expect, timeout=args.timeout, console=console,
-                          accel=accel, wait_exit=args.expect is None)
+                          accel=accel, wait_exit=args.expect is None, stdin=piped_stdin())
         except BootError as exc:
             tail = getattr(exc, "log_tail", None)
             if args.quiet and tail:

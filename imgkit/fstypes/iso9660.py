@@ -3,7 +3,7 @@ through pycdlib."""
 from __future__ import annotations
 
 from imgkit.errors import InputError
-from imgkit.filesystems import FilesystemType
+from imgkit.filesystems import FilesystemType, report_warnings
 
 
 class Iso9660(FilesystemType):
@@ -19,6 +19,7 @@ class Iso9660(FilesystemType):
         from imgkit.formats.iso9660 import write_iso
         info = write_iso(tree, path, volume_id=fs.label or "IMGKIT", mtime_epoch=ctx.mtime,
                          seed=ctx.seed("iso", fs.name))
+        report_warnings(info.warnings, ctx)
         return info.size
 
     def write_boot_media(self, tree, path, entries, *, label, hybrid, ctx):
@@ -36,6 +37,7 @@ class Iso9660(FilesystemType):
                            isohybrid=hybrid and bool(bios), isohybrid_efi=hybrid and bool(efi))
         info = write_iso(tree, path, volume_id=label, mtime_epoch=ctx.mtime, boot=boot,
                          seed=ctx.seed("iso"))
+        report_warnings(info.warnings, ctx)
         return info.size
 
     def describe(self, f, offset=0, size=None):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from imgkit.errors import InputError
-from imgkit.filesystems import FilesystemType, size_or_none
+from imgkit.filesystems import FilesystemType, report_warnings, size_or_none
 from imgkit.settings import INT, SIZE, STR, setting
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class Vfat(FilesystemType):
             raise InputError("vfat is written into a file of its own, not at an offset")
         plan = write_fat(tree, path, size=size, serial=fat_serial(fs.options.uuid, ctx.seed("fat", fs.name)),
                          hidden_sectors=(disk_offset or 0) // 512, **self._planning(fs))
+        from imgkit.losses import xattr_loss
+        report_warnings(xattr_loss(tree, "FAT"), ctx)
         ctx.progress(f"filesystem {fs.name}: FAT{plan.fat_type}, {plan.size:,} bytes")
         return plan.size
 

@@ -90,15 +90,22 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
             with os.scandir(host_dir) as it:
                 items = sorted(it, key=lambda d: d.name)
         except OSError as exc:
-            raise InputError(f"cannot read directory {host_dir!r}: {exc.strerror}") from exc
+            raise unreadable_error(path, f"cannot read directory {host_dir!r}: "
+                                   f"{exc.strerror}") from exc
         for item in items:
             rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
             st = item.stat(follow_symlinks=False)
             add(item.path, rel, st)
             if stat.S_ISDIR(st.st_mode):
                 walk(item.path, rel)
+            elif stat.S_ISREG(st.st_mode) and not os.access(item.path, os.R_OK):
+                unreadable.append(item.path)
 
+    unreadable: list[str] = []
     walk(path, prefix)
+    if unreadable:
+        raise unreadable_error(path, f"{len(unreadable)} file(s) of {path} cannot "
+                               f"be read by uid {os.getuid()}: " + ", ".join(unreadable[:5]))
     if dropped:
         shown = ", ".join("/" + p for p in dropped[:5]) + (
             f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
@@ -107,6 +114,17 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
             f"which the default owner policy makes root's: {shown}; to keep them, give the "
             f"owner explicitly: --host-owners --root-uid {uid} --root-gid {gid}")
     return tree
+
+
+def unreadable_error(source: str, message: str) -> InputError:
+    """What to say when part of a source directory cannot be read: a root filesystem made by
+    root (debootstrap, a package manager) has files only root may read, and the way out is
+    to let a tool with that right pack it, not to run imgkit as root."""
+    return InputError(message, hint=f"pack the tree as root, once: sudo tar -C {source} "
+                      "--numeric-owner --xattrs --xattrs-include='*' --acls -S -cpf root.tar . "
+                      "and give root.tar as the source (owners, modes and xattrs come from the "
+                      "archive); or make the root as yourself with mmdebstrap --mode=unshare "
+                      "(or podman/buildah unshare), which leaves it readable by you")
 
 
 def _read_xattrs(host: str) -> tuple[tuple[str, bytes], ...]:

@@ -18,6 +18,7 @@ tree's lazy blobs: only the kernel image and the modules an initramfs needs are 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import lzma
@@ -45,6 +46,8 @@ class KernelInfo:
     vmlinuz: str
     moddir: str | None
     version: str
+    #: Whether this call downloaded it (rather than finding it in the cache).
+    downloaded: bool = False
 
 
 # -- cache directory -------------------------------------------------------------------------
@@ -192,7 +195,7 @@ def fetch_debian_kernel(cache_dir: str | os.PathLike | None = None,
             os.rename(unpacked, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return _kernel_in(final)
+    return dataclasses.replace(_kernel_in(final), downloaded=True)
 
 
 def any_cached_kernel(root: str) -> KernelInfo | None:

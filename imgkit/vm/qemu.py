@@ -5,7 +5,8 @@ it is unit-tested without QEMU), and :func:`boot` runs it headless with the seri
 on a pipe, reads it incrementally, and stops as soon as the expected text shows up, a
 failure pattern shows up, or the timeout passes. QEMU runs in its own process group and is
 killed on every way out of :func:`boot` (including ``KeyboardInterrupt``), and the kernel
-kills it should the calling process die first. No tty is needed: stdin is ``/dev/null``.
+kills it should the calling process die first. No tty is needed: stdin is ``/dev/null``
+unless the caller passes a pipe or file to type into the serial console.
 
 Accelerator: KVM only when ``/dev/kvm`` really works (:func:`choose_accel`), TCG otherwise.
 """
@@ -289,8 +290,12 @@ def check_timeout(timeout: float) -> None:
 def boot(spec: QemuSpec, *, expect: str | Pattern[str] | None = None, timeout: float = 120.0,
          console: IO | None = None,
          fail_patterns: Iterable[str | Pattern[str]] = DEFAULT_FAIL_PATTERNS,
-         accel: str | None = None, wait_exit: bool = False) -> BootResult:
+         accel: str | None = None, wait_exit: bool = False,
+         stdin: int | None = None) -> BootResult:
     """Boot ``spec`` headless and watch its serial console.
+
+    ``stdin`` (a file descriptor: a pipe or a file) becomes QEMU's standard input, which
+    ``-serial stdio`` passes to the guest's serial port; by default the guest gets none.
 
     Returns as soon as ``expect`` (text or compiled regex) appears, then kills QEMU, unless
     ``wait_exit`` asks to wait (within ``timeout``) for the guest to power off by itself.
@@ -309,7 +314,8 @@ def boot(spec: QemuSpec, *, expect: str | Pattern[str] | None = None, timeout: f
         uefi, vars_path = _firmware_files(spec, tmp)
         argv = build_argv(spec, accel=accel, qemu=qemu, uefi=uefi, vars_path=vars_path)
         with open(os.path.join(tmp, "stderr"), "w+b") as err:
-            return _watch(argv, err, expect_re, fails, timeout, console, wait_exit)
+            return _watch(argv, err, expect_re, fails, timeout, console, wait_exit,
+                          subprocess.DEVNULL if stdin is None else stdin)
 
 
 def _firmware_files(spec: QemuSpec, tmp: str) -> tuple[UefiFirmware | None, str | None]:
@@ -355,11 +361,12 @@ def run_interactive(spec: QemuSpec, *, timeout: float | None = None,
 
 
 def _watch(argv: list[str], err: IO[bytes], expect_re: Pattern[str] | None,
-           fails: list[tuple[Pattern[str], str]], timeout: float, console, wait_exit: bool) -> BootResult:
+           fails: list[tuple[Pattern[str], str]], timeout: float, console, wait_exit: bool,
+           stdin: int = subprocess.DEVNULL) -> BootResult:
     cmdline = shlex.join(argv)
     start = time.monotonic()
     deadline = start + timeout
-    proc = tools.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+    proc = tools.spawn(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err,
                        kill_with_parent=True)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     text = ""
