@@ -216,6 +216,17 @@ def test_example_config_takes_the_kernel_from_the_root():
     assert all(os.path.exists(src) for _, src in cfg.trees["rootfs"].files)
 
 
+@pytest.mark.slow
+def test_the_root_tar_is_made_for_both_passes():
+    """debootstrap needs root: under ``make test`` the root pass (which leaves the boots to
+    the uid 65534 pass) makes the cached tar here, readable by the unprivileged pass."""
+    tar = make_root_tar()
+    names = subprocess.run(["bsdtar", "-tf", tar], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert len(names) > 10_000 and "./usr/bin/ping" in names, names[:20]
+    assert os.stat(tar).st_mode & 0o004, "the unprivileged pass cannot read the cached tar"
+
+
 @pytest.mark.boot
 @pytest.mark.slow
 def test_debian_root_is_intact_in_the_image(debian_images):
