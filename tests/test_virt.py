@@ -308,3 +308,64 @@ def test_library_reports_qemu_failures(tmp_path):
         virt.run_vm(virt.VirtSpec(command=("true",), workdir=str(tmp_path), kernel=str(bogus),
                                   timeout=60))
     assert "QEMU stderr" in str(info.value)
+
+
+# -- a container image as the root ----------------------------------------------------------------
+
+def _umoci(*args: str) -> None:
+    rootless = ("--rootless",) if os.geteuid() != 0 and args[0] == "unpack" else ()
+    subprocess.run(["umoci", args[0], *rootless, *args[1:]], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def app_image(tmp_path_factory) -> str:
+    """An OCI layout made by umoci: a static busybox, /app/hello, and a config whose
+    Entrypoint/Cmd runs it in WorkingDir /app with GREETING in Env."""
+    if shutil.which("umoci") is None:
+        raise AssertionError("umoci is missing (packages.txt lists it)")
+    d = tmp_path_factory.mktemp("app")
+    img, bundle = str(d / "layout"), str(d / "bundle")
+    _umoci("init", "--layout", img)
+    _umoci("new", "--image", f"{img}:base")
+    _umoci("unpack", "--image", f"{img}:base", bundle)
+    rootfs = os.path.join(bundle, "rootfs")
+    for sub in ("bin", "app", "etc", "root"):
+        os.makedirs(os.path.join(rootfs, sub), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
+    for name in ("sh", "pwd", "echo", "cat"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", name))
+    with open(os.path.join(rootfs, "app", "hello"), "w") as f:
+        f.write('#!/bin/sh\necho "$GREETING from $(pwd), args: $*"\n')
+    os.chmod(os.path.join(rootfs, "app", "hello"), 0o755)
+    _umoci("repack", "--image", f"{img}:files", bundle)
+    _umoci("config", "--image", f"{img}:files", "--tag", "app", "--config.entrypoint=/app/hello",
+           "--config.cmd=one", "--config.env=GREETING=hello", "--config.workingdir=/app")
+    return f"oci:{img}:app"
+
+
+@pytest.mark.boot
+def test_container_image_runs_its_own_command_in_its_working_dir(debian_kernel, app_image,
+                                                                 tmp_path):
+    proc = virt_cli(["--kernel", debian_kernel.vmlinuz, "--image", app_image], tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode() == "hello from /app, args: one\n"
+
+
+@pytest.mark.boot
+def test_container_image_with_a_command_runs_it_in_the_share(debian_kernel, app_image,
+                                                              tmp_path):
+    proc = virt_cli(["--kernel", debian_kernel.vmlinuz, "--image", app_image, "--env",
+                     "EXTRA=2", "--", "sh", "-c", 'echo "$GREETING $EXTRA $(pwd)" > out.txt'],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (tmp_path / "out.txt").read_text() == "hello 2 /work\n"
+    assert not [p for p in tmp_path.iterdir() if p.name != "out.txt"]
+
+
+def test_container_image_without_a_command_is_one_error(app_image, tmp_path):
+    layout = app_image.split(":")[1]
+    _umoci("config", "--image", f"{layout}:files", "--tag", "bare")
+    proc = virt_cli(["--image", f"oci:{layout}:bare"], tmp_path, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "names none (no Entrypoint or Cmd" in err, err
+    assert "Traceback" not in err

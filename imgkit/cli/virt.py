@@ -50,8 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share the current directory read-only")
     p.add_argument("--image", metavar="IMAGE",
                    help="run the command in this root filesystem (a raw or qcow2 disk with an "
-                        "ext4 partition, or an ext4 image, e.g. from 'imgkit build'); the "
-                        "image file is never modified")
+                        "ext4 partition, or an ext4 image, e.g. from 'imgkit build'; or a "
+                        "container image, oci:DIR[:TAG], oci-archive:FILE or "
+                        "docker-archive:FILE, whose Entrypoint/Cmd is the default command, run "
+                        "in its WorkingDir, with its Env); the image is never modified")
     p.add_argument("--mem", default="512M", metavar="SIZE", help="guest memory (default 512M)")
     p.add_argument("--cpus", type=int, default=1, metavar="N", help="guest CPUs (default 1)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -71,20 +73,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the VM; returns the exit status (handles Ctrl-C and timeouts itself)."""
-    from imgkit.vm import virt
+    import tempfile
+
+    from imgkit import scratch
+    from imgkit.vm import container, virt
 
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if args.cpus < 1:
+        raise InputError(f"--cpus {args.cpus}: expected at least 1")
+    image, env, cwd = args.image, tuple(_env(e) for e in args.env), None
+    if image is not None and container.is_container_image(image):
+        root = container.container_root(image, scratch.current() or tempfile.gettempdir())
+        image, env = root.image, root.env + env
+        if not command:
+            command, cwd = list(root.command), root.working_dir or None
+        if not command:
+            raise InputError(f"no command given, and {args.image} names none (no Entrypoint "
+                             "or Cmd in its config)",
+                             hint="usage: imgkit virt --image IMAGE -- COMMAND [ARGS...]")
     if not command:
         raise InputError("no command given",
                          hint="usage: imgkit virt [OPTIONS] -- COMMAND [ARGS...]")
-    if args.cpus < 1:
-        raise InputError(f"--cpus {args.cpus}: expected at least 1")
-    spec = virt.VirtSpec(command=tuple(command), share_ro=args.share_ro, image=args.image,
-                         memory=parse_memory(args.mem), cpus=args.cpus,
-                         env=tuple(_env(e) for e in args.env), timeout=args.timeout,
-                         kernel=args.kernel)
+    spec = virt.VirtSpec(command=tuple(command), share_ro=args.share_ro, image=image,
+                         memory=parse_memory(args.mem), cpus=args.cpus, env=env,
+                         timeout=args.timeout, kernel=args.kernel, cwd=cwd)
     # SIGTERM (kill, a CI runner's cancel) ends the run like Ctrl-C: QEMU is killed on the way
     old = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -89,7 +89,9 @@ cd /work || fail "cannot enter /work"
 echo IMGKIT-VIRT-START >"$CTL"
 
 # The command runs in a subshell whose only open files are /dev/null and the two ports.
-RUN='cd /work || exit 125
+export IMGKIT_CWD="${IMGKIT_CWD:-/work}"
+RUN='cd "$IMGKIT_CWD" || exit 125
+unset IMGKIT_CWD
 export HOME=/root TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 '$(cat /imgkit-run/env 2>/dev/null)'
 if ! command -v "$1" >/dev/null 2>&1; then echo IMGKIT-VIRT-NOTFOUND >'"$CTL"'; exit 127; fi

@@ -75,8 +75,9 @@ class VirtSpec:
     """One command to run: ``command`` (argv, run in the share's root), the host directory
     to share (``workdir``, default: the current directory), whether the share is read-only,
     an optional root ``image`` (raw or qcow2 disk, or a bare ext4 filesystem), guest memory
-    in MiB, CPUs, extra environment, a timeout in seconds (``None``: none) and a kernel
-    (``None``: see :func:`select_kernel`)."""
+    in MiB, CPUs, extra environment, a timeout in seconds (``None``: none), a kernel
+    (``None``: see :func:`select_kernel`) and the directory the command starts in (``cwd``,
+    default the share, ``/work``; a container image's ``WorkingDir`` for its own command)."""
 
     command: tuple[str, ...]
     workdir: str | None = None
@@ -87,6 +88,7 @@ class VirtSpec:
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
     kernel: str | None = None
+    cwd: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ def run_config(spec: VirtSpec) -> tuple[bytes, bytes]:
         raise InputError("no command to run", hint="e.g. imgkit virt -- make test")
     conf = "set -- " + " ".join(_quote(a) for a in spec.command) + "\n"
     conf += f"IMGKIT_RO={int(spec.share_ro)}\nIMGKIT_IMAGE={int(spec.image is not None)}\n"
+    conf += f"IMGKIT_CWD={_quote(spec.cwd or '/work')}\n"
     env = ""
     for name, value in spec.env:
         if not _ENV_NAME.match(name):
