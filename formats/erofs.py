@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from imgkit.errors import ImageError, InputError
 from imgkit.formats.blobs import available, read_at
+from imgkit.formats.crc32c import crc32c_raw
 from imgkit.formats.records import Record
 from imgkit.holes import copy_sparse, pwrite_all
 from imgkit.tree import Entry, Kind, Tree
@@ -80,28 +81,7 @@ XATTR_PREFIXES = {1: "user.", 2: "system.posix_acl_access", 3: "system.posix_acl
                   4: "trusted.", 5: "lustre.", 6: "security."}
 
 
-# -- crc32c (the superblock checksum) ------------------------------------------------------
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c_raw(data: bytes, crc: int = 0xFFFFFFFF) -> int:
-    """The kernel's ``crc32c(~0, data)``: the register without the final inversion."""
-    table = _CRC32C
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc
-
+# -- the superblock checksum ------------------------------------------------------------------
 
 def superblock_checksum(block0: bytes) -> int:
     """The ``sb_csum`` value: crc32c of block 0 from the superblock on, checksum field zero."""

@@ -528,7 +528,8 @@ class Builder:
                 bios.install(bios_options, raw, plan.partition(holder) if holder else None,
                              self.context())
             if dc.format != "raw":
-                convert_raw(raw, tmp, dc.format)
+                convert_raw(raw, tmp, dc.format, seed=self._seed("disk"), mtime=self.mtime or 0,
+                            name=os.path.basename(dc.output))
         verity_info = {name: self.verity(name).root_hash_hex for name in protected}
         self._record("disk", dc.output, out, table=dc.table, format=dc.format,
                      partitions=[{"name": p.name, "start": p.start, "size": p.size,

@@ -734,6 +734,36 @@ def test_virtual_disk_formats_hold_the_same_disk(tmp_path, fmt):
     assert "Images are identical" in sh(qemu_img, "compare", "-f", "raw", "-F", fmt, raw, image)
 
 
+@pytest.mark.parametrize("fmt", ["vmdk", "vhdx", "vpc"])
+def test_virtual_disk_formats_are_reproducible(tmp_path, fmt):
+    """qemu-img writes random ids and the time into these; two builds a second apart in two
+    directories must still be the same bytes, and QEMU must still read them."""
+    import struct
+    import time
+    images = []
+    for run in ("one", "two"):
+        d = tmp_path / run
+        d.mkdir()
+        (d / "blob.bin").write_bytes(bytes(range(256)) * 1000)
+        text = _FORMAT_DISK.format(name=f"disk.{fmt}", format=fmt, extra="")
+        images.append(built(d, 'seed = "repro"\nmtime = 1700000000\n' + text, f"disk.{fmt}"))
+        time.sleep(1.1)
+    one, two = (open(p, "rb").read() for p in images)
+    assert one == two
+    qemu_img = tool("qemu-img")
+    assert json.loads(sh(qemu_img, "info", "--output=json", images[0]))["format"] == fmt
+    if fmt == "vmdk":
+        assert b'RW 16384 SPARSE "disk.vmdk"' in one[:4096]   # its own name, not a temporary one
+    if fmt == "vpc":
+        footer = one[-512:]
+        assert footer[:8] == b"conectix" and footer == one[:512]
+        want = ~(sum(footer[:64]) + sum(footer[68:])) & 0xFFFFFFFF
+        assert struct.unpack(">I", footer[64:68])[0] == want
+        assert struct.unpack(">I", footer[24:28])[0] == 1700000000 - 946684800
+    if fmt != "vpc":
+        assert "No errors were found" in sh(qemu_img, "check", "-f", fmt, images[0])
+
+
 def _sparse_chunks(path: str) -> tuple[dict, list[tuple[int, int, int]]]:
     """The header and ``(type, blocks, bytes)`` of each chunk, read with struct."""
     import struct

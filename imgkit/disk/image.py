@@ -106,8 +106,13 @@ def write_disk(plan: Plan, contents: Mapping[str, Content],
                 os.unlink(raw)
 
 
-def convert_raw(raw: str | os.PathLike, dest: str | os.PathLike, format: str) -> None:
-    """Write the raw disk image ``raw`` as ``dest`` in ``format`` (not ``raw``)."""
+def convert_raw(raw: str | os.PathLike, dest: str | os.PathLike, format: str, *,
+                seed: str = "", mtime: int = 0, name: str | None = None) -> None:
+    """Write the raw disk image ``raw`` as ``dest`` in ``format`` (not ``raw``).
+
+    qemu-img stamps vmdk, vhdx and vpc outputs with random ids and the time; those are
+    rewritten from ``seed`` and ``mtime`` (:func:`_stamp`), so the same disk gives the same
+    bytes. ``name`` is the file name the output will have (a vmdk names itself)."""
     if format == "android-sparse":
         from imgkit.formats.android_sparse import write_sparse
         write_sparse(raw, dest)
@@ -117,6 +122,26 @@ def convert_raw(raw: str | os.PathLike, dest: str | os.PathLike, format: str) ->
     from imgkit import tools
     tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", format, *QEMU_FORMATS[format],
                os.fspath(raw), os.fspath(dest)])
+    _stamp(os.fspath(dest), format, seed, mtime, name or os.path.basename(os.fspath(dest)))
+
+
+def _stamp(path: str, format: str, seed: str, mtime: int, name: str) -> None:
+    """The fields qemu-img fills at random, derived from ``seed`` instead."""
+    from imgkit.formats.gpt import guid_from_seed
+
+    def guid(what: str) -> bytes:
+        return guid_from_seed(seed, f"{format}:{what}").bytes_le
+
+    if format == "vmdk":
+        from imgkit.formats import vmdk
+        vmdk.stamp(path, cid=int.from_bytes(guid("cid")[:4], "little"), extent_name=name)
+    elif format == "vpc":
+        from imgkit.formats import vpc
+        vpc.stamp(path, unique_id=guid_from_seed(seed, "vpc:id").bytes, unix_time=mtime)
+    elif format == "vhdx":
+        from imgkit.formats import vhdx
+        vhdx.stamp(path, vhdx.VhdxIds(guid("file-write"), guid("data-write"), guid("log"),
+                                      guid("disk-id")))
 
 
 def _check_contents(plan: Plan, contents: Mapping[str, Content]

@@ -1,0 +1,144 @@
+"""VHDX (as ``qemu-img convert -O vhdx`` writes it): the header, log entry and metadata
+fields qemu-img fills at random, declared once, read and re-stamped.
+
+Two conversions of one disk differ in the two headers' sequence numbers and write GUIDs, in
+the GUID of the (already flushed) log entry and in the virtual disk id of the metadata region.
+:func:`stamp` writes values derived by the caller and recomputes the CRC-32C checksums the
+format keeps over each header (4 KiB) and over the log entry, so the output is reproducible
+and still opens in QEMU and every other reader.
+
+Layout (little-endian, Microsoft's [MS-VHDX]): the file type identifier at 0, headers at 64 KiB
+and 128 KiB (``head``, checksum, sequence number, file write GUID, data write GUID, log GUID,
+log version, version, log length, log offset), the region table at 192 KiB naming the metadata
+region, whose table (``metadata``) lists the items; the virtual disk id is the
+``Page83Data`` item.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from construct import Bytes, Const, ConstructError, Int16ul, Int32ul, Int64ul, Struct
+
+from imgkit.errors import ImageError
+from imgkit.formats.crc32c import crc32c
+
+HEADER_OFFSETS = (64 << 10, 128 << 10)
+HEADER_SIZE = 4096
+REGION_TABLE_OFFSET = 192 << 10
+METADATA_REGION = uuid.UUID("8b7ca206-4790-4b9a-b8fe-575f050f886e")
+PAGE83_ITEM = uuid.UUID("beca12ab-b2e6-4523-93ef-c309e000c746")
+
+HEADER = Struct(
+    "signature" / Const(b"head"),
+    "checksum" / Int32ul,
+    "sequence" / Int64ul,
+    "file_write_guid" / Bytes(16),
+    "data_write_guid" / Bytes(16),
+    "log_guid" / Bytes(16),
+    "log_version" / Int16ul,
+    "version" / Int16ul,
+    "log_length" / Int32ul,
+    "log_offset" / Int64ul,
+)
+LOG_ENTRY = Struct(
+    "signature" / Const(b"loge"),
+    "checksum" / Int32ul,
+    "entry_length" / Int32ul,
+    "tail" / Int32ul,
+    "sequence" / Int64ul,
+    "descriptor_count" / Int32ul,
+    "reserved" / Int32ul,
+    "log_guid" / Bytes(16),
+)
+REGION_TABLE = Struct("signature" / Const(b"regi"), "checksum" / Int32ul,
+                      "entry_count" / Int32ul, "reserved" / Int32ul)
+REGION_ENTRY = Struct("guid" / Bytes(16), "offset" / Int64ul, "length" / Int32ul,
+                      "required" / Int32ul)
+METADATA_TABLE = Struct("signature" / Const(b"metadata"), "reserved" / Int16ul,
+                        "entry_count" / Int16ul, "reserved2" / Bytes(20))
+METADATA_ENTRY = Struct("item" / Bytes(16), "offset" / Int32ul, "length" / Int32ul,
+                        "flags" / Int32ul, "reserved" / Int32ul)
+
+
+def _with_checksum(raw: bytes) -> bytes:
+    """``raw`` (checksum field at offset 4) with its CRC-32C filled in."""
+    zeroed = raw[:4] + b"\0\0\0\0" + raw[8:]
+    return raw[:4] + crc32c(zeroed).to_bytes(4, "little") + raw[8:]
+
+
+@dataclass(frozen=True)
+class VhdxIds:
+    """The values :func:`stamp` writes."""
+
+    file_write: bytes
+    data_write: bytes
+    log: bytes
+    disk_id: bytes
+
+
+def _read(f: BinaryIO, offset: int, size: int, what: str) -> bytes:
+    f.seek(offset)
+    raw = f.read(size)
+    if len(raw) != size:
+        raise ImageError(f"{what} at offset {offset}: the file ends first")
+    return raw
+
+
+def _page83_offset(f: BinaryIO, path: str) -> int | None:
+    table = _read(f, REGION_TABLE_OFFSET, 64 << 10, f"{path}: region table")
+    try:
+        count = REGION_TABLE.parse(table).entry_count
+    except ConstructError:
+        raise ImageError(f"{path}: no VHDX region table at offset {REGION_TABLE_OFFSET}") from None
+    for i in range(min(count, 2047)):
+        e = REGION_ENTRY.parse(table[16 + 32 * i:48 + 32 * i])
+        if uuid.UUID(bytes_le=bytes(e.guid)) != METADATA_REGION:
+            continue
+        meta = _read(f, e.offset, 64 << 10, f"{path}: metadata table")
+        try:
+            n = METADATA_TABLE.parse(meta).entry_count
+        except ConstructError:
+            raise ImageError(f"{path}: no VHDX metadata table at offset {e.offset}") from None
+        for j in range(min(n, 2047)):
+            m = METADATA_ENTRY.parse(meta[32 + 32 * j:64 + 32 * j])
+            if uuid.UUID(bytes_le=bytes(m.item)) == PAGE83_ITEM and m.length == 16:
+                return e.offset + m.offset
+    return None
+
+
+def stamp(path: str, ids: VhdxIds) -> None:
+    """Write ``ids`` into ``path``: both headers (sequence numbers renumbered from 1, keeping
+    which one is current), the log entry the headers' log offset points at, and the virtual
+    disk id; every checksum recomputed."""
+    with open(path, "r+b") as f:
+        headers = []
+        for offset in HEADER_OFFSETS:
+            raw = _read(f, offset, HEADER_SIZE, f"{path}: VHDX header")
+            try:
+                headers.append((offset, HEADER.parse(raw), raw))
+            except ConstructError:
+                raise ImageError(f"{path}: no VHDX header at offset {offset}") from None
+        base = min(h.sequence for _, h, _ in headers)
+        for offset, h, raw in headers:
+            h.sequence = h.sequence - base + 1
+            h.file_write_guid, h.data_write_guid = ids.file_write, ids.data_write
+            if any(h.log_guid):
+                h.log_guid = ids.log
+            fixed = HEADER.build(h)
+            f.seek(offset)
+            f.write(_with_checksum(fixed + raw[len(fixed):]))
+        log_offset = headers[0][1].log_offset
+        entry = _read(f, log_offset, 64, f"{path}: VHDX log")
+        if entry[:4] == b"loge":
+            e = LOG_ENTRY.parse(entry)
+            if 64 <= e.entry_length <= headers[0][1].log_length:
+                whole = bytearray(_read(f, log_offset, e.entry_length, f"{path}: VHDX log entry"))
+                whole[32:48] = ids.log
+                f.seek(log_offset)
+                f.write(_with_checksum(bytes(whole)))
+        page83 = _page83_offset(f, path)
+        if page83 is not None:
+            f.seek(page83)
+            f.write(ids.disk_id)
