@@ -523,7 +523,8 @@ class Builder:
                 elif p.image:
                     contents[p.name] = (self._partition_image(p.image, p.name), self._image_offset(p))
             write_disk_into(plan, contents, raw, boot_code=regions.boot_code,
-                            extra_regions=list(regions.regions) + [(r.start, data) for r, data in blobs])
+                            extra_regions=list(regions.regions) +
+                            [piece for r, data in blobs for piece in self._region_pieces(plan, r, data)])
             if bios:
                 bios.install(bios_options, raw, plan.partition(holder) if holder else None,
                              self.context())
@@ -597,8 +598,34 @@ class Builder:
                                   hint="make size larger or leave it out")
             if size <= 0:
                 raise InputError(f"{self.cfg.path}: {where}: the region is empty ({path})")
-            out.append((layout.Reserved(offset, offset + size, f"region {r.name!r}"), data))
+            out.append((layout.Reserved(offset, offset + size, f"region {r.name!r}",
+                                        over_tables=r.in_table_area), data))
         return out
+
+    def _region_pieces(self, plan: layout.Plan, region: layout.Reserved,
+                       data: bytes) -> list[tuple[int, bytes]]:
+        """``data`` at ``region.start`` as the pieces that miss the table's structures; for a
+        region allowed over them (``in_table_area``), the bytes it has there must be zero:
+        they are the table's, and a blob that needs them would be broken by it."""
+        if not region.over_tables:
+            return [(region.start, data)]
+        end = region.start + len(data)
+        cuts = sorted((max(s.start, region.start), min(s.end, end), s.what)
+                      for s in plan.structures if s.start < end and region.start < s.end)
+        pieces, pos = [], region.start
+        for lo, hi, what in cuts:
+            chunk = data[lo - region.start:hi - region.start]
+            if any(chunk):
+                first = lo + next(i for i, b in enumerate(chunk) if b)
+                raise LayoutError(f"{self.cfg.path}: {region.what} has data at byte {first:,}, "
+                                  f"inside {what} [{lo:,}, {hi:,}), which the table writes",
+                                  hint="the file must hold zeros (holes) where the table goes")
+            if lo > pos:
+                pieces.append((pos, data[pos - region.start:lo - region.start]))
+            pos = max(pos, hi)
+        if pos < end:
+            pieces.append((pos, data[pos - region.start:]))
+        return pieces
 
     def _partition_content(self, part: str, fs_name: str, plan: layout.Plan, disk: str) -> str | None:
         """Put filesystem ``fs_name`` into partition ``part``: a type that can is written in

@@ -194,6 +194,8 @@ class RegionConfig:
     offset: str = setting(SIZE, help="its byte offset on the disk")
     image: str = setting(STR, path=True, help="the file written there (a host path or reference)")
     size: str | None = setting(SIZE, None, help="room it takes (default: the file's size)")
+    in_table_area: bool = setting(BOOL, False, help="may cover the partition table's own "
+                                  "structures, its file holding zeros there (the table's bytes)")
 
 
 def _disk_bios_paths() -> tuple[str, ...]:

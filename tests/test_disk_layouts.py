@@ -819,3 +819,44 @@ def test_unknown_disk_format_is_an_error(tmp_path):
     assert_refused(tmp_path, '[disk]\noutput = "disk.vdi"\nformat = "vdi"\n'
                              'partitions = [{ name = "a", size = "1M" }]\n',
                    "disk.format: expected one of raw, qcow2, vmdk, vhdx, vpc, android-sparse")
+
+
+def _blob_with_table_holes(path, *, stray: int | None = None) -> bytes:
+    """64 KiB like a vendor boot blob written at offset 0: boot code in the first 440 bytes,
+    zeros where the protective MBR, GPT header and 128-entry array go (440 to 17,408), data
+    after; ``stray``: one non-zero byte inside the holes."""
+    data = bytearray(os.urandom(440) + bytes(17408 - 440) + os.urandom(65536 - 17408))
+    if stray is not None:
+        data[stray] = 0x5A
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+_TABLE_AREA_DISK = """
+[disk]
+output = "disk.img"
+regions = [{{ name = "idb", offset = 0, image = "idb.bin"{flag} }}]
+partitions = [{{ name = "root", type = "linux", size = "2M" }}]
+"""
+
+
+def test_region_in_the_table_area_keeps_the_table_in_its_holes(tmp_path):
+    blob = _blob_with_table_holes(tmp_path / "idb.bin")
+    image = built(tmp_path, _TABLE_AREA_DISK.format(flag=", in_table_area = true"))
+    with open(image, "rb") as f:
+        data = f.read(65536)
+    assert data[:440] == blob[:440] and data[17408:] == blob[17408:]
+    assert data[510:512] == b"\x55\xaa" and data[512:520] == b"EFI PART"
+    assert "No problems found" in sh(tool("sgdisk"), "-v", image)
+    assert "No errors detected" in sh(tool("sfdisk"), "--verify", image)
+    assert sfdisk_parts(image)[0]["start"] * 512 >= 65536
+
+
+def test_region_in_the_table_area_needs_the_flag_and_zeros_there(tmp_path):
+    _blob_with_table_holes(tmp_path / "idb.bin")
+    assert_refused(tmp_path, _TABLE_AREA_DISK.format(flag=""), "region 'idb'",
+                   "overlaps the protective MBR, GPT header and entry array")
+    _blob_with_table_holes(tmp_path / "idb.bin", stray=1500)
+    assert_refused(tmp_path, _TABLE_AREA_DISK.format(flag=", in_table_area = true"),
+                   "region 'idb' has data at byte 1,500",
+                   "inside the protective MBR, GPT header and entry array")

@@ -57,6 +57,9 @@ class Reserved:
     start: int
     end: int
     what: str = "reserved range"
+    #: It may cover the partition table's own structures (the bytes there are the table's:
+    #: a blob with holes where the MBR or GPT goes, as genimage's ``holes``).
+    over_tables: bool = False
 
 
 @dataclass(frozen=True)
@@ -519,7 +522,7 @@ def _check_geometry(parts: list[_Part], spec: DiskSpec, ss: int, disk_size: int,
                                       hint="use a GPT table")
     for r in reserved:
         for s in structures:
-            if r.start < s.end and s.start < r.end:
+            if r.start < s.end and s.start < r.end and not r.over_tables:
                 raise LayoutError(f"{r.what} {_rng(r.start, r.end)} overlaps {s.what} "
                                   f"{_rng(s.start, s.end)}",
                                   hint="move it into a gap between partitions" +
