@@ -553,7 +553,8 @@ class Builder:
             gpt_entries=dc.gpt_entries if dc.gpt_entries is not None else layout.MAX_GPT_ENTRIES,
             gpt_entries_offset=dc.gpt_entries_offset, gpt_first_lba=dc.gpt_first_lba,
             gpt_backup=dc.gpt_backup is not False, protective_first=dc.hybrid_ee != "last",
-            auto_logical=dc.auto_logical)
+            auto_logical=dc.auto_logical,
+            extended_type=dc.extended_type if dc.extended_type is not None else "extended")
 
     def _partition_spec(self, p: PartitionConfig, content: int | None, guid: uuid.UUID | str | None,
                         holder: str | None, bios: boot.BootPath | None) -> layout.PartitionSpec:

@@ -232,6 +232,9 @@ class DiskConfig:
                                                    "fourth and later logical ones")
     hybrid_ee: str | None = setting(STR, None, choices=("first", "last"),
                                     help="the hybrid MBR's 0xEE entry: first (default) or last")
+    extended_type: str | None = setting(STR, None, help="on MBR, the extended partition's type: "
+                                        "\"extended\" (0x0f, LBA; the default), "
+                                        "\"extended-chs\" (0x05) or \"0x85\" (Linux)")
 
 
 def _boot_choice(firmware: str, default: str) -> ValueType:
@@ -465,6 +468,9 @@ def _check_disk_keys(cfg: Config, dc: DiskConfig) -> None:
         for key in ("gpt_entries", "gpt_entries_offset", "gpt_first_lba", "gpt_backup"):
             if getattr(dc, key) is not None:
                 raise refuse(f"disk.{key}", "shapes a GPT, and this disk has none")
+    if dc.extended_type is not None and dc.table != "mbr":
+        raise refuse("disk.extended_type", "types the MBR extended partition, and this disk is "
+                     "not MBR")
     if dc.auto_logical and dc.table != "mbr":
         raise refuse("disk.auto_logical", "makes MBR logical partitions, and this disk is not "
                      "MBR")

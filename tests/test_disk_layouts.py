@@ -860,3 +860,33 @@ def test_region_in_the_table_area_needs_the_flag_and_zeros_there(tmp_path):
     assert_refused(tmp_path, _TABLE_AREA_DISK.format(flag=", in_table_area = true"),
                    "region 'idb' has data at byte 1,500",
                    "inside the protective MBR, GPT header and entry array")
+
+
+@pytest.mark.parametrize("given,byte", [(None, "f"), ("extended-chs", "5"), ("0x85", "85")])
+def test_extended_partition_type_and_placement(tmp_path, given, byte):
+    """The extended partition takes the slot where its first logical partition is listed,
+    starts at the first logical's EBR (placed by that partition's offset) and has the type
+    asked for; sfdisk reads it so."""
+    key = f'extended_type = "{given}"\n' if given else ""
+    image = built(tmp_path, f"""
+[disk]
+output = "disk.img"
+table = "mbr"
+{key}partitions = [
+  {{ name = "boot", type = "fat32", size = "2M" }},
+  {{ name = "l1", type = "linux", size = "2M", offset = "8M", logical = true }},
+  {{ name = "l2", type = "linux", size = "2M", logical = true }},
+  {{ name = "last", type = "linux", size = "2M" }},
+]
+""")
+    dump = json.loads(sh(tool("sfdisk"), "--json", image))["partitiontable"]["partitions"]
+    by_node = {p["node"].rsplit("img", 1)[1]: p for p in dump}
+    assert by_node["2"]["type"] == byte                     # the extended one, in slot 2
+    assert by_node["2"]["start"] * 512 == (8 << 20) - 512    # l1's EBR, the sector before it
+    assert by_node["5"]["start"] * 512 == 8 << 20 and "6" in by_node and "3" in by_node
+    assert "No errors detected" in sh(tool("sfdisk"), "--verify", image)
+
+
+def test_extended_type_on_gpt_is_an_error(tmp_path):
+    assert_refused(tmp_path, '[disk]\noutput = "disk.img"\nextended_type = "0x0f"\n'
+                   'partitions = [{ name = "a", size = "1M" }]\n', "disk.extended_type")
