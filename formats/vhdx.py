@@ -29,6 +29,8 @@ HEADER_SIZE = 4096
 REGION_TABLE_OFFSET = 192 << 10
 METADATA_REGION = uuid.UUID("8b7ca206-4790-4b9a-b8fe-575f050f886e")
 PAGE83_ITEM = uuid.UUID("beca12ab-b2e6-4523-93ef-c309e000c746")
+VIRTUAL_DISK_SIZE_ITEM = uuid.UUID("2fa54224-cd1b-4876-b211-5dbed83bf4b8")
+SIGNATURE = b"vhdxfile"
 
 HEADER = Struct(
     "signature" / Const(b"head"),
@@ -86,7 +88,8 @@ def _read(f: BinaryIO, offset: int, size: int, what: str) -> bytes:
     return raw
 
 
-def _page83_offset(f: BinaryIO, path: str) -> int | None:
+def _metadata_item(f: BinaryIO, path: str, item: uuid.UUID, length: int) -> int | None:
+    """The file offset of metadata ``item`` (``length`` bytes), or None."""
     table = _read(f, REGION_TABLE_OFFSET, 64 << 10, f"{path}: region table")
     try:
         count = REGION_TABLE.parse(table).entry_count
@@ -103,9 +106,18 @@ def _page83_offset(f: BinaryIO, path: str) -> int | None:
             raise ImageError(f"{path}: no VHDX metadata table at offset {e.offset}") from None
         for j in range(min(n, 2047)):
             m = METADATA_ENTRY.parse(meta[32 + 32 * j:64 + 32 * j])
-            if uuid.UUID(bytes_le=bytes(m.item)) == PAGE83_ITEM and m.length == 16:
+            if uuid.UUID(bytes_le=bytes(m.item)) == item and m.length == length:
                 return e.offset + m.offset
     return None
+
+
+def read_virtual_size(path: str) -> int | None:
+    """The disk size the metadata region declares (``VirtualDiskSize``), or None."""
+    with open(path, "rb") as f:
+        if _read(f, 0, len(SIGNATURE), path) != SIGNATURE:
+            raise ImageError(f"{path}: no VHDX file identifier ({SIGNATURE!r}) at offset 0")
+        where = _metadata_item(f, path, VIRTUAL_DISK_SIZE_ITEM, 8)
+        return None if where is None else int.from_bytes(_read(f, where, 8, path), "little")
 
 
 def stamp(path: str, ids: VhdxIds) -> None:
@@ -138,7 +150,7 @@ def stamp(path: str, ids: VhdxIds) -> None:
                 whole[32:48] = ids.log
                 f.seek(log_offset)
                 f.write(_with_checksum(bytes(whole)))
-        page83 = _page83_offset(f, path)
+        page83 = _metadata_item(f, path, PAGE83_ITEM, 16)
         if page83 is not None:
             f.seek(page83)
             f.write(ids.disk_id)

@@ -16,7 +16,8 @@ from typing import Any, BinaryIO
 
 #: What :func:`sniff` can answer (besides ``"unknown"``).
 FORMATS = ("gpt", "mbr", "fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660",
-           "squashfs", "erofs", "cpio", "tar", "zip", "qcow2", "android-sparse", "pe", "uki",
+           "squashfs", "erofs", "cpio", "tar", "zip", "qcow2", "android-sparse", "vmdk", "vhdx",
+           "vpc", "pe", "uki",
            "bzimage", "elf", "multiboot", "multiboot2", "grub-boot", "grub-core")
 DISK_FORMATS = ("gpt", "mbr")
 FS_FORMATS = ("fat12", "fat16", "fat32", "ext2", "ext3", "ext4", "iso9660", "squashfs", "erofs")
@@ -169,6 +170,12 @@ def sniff_bytes(head: bytes) -> Detected:
     from imgkit.formats import android_sparse
     if head[:4] == android_sparse.MAGIC_BYTES:
         return Detected("android-sparse")
+    if head[:4] == b"KDMV":
+        return Detected("vmdk")
+    if head[:8] == b"vhdxfile":
+        return Detected("vhdx")
+    if head[:8] == b"conectix":
+        return Detected("vpc")
     if head[_ISO_AT:_ISO_AT + 5] == _ISO_ID:
         return Detected("iso9660", **disk)
     from imgkit.formats import squashfs

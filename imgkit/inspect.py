@@ -292,6 +292,24 @@ def qcow2_raw(path: str) -> _TempRaw:
     return _TempRaw(path)
 
 
+def _virtual_disk_info(path: str, kind: str) -> dict:
+    """The header facts of a vmdk, vhdx or vpc file, read by :mod:`imgkit.formats` (the disk
+    inside is not opened: QEMU would follow what such a file names)."""
+    if kind == "vmdk":
+        from imgkit.formats import vmdk
+        v = vmdk.read_info(path)
+        cid = next((line[4:] for line in v.descriptor.splitlines() if line.startswith("CID=")), "")
+        return {"format": kind, "virtual_size": v.virtual_size, "grain_size": v.grain_size,
+                "cid": cid}
+    if kind == "vpc":
+        from imgkit.formats import vpc
+        h = vpc.read_info(path)
+        return {"format": kind, "virtual_size": h.virtual_size, "disk_type": h.disk_type,
+                "created": h.created, "creator": h.creator}
+    from imgkit.formats import vhdx
+    return {"format": kind, "virtual_size": vhdx.read_virtual_size(path)}
+
+
 def _qcow2_info(path: str) -> dict:
     qcow2.check_self_contained(path)
     info = json.loads(tools.run(["qemu-img", "info", "-U", "--output=json",
@@ -347,6 +365,8 @@ def describe(path: str | os.PathLike) -> dict:
         elif kind == "android-sparse":
             from imgkit.formats import android_sparse
             out["android_sparse"] = android_sparse.summary(android_sparse.read_sparse(f))
+        elif kind in ("vmdk", "vhdx", "vpc"):
+            out["virtual_disk"] = _virtual_disk_info(path, kind)
         elif kind == "unknown":
             raise unknown_format(path, _read_at(f, 0, 16))
     if found.is_archive:
@@ -513,6 +533,14 @@ def format_description(d: dict) -> str:
                      f"({_size(a['expanded_size'])}) expanded, {a['block_size']}-byte blocks, "
                      f"{a['chunks']} chunks: {a['raw_blocks']} blocks raw, {a['fill_blocks']} "
                      f"fill, {a['dont-care_blocks']} don't care")
+    if "virtual_disk" in d:
+        v = d["virtual_disk"]
+        size = v["virtual_size"]
+        lines.append(f"{v['format']} virtual disk: "
+                     + (f"virtual size {size:,} bytes ({_size(size)})" if size is not None
+                        else "virtual size not declared")
+                     + "".join(f", {k.replace('_', ' ')} {v[k]}" for k in ("disk_type", "cid")
+                               if v.get(k)))
     if "qcow2" in d:
         q = d["qcow2"]
         lines.append(f"qcow2 (compat {q['compat']}): virtual size {q['virtual_size']:,} bytes "

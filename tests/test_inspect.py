@@ -528,3 +528,19 @@ def test_pe_and_uki_sections_match_objdump(tmp_path):
     u = describe(uki)
     assert u["pe"]["uki"] and u["pe"]["cmdline"] == "console=ttyS0"
     assert "UKI" in format_description(u)
+
+
+@pytest.mark.parametrize("fmt,options", [("vmdk", ()), ("vhdx", ()), ("vpc", ("-o", "force_size=on"))])
+def test_virtual_disks_made_by_qemu_img_are_described(tmp_path, fmt, options):
+    """qemu-img's own vmdk, vhdx and vpc files: the virtual size from their headers, the disk
+    inside never opened; a truncated file is one error naming what is missing."""
+    image = tmp_path / f"disk.{fmt}"
+    sh("qemu-img", "create", "-q", "-f", fmt, *options, str(image), "48M")
+    d = describe(str(image))
+    assert d["format"] == fmt and d["virtual_disk"]["virtual_size"] == 48 << 20
+    assert f"{fmt} virtual disk: virtual size 50,331,648 bytes" in format_description(d)
+    with open(image, "rb") as f:
+        head = f.read(600 if fmt != "vhdx" else 70000)
+    (tmp_path / "cut").write_bytes(head)
+    with pytest.raises(ImageError):
+        describe(str(tmp_path / "cut"))
