@@ -119,12 +119,19 @@ def make_seeds(work: Path) -> dict[str, Path]:
     _imgkit("tar", str(tree), "-o", str(out / "small.tar.zst"), cwd=src)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(out / "gpt.img"),
                     str(out / "gpt.qcow2")], check=True)
+    for fmt, options in (("vmdk", ()), ("vhdx", ()), ("vpc", ("-o", "force_size=on"))):
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *options,
+                        str(out / "gpt.img"), str(out / f"gpt.{fmt}")], check=True)
+    subprocess.run(["img2simg", str(out / "gpt.img"), str(out / "gpt.simg")], check=True,
+                   stdout=subprocess.DEVNULL)
     (src / "list.txt").write_text(f"dir /x 0755 0 0\nfile /x/h {src / 'hello.txt'} 0644 0 0\n"
                                   "slink /x/l h 0777 0 0\nnod /x/c 0600 0 0 c 5 1\n")
     seeds = {"gpt": out / "gpt.img", "mbr": out / "mbr.img", "fat": out / "esp.fat",
              "ext4": out / "root.ext4", "iso": out / "small.iso", "cpio": out / "plain.cpio",
              "cpio.gz": out / "small.cpio.gz", "tar": out / "plain.tar",
              "tar.zst": out / "small.tar.zst", "qcow2": out / "gpt.qcow2", "uki": out / "uki.efi",
+             "vmdk": out / "gpt.vmdk", "vhdx": out / "gpt.vhdx", "vpc": out / "gpt.vpc",
+             "android-sparse": out / "gpt.simg",
              "list": src / "list.txt"}
     (out / "fixtures").mkdir()
     for fixture in sorted(FIXTURES.glob("*.xz")):
@@ -153,6 +160,13 @@ CPIO_FIELDS = [(6 + 8 * i, 8, "hex") for i in (6, 11)]   # newc filesize, namesi
 TAR_FIELDS = [(124, 12, "oct"), (100, 8, "oct"), (329, 8, "oct")]
 QCOW2_FIELDS = [(o, w, ">") for o, w in ((8, 8), (16, 4), (20, 4), (24, 8), (36, 4), (40, 8),
                                          (48, 8), (56, 4), (64, 8), (72, 8))]
+#: vmdk: capacity, grain size, descriptor offset and size; vpc (the footer copy at 0): data
+#: offset, sizes, checksum; vhdx: the region table's entry count and first entry's offset and
+#: length; Android sparse: header sizes, block size and counts.
+VMDK_FIELDS = [(o, 8, "<") for o in (12, 20, 28, 36)]
+VPC_FIELDS = [(16, 8, ">"), (40, 8, ">"), (48, 8, ">"), (64, 4, ">")]
+VHDX_FIELDS = [(196608 + 8, 4, "<"), (196608 + 32, 8, "<"), (196608 + 40, 4, "<")]
+SPARSE_FIELDS = [(8, 2, "<"), (10, 2, "<"), (12, 4, "<"), (16, 4, "<"), (20, 4, "<")]
 
 
 def _pe_fields(data: bytes) -> list[tuple[int, int, str]]:
@@ -186,7 +200,8 @@ def fields_for(kind: str, data: bytes) -> list[tuple[int, int, str]]:
         return QCOW2_FIELDS
     if kind == "uki":
         return _pe_fields(data)
-    return []
+    return {"vmdk": VMDK_FIELDS, "vpc": VPC_FIELDS, "vhdx": VHDX_FIELDS,
+            "android-sparse": SPARSE_FIELDS}.get(kind, [])
 
 
 def _put(data: bytearray, offset: int, width: int, endian: str, value: int) -> None:
