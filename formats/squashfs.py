@@ -23,8 +23,6 @@ file is opened.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import os
 import shlex
 import shutil
@@ -132,7 +130,6 @@ class SquashfsInfo:
     populated_from: str = ""
 
 
-_F_SETPIPE_SZ = 1031   # Linux fcntl
 
 #: The xattr namespaces a squashfs holds (mksquashfs drops others, the kernel reads no others).
 XATTR_PREFIXES = ("user.", "trusted.", "security.")
@@ -238,40 +235,13 @@ def _write_pseudo_file(lines: list[str], path: str) -> None:
 def _mksquashfs_from_tar(argv: list[str], tree: Tree, log: str) -> None:
     """Run ``argv`` (``mksquashfs - IMG -tar ...``) reading ``tree`` as a pax archive from its
     standard input, written as the archive goes."""
-    from imgkit.formats.tar import write_tar
+    from imgkit.formats.tar import run_reading_tar
 
-    with open(log, "w+b") as err:
-        proc = tools.spawn(argv, stdin=subprocess.PIPE, stdout=err, stderr=subprocess.STDOUT,
-                           env={"SOURCE_DATE_EPOCH": None})
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError):   # fewer wake-ups for both sides of the pipe
-            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
-        failed: Exception | None = None
-        try:
-            try:
-                write_tar(tree, proc.stdin, acl_text=False)
-            except (BrokenPipeError, ImageError) as exc:
-                failed = exc   # mksquashfs stopped reading: its log says why
-            finally:
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-            code = proc.wait()
-        except BaseException as exc:
-            proc.kill()
-            proc.wait()
-            if isinstance(exc, OSError) and exc.filename:
-                raise InputError(f"squashfs: cannot read {exc.filename!r}: {exc.strerror}",
-                                 hint="make the source readable by the user building the "
-                                      "image") from exc
-            raise
-        if code != 0:
-            err.seek(0)
-            text = err.read().decode(errors="replace").strip()
-            raise ToolError(f"mksquashfs -tar failed (exit {code}): {text[-1500:]}")
-        if failed is not None:
-            raise failed
+    code, text = run_reading_tar(argv, tree, log, tool="squashfs",
+                                 env={"SOURCE_DATE_EPOCH": None},
+                                 defer=(BrokenPipeError, ImageError))
+    if code != 0:
+        raise ToolError(f"mksquashfs -tar failed (exit {code}): {text.strip()[-1500:]}")
 
 
 def write_squashfs(tree: Tree, path: str, *, compression: str = "gzip",

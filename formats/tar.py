@@ -21,7 +21,7 @@ import functools
 import io
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -261,3 +261,52 @@ def write_tar(tree: Tree, out: BinaryIO, *, compress: str = "none", fmt: str = "
         raise ImageError(f"tar writer failed: {exc}") from exc
     out.flush()
     return written
+
+
+_F_SETPIPE_SZ = 1031   # Linux fcntl
+
+
+def run_reading_tar(argv: list[str], tree: Tree, log: str, *, tool: str,
+                    env: dict[str, str | None] | None = None,
+                    sink: Callable[[BinaryIO], BinaryIO] | None = None,
+                    defer: tuple[type[BaseException], ...] = ()) -> tuple[int, str]:
+    """Run ``argv`` (mke2fs ``-d -``, ``mksquashfs - IMG -tar``) reading ``tree`` as a pax
+    archive from its standard input, written as the archive goes; its exit status and what it
+    printed (into ``log``). ``sink`` wraps the pipe (e.g. to count progress); an exception of
+    ``defer`` while writing (the tool stopped reading) is raised only after a zero exit status,
+    the tool's own message coming first. The tool is killed on any other exception; a source
+    file that cannot be read is an :class:`InputError` naming ``tool``."""
+    import fcntl
+    import subprocess
+
+    from imgkit import tools
+
+    with open(log, "w+b") as out:
+        proc = tools.spawn(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                           env=env)
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):   # fewer wake-ups for both sides of the pipe
+            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        failed: BaseException | None = None
+        try:
+            try:
+                write_tar(tree, sink(proc.stdin) if sink else proc.stdin, acl_text=False)
+            except defer as exc:
+                failed = exc
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+            code = proc.wait()
+        except BaseException as exc:
+            proc.kill()
+            proc.wait()
+            if isinstance(exc, OSError) and exc.filename:
+                raise InputError(f"{tool}: cannot read {exc.filename!r}: {exc.strerror}",
+                                 hint="make the source readable by the user building the "
+                                      "image") from exc
+            raise
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if code == 0 and failed is not None:
+        raise failed
+    return code, text

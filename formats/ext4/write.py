@@ -61,7 +61,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 import uuid as uuidlib
@@ -743,7 +742,7 @@ class _Pipe:
 def _mke2fs_from_tar(argv: list[str], env: dict[str, str], tar: Tree,
                      log: str, what: str) -> tuple[int, str]:
     """Run mke2fs reading ``tar`` from its standard input, written as the archive goes."""
-    from imgkit.formats.tar import write_tar
+    from imgkit.formats.tar import run_reading_tar
 
     # About where each file's data ends in the archive (a header or three per entry), so
     # the progress line can count files as the bytes go.
@@ -753,29 +752,9 @@ def _mke2fs_from_tar(argv: list[str], env: dict[str, str], tar: Tree,
         if e.kind is Kind.FILE:
             at += -(-e.size // 512) * 512
             ends.append(at)
-    with open(log, "w+b") as out, progress.step(what, at, len(ends)) as step:
-        proc = tools.spawn(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                           env=env)
-        try:
-            pipe = _Pipe(proc.stdin, step, ends)
-            try:
-                write_tar(tar, pipe, acl_text=False)
-            finally:
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-            returncode = proc.wait()
-        except BaseException as exc:
-            proc.kill()
-            proc.wait()
-            if isinstance(exc, OSError) and exc.filename:
-                raise InputError(f"ext4: cannot read {exc.filename!r}: {exc.strerror}",
-                                 hint="make the source readable by the user building the "
-                                      "image") from exc
-            raise
-        out.seek(0)
-        return returncode, out.read().decode(errors="replace")
+    with progress.step(what, at, len(ends)) as step:
+        return run_reading_tar(argv, tar, log, tool="ext4", env=dict(env),
+                               sink=lambda stdin: _Pipe(stdin, step, ends))
 
 
 # -- the archive path ---------------------------------------------------------------------
