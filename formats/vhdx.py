@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from construct import Bytes, Const, ConstructError, Int16ul, Int32ul, Int64ul, Struct
 
@@ -88,22 +88,25 @@ def _read(f: BinaryIO, offset: int, size: int, what: str) -> bytes:
     return raw
 
 
+def _parse(struct: Any, raw: bytes, path: str, what: str) -> Any:
+    """``raw`` parsed as ``struct``, or :class:`ImageError` saying which structure is missing."""
+    try:
+        return struct.parse(raw)
+    except ConstructError:
+        raise ImageError(f"{path}: no VHDX {what}") from None
+
+
 def _metadata_item(f: BinaryIO, path: str, item: uuid.UUID, length: int) -> int | None:
     """The file offset of metadata ``item`` (``length`` bytes), or None."""
     table = _read(f, REGION_TABLE_OFFSET, 64 << 10, f"{path}: region table")
-    try:
-        count = REGION_TABLE.parse(table).entry_count
-    except ConstructError:
-        raise ImageError(f"{path}: no VHDX region table at offset {REGION_TABLE_OFFSET}") from None
+    count = _parse(REGION_TABLE, table,
+                   path, f"region table at offset {REGION_TABLE_OFFSET}").entry_count
     for i in range(min(count, 2047)):
         e = REGION_ENTRY.parse(table[16 + 32 * i:48 + 32 * i])
         if uuid.UUID(bytes_le=bytes(e.guid)) != METADATA_REGION:
             continue
         meta = _read(f, e.offset, 64 << 10, f"{path}: metadata table")
-        try:
-            n = METADATA_TABLE.parse(meta).entry_count
-        except ConstructError:
-            raise ImageError(f"{path}: no VHDX metadata table at offset {e.offset}") from None
+        n = _parse(METADATA_TABLE, meta, path, f"metadata table at offset {e.offset}").entry_count
         for j in range(min(n, 2047)):
             m = METADATA_ENTRY.parse(meta[32 + 32 * j:64 + 32 * j])
             if uuid.UUID(bytes_le=bytes(m.item)) == item and m.length == length:
@@ -128,10 +131,8 @@ def stamp(path: str, ids: VhdxIds) -> None:
         headers = []
         for offset in HEADER_OFFSETS:
             raw = _read(f, offset, HEADER_SIZE, f"{path}: VHDX header")
-            try:
-                headers.append((offset, HEADER.parse(raw), raw))
-            except ConstructError:
-                raise ImageError(f"{path}: no VHDX header at offset {offset}") from None
+            headers.append((offset, _parse(HEADER, raw, path, f"header at offset {offset}"),
+                            raw))
         base = min(h.sequence for _, h, _ in headers)
         for offset, h, raw in headers:
             h.sequence = h.sequence - base + 1
