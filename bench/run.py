@@ -306,7 +306,7 @@ def _mksquashfs() -> tuple[str, str]:
 def sec_squashfs(tree: str, out: str) -> list[Section]:
     s = Section("squashfs", "squashfs (gzip, 128 KiB blocks)")
     o = lambda n: os.path.join(out, n)  # noqa: E731
-    s.cmds.append(Command("imgkit write_squashfs (tar stream)",
+    s.cmds.append(Command("imgkit write_squashfs",
                           HELPER + ["squashfs", tree, o("imgkit.sqfs")], (o("imgkit.sqfs"),)))
     try:
         mksquashfs, version = _mksquashfs()

@@ -5,7 +5,11 @@ squashfs-tools 4.6 or newer (:mod:`imgkit.formats.squashfs_tools` fetches Debian
 4.6.1 where the host has 4.5.1) the tree is streamed to ``mksquashfs - IMG -tar`` as a pax
 archive (:func:`imgkit.formats.tar.write_tar`): owners, modes, times, device numbers, hard
 links and xattrs come from the archive, file data is read once from its source, and nothing
-is staged. Sockets, which tar cannot hold, are pseudo definitions beside it. squashfs keeps
+is staged. Sockets, which tar cannot hold, are pseudo definitions beside it. A tree that is
+exactly the host directory it was read from (:func:`imgkit.hostdir.match`) is given to
+``mksquashfs DIR`` itself, which walks it faster than it reads the stream: shared owners are
+forced, files whose metadata differ from the host get ``M`` definitions, and the listing is
+the one the stream gives. squashfs keeps
 only ``user.``, ``trusted.`` and ``security.`` xattrs (the kernel reads no other namespace):
 others, POSIX ACLs among them, are left out, with one warning naming the paths.
 
@@ -26,6 +30,7 @@ import base64
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -227,6 +232,63 @@ def _tar_can_carry(tree: Tree) -> bool:
     return True
 
 
+def _direct_options(tree: Tree) -> tuple[str, list[str], list[str]] | None:
+    """The source directory, the options and the pseudo definitions with which
+    ``mksquashfs DIR`` (4.6) writes exactly ``tree``; None unless the tree is that directory
+    (:func:`imgkit.hostdir.match`).
+
+    mksquashfs takes owners, modes and times from the host. Owners the whole tree shares are
+    forced (``-force-uid``/``-force-gid``); a file or symlink whose metadata still differs gets
+    an ``M`` definition. A directory that would need one is not taken: squashfs-tools 4.6.1
+    drops every pseudo definition below a directory given one (or the other way round). The
+    host's xattrs must be the tree's, all of namespaces squashfs holds.
+    """
+    from imgkit import hostdir
+
+    def xattrs_ok(path: str, e: Entry, h: hostdir.HostEntry) -> bool:
+        if sorted(h.xattrs) != sorted(k for k, _v in e.xattrs):
+            return False
+        if not all(k.startswith(XATTR_PREFIXES) for k in h.xattrs):
+            return False
+        try:
+            return all(os.getxattr(path, k, follow_symlinks=False) == v for k, v in e.xattrs)
+        except OSError:
+            return False
+
+    if any(e.kind is Kind.SOCKET for e in tree):
+        return None
+    found = hostdir.match(tree, xattrs_ok=xattrs_ok)
+    if found is None:
+        return None
+    root, host = found
+    uids = {e.uid for e in tree if e.path and e.kind is not Kind.HARDLINK}
+    gids = {e.gid for e in tree if e.path and e.kind is not Kind.HARDLINK}
+    options = ["-no-exports"]
+    if len(uids) == 1:
+        options += ["-force-uid", str(uids.pop())]
+    if len(gids) == 1:
+        options += ["-force-gid", str(gids.pop())]
+    forced_uid = "-force-uid" in options
+    forced_gid = "-force-gid" in options
+    lines = []
+    for e in tree:
+        if not e.path or e.kind is Kind.HARDLINK:
+            continue
+        st = host[e.path].st
+        same = (int(st.st_mtime) == e.mtime
+                and (e.kind is Kind.SYMLINK or stat.S_IMODE(st.st_mode) == e.mode & 0o7777)
+                and (forced_uid or st.st_uid == e.uid) and (forced_gid or st.st_gid == e.gid))
+        if same:
+            continue
+        if e.kind is Kind.DIR or not 0 <= e.mtime < 1 << 32:
+            return None
+        lines.append(f"{_quote(e.path, e.origin)} M {e.mtime} {e.mode & 0o7777:o} "
+                     f"{e.uid} {e.gid}")
+    if lines:
+        options.append("-pseudo-override")
+    return root, options, lines
+
+
 def _write_pseudo_file(lines: list[str], path: str) -> None:
     with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write("".join(line + "\n" for line in lines))
@@ -276,7 +338,17 @@ def write_squashfs(tree: Tree, path: str, *, compression: str = "gzip",
         os.unlink(path)
     with tempfile.TemporaryDirectory(prefix="imgkit-squashfs-", dir=work) as tmp:
         pseudo = os.path.join(tmp, "pseudo")
-        if sq.reads_tar and _tar_can_carry(tree):
+        direct = _direct_options(tree) if sq.reads_tar else None
+        if direct is not None:
+            populated_from = "directory"
+            source, more, lines = direct
+            extra = []
+            if lines:
+                _write_pseudo_file(lines, pseudo)
+                extra = ["-pf", pseudo]
+            tools.run([sq.mksquashfs, source, path, *options, *more, *extra],
+                      env={"SOURCE_DATE_EPOCH": None})
+        elif sq.reads_tar and _tar_can_carry(tree):
             populated_from = "tar"
             # the archive holds no socket, and mksquashfs ignores its root entry
             lines = xattr_lines(tree.root) + [line for e in tree if e.kind is Kind.SOCKET

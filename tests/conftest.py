@@ -125,3 +125,28 @@ def copy_partition(image: str, part: dict, dest) -> None:
         data = f.read(part["size"] * 512)
     with open(dest, "wb") as out:
         out.write(data)
+
+
+def host_source_dir(src, epoch: int) -> None:
+    """A host directory with every kind an unprivileged user can make (devices if root)."""
+    (src / "etc").mkdir(parents=True)
+    (src / "usr" / "bin").mkdir(parents=True)
+    (src / "etc" / "hostname").write_bytes(b"imgkit\n")
+    (src / "usr" / "bin" / "tool").write_bytes(bytes(range(256)) * 40)
+    os.chmod(src / "usr" / "bin" / "tool", 0o4755)
+    os.link(src / "usr" / "bin" / "tool", src / "usr" / "bin" / "tool2")
+    os.symlink("usr/bin", src / "bin")
+    os.mkfifo(src / "etc" / "fifo")
+    (src / "etc" / "secret").write_bytes(b"s\n")
+    os.chmod(src / "etc" / "secret", 0o600)
+    (src / "etc" / "tagged").write_bytes(b"t\n")
+    try:
+        os.setxattr(src / "etc" / "tagged", "user.tag", b"v")
+    except OSError:
+        pass
+    if os.getuid() == 0:
+        (src / "dev").mkdir()
+        os.mknod(src / "dev" / "null", 0o20666, os.makedev(1, 3))
+        os.mknod(src / "dev" / "sda", 0o60660, os.makedev(8, 0))
+    for p in sorted(src.rglob("*"), reverse=True):
+        os.utime(p, ns=(epoch * 10**9 + 123, epoch * 10**9 + 456), follow_symlinks=False)

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 
 import pytest
+from conftest import host_source_dir
 
 from imgkit import tools
 from imgkit.debfetch import fetch_release_packages
@@ -292,31 +293,6 @@ def test_bad_inputs(tmp_path):
         write_ext4(t, tmp_path / "x.img")
 
 
-def source_dir(src):
-    """A host directory with every kind an unprivileged user can make (devices if root)."""
-    (src / "etc").mkdir(parents=True)
-    (src / "usr" / "bin").mkdir(parents=True)
-    (src / "etc" / "hostname").write_bytes(b"imgkit\n")
-    (src / "usr" / "bin" / "tool").write_bytes(bytes(range(256)) * 40)
-    os.chmod(src / "usr" / "bin" / "tool", 0o4755)
-    os.link(src / "usr" / "bin" / "tool", src / "usr" / "bin" / "tool2")
-    os.symlink("usr/bin", src / "bin")
-    os.mkfifo(src / "etc" / "fifo")
-    (src / "etc" / "secret").write_bytes(b"s\n")
-    os.chmod(src / "etc" / "secret", 0o600)
-    (src / "etc" / "tagged").write_bytes(b"t\n")
-    try:
-        os.setxattr(src / "etc" / "tagged", "user.tag", b"v")
-    except OSError:
-        pass
-    if os.getuid() == 0:
-        (src / "dev").mkdir()
-        os.mknod(src / "dev" / "null", 0o20666, os.makedev(1, 3))
-        os.mknod(src / "dev" / "sda", 0o60660, os.makedev(8, 0))
-    for p in sorted(src.rglob("*"), reverse=True):
-        os.utime(p, ns=(EPOCH * 10**9 + 123, EPOCH * 10**9 + 456), follow_symlinks=False)
-
-
 def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch, e2fs):
     """The source directory itself, with either e2fsprogs; the same bytes as a staging copy
     (1.47.0) or the archive stream (1.47.1 and newer) give."""
@@ -324,7 +300,7 @@ def test_source_directory_used_as_is_and_same_as_staged(tmp_path, monkeypatch, e
     from imgkit.sources import read_directory
 
     src = tmp_path / "src"
-    source_dir(src)
+    host_source_dir(src, EPOCH)
     before = sorted((str(p), p.lstat().st_mtime_ns) for p in src.rglob("*"))
     tree = read_directory(str(src))
     assert ext4._direct_source(tree, ext4.e2fsprogs_version()) is not None
@@ -364,7 +340,7 @@ def test_source_directory_not_matching_is_staged(tmp_path):
     from imgkit.sources import read_directory
 
     src = tmp_path / "src"
-    source_dir(src)
+    host_source_dir(src, EPOCH)
     version = ext4.e2fsprogs_version()
     tree = read_directory(str(src))
     tree.remove("etc/secret")   # on the host, not in the tree
@@ -413,7 +389,7 @@ def test_unreadable_source_file_is_named(tmp_path, e2fs):
     from imgkit.sources import read_directory
 
     src = tmp_path / "src"
-    source_dir(src)
+    host_source_dir(src, EPOCH)
     tree = read_directory(str(src))
     os.chmod(src / "etc" / "secret", 0)
     with pytest.raises(InputError, match="secret"):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import stat
+import subprocess
 
 import pytest
-from conftest import copy_partition, sfdisk_partitions, sh
+from conftest import copy_partition, host_source_dir, sfdisk_partitions, sh
 
 from imgkit import detect
 from imgkit.build import build
@@ -210,3 +211,60 @@ def test_disk_with_a_squashfs_partition(tmp_path):
     # the same partition read in place through the filesystem table
     from imgkit import browse
     assert browse.open_tree(f"{image}:1")["etc/hello"].data.open().read() == b"hello from squashfs\n"
+
+
+@pytest.mark.parametrize("squashfs_tools", ["4.6"], indirect=True)
+def test_source_directory_given_to_mksquashfs_as_is(tmp_path, monkeypatch, squashfs_tools):
+    """A tree that is exactly its source directory is handed to ``mksquashfs DIR``: what
+    unsquashfs lists (owners, modes, times, xattrs, devices, hard links) is what the tar
+    stream gives, and so are the file contents."""
+    from imgkit.formats import squashfs
+    from imgkit.sources import read_directory
+
+    epoch = 1_700_000_000
+    src = tmp_path / "src"
+    host_source_dir(src, epoch)
+    tree = read_directory(str(src))
+    direct = str(tmp_path / "direct.sqfs")
+    info = write_squashfs(tree, direct, mtime=epoch)
+    assert info.populated_from == "directory"
+    monkeypatch.setattr(squashfs, "_direct_options", lambda tree: None)
+    streamed = str(tmp_path / "tar.sqfs")
+    assert write_squashfs(tree, streamed, mtime=epoch).populated_from == "tar"
+    assert lln(direct) == lln(streamed)
+    assert pf_listing(squashfs_tools, direct, tmp_path) == pf_listing(squashfs_tools, streamed,
+                                                                      tmp_path)
+    for image in (direct, streamed):
+        assert subprocess.run(["unsquashfs", "-cat", image, "usr/bin/tool2"], check=True,
+                              capture_output=True).stdout == bytes(range(256)) * 40
+    # owners are the tree's (the builder's own files are root's), not the host's
+    assert {v[2:4] for v in lln(direct).values()} == {(0, 0)}
+
+
+@pytest.mark.parametrize("squashfs_tools", ["4.6"], indirect=True)
+def test_source_directory_with_changed_metadata(tmp_path, squashfs_tools):
+    """A file whose mode or time differs from the host is corrected with a pseudo ``M``
+    definition; a directory that would need one, an extra entry or a missing one send the
+    tree through the tar stream instead."""
+    from imgkit.sources import read_directory
+
+    epoch = 1_700_000_000
+    src = tmp_path / "src"
+    host_source_dir(src, epoch)
+    tree = read_directory(str(src))
+    tree.add(tree["etc/secret"].replace(mode=0o640, mtime=epoch - 5))
+    image = str(tmp_path / "m.sqfs")
+    assert write_squashfs(tree, image, mtime=epoch).populated_from == "directory"
+    listing = lln(image)
+    assert listing["etc/secret"][1] == "-rw-r-----"
+    assert f"etc/secret R {epoch - 5} 640 0 0" in pf_listing(squashfs_tools, image, tmp_path)
+
+    tree = read_directory(str(src))
+    tree.add(tree["etc"].replace(mode=0o700))
+    assert write_squashfs(tree, image, mtime=epoch).populated_from == "tar"
+    assert lln(image)["etc"][1] == "drwx------"
+
+    tree = read_directory(str(src))
+    tree.remove("etc/secret")
+    assert write_squashfs(tree, image, mtime=epoch).populated_from == "tar"
+    assert "etc/secret" not in lln(image)

@@ -67,10 +67,11 @@ import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from imgkit import progress, scratch, tools
+from imgkit import hostdir, progress, scratch, tools
 from imgkit.atomic import atomic_path
 from imgkit.errors import InputError, LayoutError, ToolError
 from imgkit.formats.ext4 import debugfs
+from imgkit.hostdir import HostEntry
 from imgkit.tree import Entry, FileBlob, Kind, Tree
 
 #: Another e2fsprogs to run instead of the one on ``PATH`` (see the module docstring).
@@ -208,7 +209,7 @@ def write_ext4(
             (atomic_path(out_path) if offset is None else contextlib.nullcontext(out_path)) as tmp, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         source: str | None = None
-        host: dict[str, _Host] = {}
+        host: dict[str, HostEntry] = {}
         # The source directory first, whatever the version: mke2fs reading it costs less
         # than streaming the tree (and gives the same image). Looked at only now that our
         # own temporaries exist: were they inside the source directory, it would no longer
@@ -223,7 +224,7 @@ def write_ext4(
         else:
             source = os.path.join(work, "root")
             stage_tree(tree, source)
-            host = _scan(source)
+            host = hostdir.scan(source)
             populated_from = "staging"
         conf = os.path.join(work, "mke2fs.conf")
         feats = _merge_features(features)
@@ -525,97 +526,18 @@ def _copy_range(src: int, offset: int, dst: int, size: int) -> None:
 
 # -- the source directory ----------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Host:
-    """What ``mke2fs -d`` will copy from one host entry: its ``lstat`` and xattr names."""
+def _direct_source(tree: Tree, version: tuple[int, ...]) -> tuple[str, dict[str, HostEntry]] | None:
+    """The host directory the tree was read from, if ``mke2fs -d`` can take it as it is
+    (:func:`imgkit.hostdir.match`), with xattrs that fit in the inode.
 
-    st: os.stat_result
-    xattrs: tuple[str, ...]
-
-
-def _scan(root: str) -> dict[str, _Host]:
-    """``lstat`` and xattr names of everything under ``root``, by tree path (root is "")."""
-    out: dict[str, _Host] = {}
-
-    def names(path: str) -> tuple[str, ...]:
-        try:
-            return tuple(os.listxattr(path, follow_symlinks=False))
-        except OSError:
-            return ()
-
-    out[""] = _Host(os.lstat(root), names(root))
-    stack = [(root, "")]
-    while stack:
-        host_dir, rel_dir = stack.pop()
-        with os.scandir(host_dir) as it:
-            for item in it:
-                rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
-                st = item.stat(follow_symlinks=False)
-                out[rel] = _Host(st, names(item.path))
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((item.path, rel))
-    return out
-
-
-def _direct_source(tree: Tree, version: tuple[int, ...]) -> tuple[str, dict[str, _Host]] | None:
-    """The host directory the tree was read from, if ``mke2fs -d`` can take it as it is.
-
-    It can when every regular file's blob is the whole host file at the same relative path
-    under one directory, and that directory holds exactly the tree's names, each of the same
-    type (symlinks with the same target, hard links grouped as in the tree) and with xattrs
-    that fit in the inode: then ``mke2fs`` allocates every inode and block just as it would
-    from a staging copy, and the debugfs pass fixes metadata the same way. Anything else
-    (generated files, overlays, renamed paths, extra or missing names, device nodes missing
-    on the host) is staged. Only from e2fsprogs 1.47, which reads directories sorted.
+    Then ``mke2fs`` allocates every inode and block just as it would from a staging copy, and
+    the debugfs pass fixes metadata the same way. Only from e2fsprogs 1.47, which reads
+    directories sorted.
     """
     if version < (1, 47):
         return None
-    root = None
-    for e in tree:
-        if e.kind is Kind.FILE and isinstance(e.data, FileBlob) and e.data.offset == 0:
-            suffix = "/" + e.path
-            if e.data.path.endswith(suffix):
-                root = e.data.path[:-len(suffix)] or "/"
-                break
-    if root is None:
-        return None
-    prefix = root.rstrip("/") + "/"
-    for e in tree:
-        if e.kind is Kind.FILE and not (isinstance(e.data, FileBlob) and e.data.offset == 0
-                                        and e.data.path == prefix + e.path):
-            return None
-    try:
-        host = _scan(root)
-    except OSError:
-        return None   # staging will say what it cannot read
-    if len(host) != len(tree) or not stat.S_ISDIR(host[""].st.st_mode):
-        return None
-    seen: dict[tuple[int, int], str] = {}
-    links: list[tuple[Entry, tuple[int, int]]] = []
-    for e in tree:
-        h = host.get(e.path)
-        if h is None or stat.S_IFMT(h.st.st_mode) != e.kind.type_bits:
-            return None
-        if e.kind is Kind.FILE and h.st.st_size != e.size:
-            return None
-        if e.kind is Kind.SYMLINK:
-            try:
-                if os.readlink(prefix + e.path) != (e.target or ""):
-                    return None
-            except OSError:
-                return None
-        if e.kind is Kind.HARDLINK:
-            links.append((e, (h.st.st_dev, h.st.st_ino)))
-        elif e.kind not in (Kind.DIR, Kind.SYMLINK) and e.path:
-            key = (h.st.st_dev, h.st.st_ino)
-            if key in seen:
-                return None   # two tree files, one host inode: mke2fs would merge them
-            seen[key] = e.path
-        if h.xattrs and not _xattrs_fit(prefix + e.path if e.path else root, h.xattrs):
-            return None
-    if any(seen.get(key) != e.target for e, key in links):
-        return None   # a tree hard link that is not one on the host, or the other way round
-    return root, host
+    return hostdir.match(tree, xattrs_ok=lambda path, e, h: not h.xattrs
+                         or _xattrs_fit(path, h.xattrs))
 
 
 def _raise_unreadable(source: str) -> None:
@@ -867,7 +789,7 @@ def _list_inodes(image: str, tree: Tree) -> dict[str, _Inode]:
     return out
 
 
-def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, _Host],
+def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, HostEntry],
                             inodes: dict[str, _Inode], work: str, fs_time: int, *,
                             exact_times: bool, mtimes_set: bool = False) -> None:
     """Commands that make each inode exactly what the tree says, by inode number.

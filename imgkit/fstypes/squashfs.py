@@ -1,4 +1,5 @@
-"""The ``squashfs`` entry of the filesystem table: ``mksquashfs`` fed pseudo definitions."""
+"""The ``squashfs`` entry of the filesystem table: ``mksquashfs`` fed a tar stream, the source
+directory itself or pseudo definitions (:mod:`imgkit.formats.squashfs`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ class SquashfsOptions:
 
 
 class Squashfs(FilesystemType):
-    """A compressed read-only squashfs by ``mksquashfs`` fed only pseudo definitions
-    (:mod:`imgkit.formats.squashfs`), so owners, modes and devices come from the tree."""
+    """A compressed read-only squashfs by ``mksquashfs`` (:mod:`imgkit.formats.squashfs`):
+    owners, modes and devices come from the tree, never from the host."""
 
     name = "squashfs"
     options = SquashfsOptions
