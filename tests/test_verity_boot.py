@@ -89,10 +89,10 @@ CHECK = r"""#!/bin/busybox sh
 """
 
 
-def build(tmp_path, out: str = "out"):
+def build(tmp_path, out: str = "out", fstype: str = "ext4"):
     (tmp_path / "check.sh").write_text(CHECK)
     (tmp_path / "marker.txt").write_text("MARKER\n" + "x" * 8000 + "\n")
-    (tmp_path / "c.toml").write_text(CONFIG)
+    (tmp_path / "c.toml").write_text(CONFIG.replace('"ext4"', f'"{fstype}"'))
     imgkit("build", str(tmp_path / "c.toml"), "-O", str(tmp_path / out), "-q")
     return tmp_path / out
 
@@ -180,6 +180,20 @@ def test_boot_verity_root(tmp_path):
     log = r.stdout
     assert "verity: every block of PARTLABEL=root matches root hash" in log, log[-3000:]
     assert "MOUNT /dev/mapper/root / ext4 ro" in log, log[-3000:]
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("fstype", ["erofs", "squashfs"])
+def test_boot_verity_read_only_root(tmp_path, fstype):
+    """The same verity root as a read-only filesystem: erofs, squashfs (the hash tree covers
+    the partition whatever is in it)."""
+    out = build(tmp_path, fstype=fstype)
+    good = verify(tmp_path, str(out / "disk.img"))
+    assert good.returncode == 0, good.stderr
+    r = boot(out, MARKER)
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
+    assert "verity: every block of PARTLABEL=root matches root hash" in r.stdout, r.stdout[-3000:]
+    assert f"MOUNT /dev/mapper/root / {fstype} ro" in r.stdout, r.stdout[-3000:]
 
 
 @pytest.mark.boot
