@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from imgkit import progress
 from imgkit.atomic import atomic_open
 from imgkit.compress import check_method, compressed_writer
 from imgkit.formats.cpio import unstorable, write_cpio
@@ -29,7 +30,9 @@ def write_initramfs(tree: Tree, out_path: str, *, compress: str = "zstd",
                     level: int | None = None, crc: bool = False) -> ArchiveResult:
     """Write ``tree`` as a (compressed) cpio newc initramfs at ``out_path``."""
     check_method(compress)
-    with atomic_open(out_path) as f:
+    with atomic_open(out_path) as f, progress.watching(
+            f.name, f"initramfs {os.path.basename(out_path)}",
+            tree.data_size() if compress == "none" else None):
         with compressed_writer(f, compress, level) as w:
             write_cpio(tree, w, crc=crc)
     return ArchiveResult(out_path, len(tree) - 1, tree.data_size(),
@@ -41,7 +44,9 @@ def write_tarball(tree: Tree, out_path: str, *, compress: str = "none") -> Archi
     """Write ``tree`` as a pax tar at ``out_path``, compressed by libarchive's filters."""
     from imgkit.formats.tar import write_tar  # libarchive: not loaded for an initramfs
     check_method(compress)
-    with atomic_open(out_path) as f:
+    with atomic_open(out_path) as f, progress.watching(
+            f.name, f"tar {os.path.basename(out_path)}",
+            tree.data_size() if compress == "none" else None):
         written = write_tar(tree, f, compress=compress)
     return ArchiveResult(out_path, len(tree) - len(written.skipped), tree.data_size(),
                          os.path.getsize(out_path), compress, tuple(written.skipped),

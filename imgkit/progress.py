@@ -12,6 +12,7 @@ every file.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -81,3 +82,40 @@ class Step:
 def step(what: str, total_bytes: int | None = None, total_files: int | None = None) -> Step:
     """Start a step reported to the current reporter (if any); use it as a context manager."""
     return Step(what, total_bytes, total_files, _current)
+
+
+@contextlib.contextmanager
+def watching(path: str, what: str, total_bytes: int | None = None, *,
+             interval: float = 0.2) -> Iterator[None]:
+    """A step for work that reports nothing itself (another process, a library writing a
+    file): its progress is the growth of the space allocated to ``path``. Outputs are written
+    sparse, so what a file holds is what was written to it, even into a file made at its
+    final size or at an offset in a disk. Nothing is started when no reporter listens."""
+    if _current is None:
+        yield
+        return
+    import threading
+
+    def allocated() -> int:
+        try:
+            return os.stat(path).st_blocks * 512
+        except OSError:
+            return 0
+
+    with step(what, total_bytes or None) as s:
+        base = allocated()
+        done = threading.Event()
+        ceiling = total_bytes or 1 << 62
+        s.set(0, 0)
+
+        def poll() -> None:
+            while not done.wait(interval):
+                s.set(min(max(allocated() - base, 0), ceiling), 0)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()

@@ -75,6 +75,22 @@ def test_a_terminal_gets_a_line_redrawn_in_place(config):
     assert "wrote" in text   # the ordinary messages still come
 
 
+@pytest.mark.parametrize("command, output", [("initramfs", "i.cpio"), ("tar", "t.tar")])
+def test_archive_commands_draw_the_line_too(tmp_path, config, command, output):
+    """``imgkit initramfs`` and ``imgkit tar`` report their writing like a build; ``-q``
+    silences both the line and the summary."""
+    argv = [sys.executable, "-m", "imgkit", command, str(tmp_path / "src"), "-o",
+            str(tmp_path / output)]
+    status, _, err = run_on_pty(argv, ENV)
+    assert status == 0, err
+    text = err.decode(errors="replace")
+    assert f"\r\x1b[Kimgkit: {'initramfs' if command == 'initramfs' else 'tar'} {output}: " \
+        in text, text
+    assert "\r\x1b[K" in text.rsplit("imgkit: wrote", 1)[0] and "wrote" in text
+    status, _, err = run_on_pty([*argv, "-q"], ENV)
+    assert status == 0 and b"\r" not in err and b"wrote" not in err, err
+
+
 def test_a_pipe_gets_no_progress_line(config):
     proc = subprocess.run(build_argv(config), env=ENV, capture_output=True)
     assert proc.returncode == 0, proc.stderr
@@ -105,3 +121,25 @@ def test_no_line_before_the_delay_and_erased_at_the_end():
         assert stream.getvalue() == "\r\x1b[Kimgkit: copy: 5.0 of 10.0 MB, 5 of 10 files, 2.5 MB/s"
     assert stream.getvalue().endswith("\r\x1b[K")
     assert progress.step("after", 1).done_bytes == 0   # no reporter outside the block
+
+
+@pytest.mark.parametrize("fstype", ["vfat", "erofs", "squashfs", "iso9660"])
+def test_filesystems_and_disks_report_their_writing(tmp_path, config, fstype):
+    """Writers that report nothing themselves (the FAT, erofs and ISO writers, mksquashfs)
+    are followed by the space their output takes; so is the disk assembly."""
+    partition = fstype in ("vfat", "erofs", "squashfs")
+    text = (f'seed = "p"\n\n[trees.root]\nsources = ["{tmp_path / "src"}"]\n\n'
+            f'[filesystems.root]\ntype = "{fstype}"\ntree = "root"\n')
+    if partition:
+        text += ('\n[disk]\noutput = "d.img"\npartitions = [{ name = "p", type = "linux", '
+                 'filesystem = "root" }]\n')
+    else:
+        text += 'output = "root.iso"\n'
+    (tmp_path / "fs.toml").write_text(text)
+    status, _, err = run_on_pty([sys.executable, "-m", "imgkit", "build", str(tmp_path / "fs.toml"),
+                                 "-O", str(tmp_path / "fsout")], ENV)
+    assert status == 0, err
+    shown = err.decode(errors="replace")
+    assert "\r\x1b[Kimgkit: filesystem root" in shown, shown
+    if partition:
+        assert "\r\x1b[Kimgkit: disk " in shown, shown

@@ -62,9 +62,8 @@ import re
 import shutil
 import stat
 import tempfile
-import threading
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from imgkit import hostdir, progress, scratch, tools
@@ -582,7 +581,7 @@ def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log:
     env.update({"MKE2FS_CONFIG": conf, "E2FSPROGS_FAKE_TIME": str(fs_time),
                 "SOURCE_DATE_EPOCH": str(fs_time)})
     if tar is None:
-        with _watch_allocation(image, what, data_bytes):
+        with progress.watching(image, what, data_bytes):
             proc = tools.run(argv, env=env, check=False)
         returncode = proc.returncode
         text = (proc.stderr or b"").decode(errors="replace") + (proc.stdout or b"").decode(
@@ -600,33 +599,6 @@ def _mke2fs(image: str, size: int, *, source: str | None, tar: Tree | None, log:
         hint = "mke2fs loads libarchive at run time to read archives: apt-get install libarchive13"
     raise ToolError(f"mke2fs failed with exit status {returncode} making a "
                     f"{size} byte ext4 image\n{tail}", hint=hint)
-
-
-@contextlib.contextmanager
-def _watch_allocation(image: str, what: str, data_bytes: int) -> Iterator[None]:
-    """Report mke2fs' progress (a process of its own) as the bytes allocated to ``image``
-    grow: it is made sparse, so what it holds is what mke2fs wrote."""
-    def allocated() -> int:
-        try:
-            return os.stat(image).st_blocks * 512
-        except OSError:
-            return 0
-
-    with progress.step(what, data_bytes or None) as step:
-        base = allocated()
-        done = threading.Event()
-
-        def poll() -> None:
-            while not done.wait(0.2):
-                step.set(min(max(allocated() - base, 0), data_bytes or 1 << 62), 0)
-
-        watcher = threading.Thread(target=poll, daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            done.set()
-            watcher.join()
 
 
 class _Pipe:

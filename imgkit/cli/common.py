@@ -130,15 +130,19 @@ def guarded(func: Handler, args: argparse.Namespace) -> int:
     on every way out and swept by the next run after a SIGKILL. Errors of the host rather
     than of imgkit (a full disk, a read-only directory, memory exhausted, input nested too
     deeply) are reported as one line too."""
+    from imgkit import progress as steps
     from imgkit import scratch
+    from imgkit.cli import progress_line
 
     debug = bool(getattr(args, "debug", False))
+    quiet = bool(getattr(args, "json", False) or getattr(args, "quiet", False))
     if debug:
         import logging
         logging.basicConfig(level=logging.DEBUG, format="imgkit: %(message)s")
     saved = _on_signals()
     try:
-        with scratch.run_scratch():
+        with scratch.run_scratch(), \
+                steps.reporting(progress_line.for_stream(sys.stderr, quiet=quiet)):
             return func(args)
     except ImgkitError as exc:
         if debug:

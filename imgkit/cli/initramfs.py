@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--rc", metavar="SCRIPT", help="shell script the init runs when the kernel "
                    "command line has no root= (installed as /etc/imgkit/rc)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress line and no summary (warnings and errors still)")
 
 
 def builtin_init(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_tree_options(p)
     add_output_options(p, "default from the output's suffix, else none")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress line and no summary (warnings and errors still)")
 
 
 def run(args: argparse.Namespace) -> int:

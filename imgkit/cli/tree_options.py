@@ -103,6 +103,6 @@ def report(args: argparse.Namespace, result: ArchiveResult, started: float) -> N
                           "data_bytes": result.data_bytes, "bytes": result.archive_bytes,
                           "compression": result.compress, "warnings": result.warnings,
                           "seconds": round(seconds, 3)}))
-    else:
+    elif not getattr(args, "quiet", False):
         progress(f"wrote {result.path}: {result.entries} entries, {result.data_bytes:,} bytes of "
                  f"data, {result.archive_bytes:,} bytes ({result.compress}) in {seconds:.2f} s")

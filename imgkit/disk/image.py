@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from imgkit import progress
 from imgkit.atomic import atomic_path
 from imgkit.disk.layout import Plan
 from imgkit.errors import InputError, LayoutError
@@ -120,8 +121,10 @@ def convert_raw(raw: str | os.PathLike, dest: str | os.PathLike, format: str, *,
     if format not in QEMU_FORMATS:
         raise InputError(f"disk format: expected one of {', '.join(FORMATS)}, got {format!r}")
     from imgkit import tools
-    tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", format, *QEMU_FORMATS[format],
-               os.fspath(raw), os.fspath(dest)])
+    with progress.watching(os.fspath(dest), f"{format} {os.path.basename(os.fspath(dest))}",
+                           os.stat(raw).st_blocks * 512):
+        tools.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", format,
+                   *QEMU_FORMATS[format], os.fspath(raw), os.fspath(dest)])
     _stamp(os.fspath(dest), format, seed, mtime, name or os.path.basename(os.fspath(dest)))
 
 
@@ -220,8 +223,10 @@ def _write_raw(plan: Plan, sources: list[tuple[int, str, int]],
         if fresh:
             os.ftruncate(fd, 0)
         os.ftruncate(fd, plan.disk_size)
-        for start, src, size in sources:
-            copy_sparse(src, fd, start, size)
+        data = sum(min(os.stat(src).st_blocks * 512, size) for _start, src, size in sources)
+        with progress.watching(path, f"disk {os.path.basename(path)}", data):
+            for start, src, size in sources:
+                copy_sparse(src, fd, start, size)
         for offset, data in list(tables) + list(extra):
             pwrite_all(fd, data, offset)
 

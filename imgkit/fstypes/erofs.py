@@ -32,8 +32,10 @@ class Erofs(FilesystemType):
         if offset:
             raise InputError("erofs is written into a file of its own, not at an offset")
         o: ErofsOptions = fs.options
-        info = write_erofs(tree, path, label=fs.label, uuid=o.uuid,
-                           seed=ctx.seed("erofs", fs.name), checksum=o.checksum)
+        from imgkit import progress
+        with progress.watching(path, f"filesystem {fs.name}", tree.data_size()):
+            info = write_erofs(tree, path, label=fs.label, uuid=o.uuid,
+                               seed=ctx.seed("erofs", fs.name), checksum=o.checksum)
         return report_image(fs, "erofs", info.size, info.warnings, size, ctx)
 
     def describe(self, f, offset=0, size=None):

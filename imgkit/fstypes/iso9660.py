@@ -2,6 +2,8 @@
 through pycdlib."""
 from __future__ import annotations
 
+import os
+
 from imgkit.errors import InputError
 from imgkit.filesystems import FilesystemType, report_warnings
 
@@ -16,9 +18,11 @@ class Iso9660(FilesystemType):
     packages = ("xorriso",)
 
     def write(self, tree, path, offset, size, fs, ctx, *, disk_offset=None):
+        from imgkit import progress
         from imgkit.formats.iso9660 import write_iso
-        info = write_iso(tree, path, volume_id=fs.label or "IMGKIT", mtime_epoch=ctx.mtime,
-                         seed=ctx.seed("iso", fs.name))
+        with progress.watching(path, f"filesystem {fs.name}", tree.data_size()):
+            info = write_iso(tree, path, volume_id=fs.label or "IMGKIT", mtime_epoch=ctx.mtime,
+                             seed=ctx.seed("iso", fs.name))
         report_warnings(info.warnings, ctx)
         return info.size
 
@@ -35,8 +39,10 @@ class Iso9660(FilesystemType):
                            boot_info_table=bios[0].boot_info_table if bios else True,
                            efi_image=efi[0].image if efi else None,
                            isohybrid=hybrid and bool(bios), isohybrid_efi=hybrid and bool(efi))
-        info = write_iso(tree, path, volume_id=label, mtime_epoch=ctx.mtime, boot=boot,
-                         seed=ctx.seed("iso"))
+        from imgkit import progress
+        with progress.watching(path, f"ISO {os.path.basename(path)}", tree.data_size()):
+            info = write_iso(tree, path, volume_id=label, mtime_epoch=ctx.mtime, boot=boot,
+                             seed=ctx.seed("iso"))
         report_warnings(info.warnings, ctx)
         return info.size
 

@@ -36,8 +36,10 @@ class Squashfs(FilesystemType):
             raise InputError("squashfs is written into a file of its own, not at an offset")
         o: SquashfsOptions = fs.options
         block = size_or_none(o.block_size, f"[filesystems.{fs.name}] block_size") or 0
-        info = write_squashfs(tree, path, compression=o.compression, block_size=block,
-                              mtime=ctx.mtime, work=ctx.work)
+        from imgkit import progress
+        with progress.watching(path, f"filesystem {fs.name} ({o.compression})"):
+            info = write_squashfs(tree, path, compression=o.compression, block_size=block,
+                                  mtime=ctx.mtime, work=ctx.work)
         return report_image(fs, f"squashfs ({o.compression}, {info.tools})", info.size,
                             info.warnings, size, ctx)
 

@@ -54,8 +54,11 @@ class Vfat(FilesystemType):
         from imgkit.formats.fat import write_fat
         if offset:
             raise InputError("vfat is written into a file of its own, not at an offset")
-        plan = write_fat(tree, path, size=size, serial=fat_serial(fs.options.uuid, ctx.seed("fat", fs.name)),
-                         hidden_sectors=(disk_offset or 0) // 512, **self._planning(fs))
+        from imgkit import progress
+        with progress.watching(path, f"filesystem {fs.name}", tree.data_size()):
+            plan = write_fat(tree, path, size=size,
+                             serial=fat_serial(fs.options.uuid, ctx.seed("fat", fs.name)),
+                             hidden_sectors=(disk_offset or 0) // 512, **self._planning(fs))
         from imgkit.losses import xattr_loss
         report_warnings(xattr_loss(tree, "FAT"), ctx)
         ctx.progress(f"filesystem {fs.name}: FAT{plan.fat_type}, {plan.size:,} bytes")
