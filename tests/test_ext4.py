@@ -87,7 +87,7 @@ def e2fs(request, monkeypatch) -> str:
     if request.param == "backports":
         monkeypatch.setattr(ext4, "E2FSPROGS_DIR", request.getfixturevalue("bpo_e2fsprogs"))
     else:
-        monkeypatch.setattr(ext4, "E2FSPROGS_DIR", None)
+        monkeypatch.setattr(ext4, "E2FSPROGS_DIR", "host")
     return request.param
 
 
@@ -623,3 +623,44 @@ def test_keep_zeros_of_a_path_not_in_the_tree_is_an_error(tmp_path):
     src.mkdir()
     with pytest.raises(InputError, match="keep_zeros: '/swap' is not in the tree"):
         assemble(TreeSpec(sources=(str(src),), keep_zeros=("/swap",)))
+
+
+def test_the_writer_chooses_an_e2fsprogs_that_reads_archives(tmp_path, monkeypatch,
+                                                             bpo_e2fsprogs):
+    """Unset IMGKIT_E2FSPROGS: the host's 1.47.0 reads no archive, so the writer takes
+    bookworm-backports' (fetched once, cached) and streams a generated tree; when it cannot
+    be had, the host's with a staging copy, saying so. Reading never fetches."""
+    import imgkit.debfetch
+    from imgkit.formats.ext4.read import open_tree
+
+    host = ext4._version_of(None)
+    monkeypatch.setattr(ext4, "E2FSPROGS_DIR", None)
+    monkeypatch.setattr(ext4, "_chosen", {})
+    tree = Tree()
+    tree.add(Entry("etc/generated", Kind.FILE, data=BytesBlob(b"g" * 5000)))
+    info = write_ext4(tree, tmp_path / "auto.img", seed="s")
+    if host >= ext4.TAR_INPUT:
+        assert "the host's" in info.tools
+    else:
+        assert info.tools.endswith("from Debian bookworm-backports"), info.tools
+        assert ext4.e2fsprogs_command("mke2fs")[0].startswith(bpo_e2fsprogs)
+    assert info.populated_from == "tar"
+    fsck(tmp_path / "auto.img")
+
+    def no_network(*args, **kwargs):
+        raise ToolError("apt-get update failed: no network")
+
+    monkeypatch.setattr(ext4, "_chosen", {})
+    monkeypatch.setattr(imgkit.debfetch, "fetch_release_packages", no_network)
+    info = write_ext4(tree, tmp_path / "host.img", seed="s")
+    if host < ext4.TAR_INPUT:
+        assert info.populated_from == "staging"
+        assert "could not be fetched: apt-get update failed" in info.tools, info.tools
+    assert "g" * 5000 in debugfs(tmp_path / "host.img", "cat /etc/generated")
+
+    def must_not_fetch(*args, **kwargs):
+        raise AssertionError("reading an image fetched packages")
+
+    monkeypatch.setattr(ext4, "_chosen", {})
+    monkeypatch.setattr(imgkit.debfetch, "fetch_release_packages", must_not_fetch)
+    assert open_tree(str(tmp_path / "auto.img"))["etc/generated"].size == 5000

@@ -41,11 +41,16 @@ non-ASCII name. Trees the archive path cannot carry exactly (names that are not 
 targets whose length is a multiple of 1024, which that mke2fs mishandles) take the directory
 path. :attr:`Ext4Info.populated_from` says which path was taken.
 
-``E2FSPROGS_DIR`` (from the environment variable ``IMGKIT_E2FSPROGS``) names another
-e2fsprogs to use instead of the one on ``PATH``: a directory holding ``sbin/mke2fs``,
-``sbin/debugfs`` and ``sbin/e2fsck`` (or ``usr/sbin/...``) and its libraries under ``lib/`` or
-``usr/lib/`` (any multiarch subdirectory), as ``dpkg -x`` unpacks a Debian package. Its
-libraries are put on ``LD_LIBRARY_PATH`` of those tools only.
+Which e2fsprogs: the host's when it reads archives (1.47.1 or newer); else the writer fetches
+Debian bookworm-backports' e2fsprogs once, without root (:mod:`imgkit.debfetch`, cached under
+``$IMGKIT_CACHE/e2fsprogs-bpo``), so a tree from an archive is streamed rather than staged,
+and falls back to the host's (with staging) when it cannot be had. Only writing fetches:
+reading an image uses what this process already chose, else the host's, and never opens a
+connection. ``E2FSPROGS_DIR`` (from the environment variable ``IMGKIT_E2FSPROGS``) overrides
+the choice: ``host`` takes the e2fsprogs on ``PATH`` whatever its version, a directory the one
+unpacked there (``sbin/mke2fs``, ``sbin/debugfs`` and ``sbin/e2fsck`` or ``usr/sbin/...``, its
+libraries under ``lib/`` or ``usr/lib/``, any multiarch subdirectory, as ``dpkg -x`` unpacks a
+Debian package). Its libraries are put on ``LD_LIBRARY_PATH`` of those tools only.
 """
 from __future__ import annotations
 
@@ -73,8 +78,17 @@ from imgkit.formats.ext4 import debugfs
 from imgkit.hostdir import HostEntry
 from imgkit.tree import Entry, FileBlob, Kind, Tree
 
-#: Another e2fsprogs to run instead of the one on ``PATH`` (see the module docstring).
+#: Another e2fsprogs to run instead of the one on ``PATH``, or ``"host"`` (see the module
+#: docstring); unset, the writer chooses (:func:`choose_e2fsprogs`).
 E2FSPROGS_DIR: str | None = os.environ.get("IMGKIT_E2FSPROGS") or None
+#: The first e2fsprogs whose mke2fs reads a tar archive (``-d -``).
+TAR_INPUT = (1, 47, 1)
+#: Where an e2fsprogs with :data:`TAR_INPUT` comes from when the host's is older.
+BACKPORTS_RELEASE = "bookworm-backports"
+BACKPORTS_PACKAGES = ("e2fsprogs", "libext2fs2")
+BACKPORTS_CACHE = "e2fsprogs-bpo"
+#: The writer's choice once made: ``{"dir": path}`` (fetched), ``{"host": why}``.
+_chosen: dict[str, str] = {}
 
 BLOCK = 4096
 INODE_SIZE = 256
@@ -120,6 +134,8 @@ class Ext4Info:
     #: How mke2fs got the tree: ``"tar"`` (an archive on its standard input), ``"directory"``
     #: (the host directory the tree was read from) or ``"staging"`` (a staging copy).
     populated_from: str = "staging"
+    #: Which e2fsprogs wrote it, e.g. ``"e2fsprogs 1.47.2 (from Debian bookworm-backports)"``.
+    tools: str = ""
 
 
 # -- public API ---------------------------------------------------------------------------
@@ -165,6 +181,7 @@ def write_ext4(
     any tree with e2fsprogs 1.47.1 or newer, which is streamed to ``mke2fs`` as an archive.
     """
     tree.validate()
+    choose_e2fsprogs()
     version = e2fsprogs_version()
     if version < (1, 43):
         raise ToolError(f"mke2fs {'.'.join(map(str, version))} cannot populate a filesystem "
@@ -271,8 +288,10 @@ def write_ext4(
         _debugfs(target, cmds)
         if cleanup is not None:
             cleanup.result()
+    why = choose_e2fsprogs()
     return Ext4Info(size=final, uuid=fs_uuid, hash_seed=fs_hash, inodes=n_inodes,
-                    populated_from=populated_from)
+                    populated_from=populated_from,
+                    tools=f"e2fsprogs {'.'.join(map(str, version))}, {why}")
 
 
 def _work_base(tree: Tree, out_path: str, use_tar: bool) -> str:
@@ -384,15 +403,53 @@ def _stage_entries(tree: Tree, staging: str, linked: set[tuple[int, int]],
             hardlinks.append(e)
 
 
+def _active_dir() -> str | None:
+    """The unpacked e2fsprogs in use, or None for the host's."""
+    if E2FSPROGS_DIR == "host":
+        return None
+    return E2FSPROGS_DIR or _chosen.get("dir")
+
+
+def _check_backports(root: str) -> None:
+    version = _version_of(root)
+    if version < TAR_INPUT:
+        raise ToolError(f"{BACKPORTS_RELEASE} has e2fsprogs {'.'.join(map(str, version))}, "
+                        f"expected {'.'.join(map(str, TAR_INPUT))} or newer")
+
+
+def choose_e2fsprogs() -> str:
+    """Decide, once per process, which e2fsprogs writes (see the module docstring); why it.
+
+    Called by the writer only, since it may fetch Debian packages (once per cache)."""
+    if E2FSPROGS_DIR:
+        return f"IMGKIT_E2FSPROGS={E2FSPROGS_DIR}"
+    if "dir" in _chosen:
+        return f"from Debian {BACKPORTS_RELEASE}"
+    if "host" in _chosen:
+        return _chosen["host"]
+    if _version_of(None) >= TAR_INPUT:
+        _chosen["host"] = "the host's"
+        return _chosen["host"]
+    from imgkit.debfetch import fetch_release_packages
+    try:
+        _chosen["dir"] = fetch_release_packages(BACKPORTS_CACHE, BACKPORTS_RELEASE,
+                                                BACKPORTS_PACKAGES, check=_check_backports)
+    except ToolError as exc:
+        _chosen["host"] = (f"the host's; Debian {BACKPORTS_RELEASE}'s could not be fetched: "
+                           f"{str(exc).splitlines()[0][:160]}")
+        return _chosen["host"]
+    return choose_e2fsprogs()
+
+
 def e2fsprogs_version() -> tuple[int, ...]:
     """The e2fsprogs version in use, from ``mke2fs -V`` (asked once per process and
-    :data:`E2FSPROGS_DIR`)."""
-    return _version_of(E2FSPROGS_DIR)
+    e2fsprogs)."""
+    return _version_of(_active_dir())
 
 
 @functools.cache
 def _version_of(directory: str | None) -> tuple[int, ...]:
-    prog, env = e2fsprogs_command("mke2fs")
+    prog, env = _command_in(directory, "mke2fs")
     proc = tools.run([prog, "-V"], env=env, check=False)
     text = (proc.stderr or b"").decode() + (proc.stdout or b"").decode()
     m = re.search(r"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", text)
@@ -404,13 +461,17 @@ def _version_of(directory: str | None) -> tuple[int, ...]:
 def e2fsprogs_command(name: str) -> tuple[str, dict[str, str]]:
     """The program to run for e2fsprogs tool ``name`` and the environment it needs.
 
-    ``name`` itself (looked up on ``PATH``) and no environment, unless :data:`E2FSPROGS_DIR`
-    names another e2fsprogs: then its binary and ``LD_LIBRARY_PATH`` pointing at its
-    libraries.
+    ``name`` itself (looked up on ``PATH``) and no environment, unless another e2fsprogs is
+    in use (:data:`E2FSPROGS_DIR`, or the one the writer fetched): then its binary and
+    ``LD_LIBRARY_PATH`` pointing at its libraries.
     """
-    if not E2FSPROGS_DIR:
+    return _command_in(_active_dir(), name)
+
+
+def _command_in(directory: str | None, name: str) -> tuple[str, dict[str, str]]:
+    if not directory:
         return name, {}
-    root = os.path.abspath(E2FSPROGS_DIR)
+    root = os.path.abspath(directory)
     for sub in ("sbin", "usr/sbin", "bin", "usr/bin"):
         prog = os.path.join(root, sub, name)
         if os.access(prog, os.X_OK):

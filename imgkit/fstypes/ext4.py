@@ -32,7 +32,7 @@ class Ext4(FilesystemType):
                           offset=offset or None, label=fs.label, seed=ctx.seed("ext4", fs.name),
                           uuid=fs.options.uuid, mtime_epoch=ctx.mtime)
         where = f", at offset {offset}" if offset else ""
-        ctx.progress(f"filesystem {fs.name}: ext4, {info.size:,} bytes{where}")
+        ctx.progress(f"filesystem {fs.name}: ext4 ({info.tools}), {info.size:,} bytes{where}")
         return info.size
 
     def describe(self, f, offset=0, size=None):
