@@ -139,6 +139,20 @@ def test_missing_gcc_names_the_package(tmp_path, monkeypatch):
     assert "apt-get install gcc" in (exc.value.hint or "")
 
 
+def test_missing_static_libc_names_the_package(tmp_path, monkeypatch):
+    """A gcc without libc6-dev's libc.a fails at the link; the hint names the package."""
+    fake = tmp_path / "bin" / "gcc"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo "gcc (fake) 0"; exit 0; }\n'
+                    'echo "/usr/bin/ld: cannot find -lc: No such file or directory" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    with pytest.raises(ToolError, match="gcc could not compile idmap-mount.c") as exc:
+        idmap_helper.helper_path(tmp_path / "cache")
+    assert "apt-get install libc6-dev" in (exc.value.hint or "")
+    assert os.listdir(tmp_path / "cache" / "idmap-mount") == []  # nothing half-written left
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "usage: idmap-mount SOURCE TARGET"),
     (["/a", "/b", "u:1:2"], "bad map entry 'u:1:2'"),

@@ -1,5 +1,6 @@
 """The built-in init's hooks written as shell scripts, its switch_root / pivot_root / chroot
-modes, and an id map spelled the /proc/PID/uid_map way (refused: it is X-mount.idmap's).
+modes, and an id map in /proc/PID/uid_map's spelling (refused: the init takes X-mount.idmap's;
+id-mapped layers are tested in test_idmap.py and test_idmap_boot.py).
 
 Without a VM: the rendered ``/etc/imgkit/init.conf`` is sourced by busybox ``sh``, the shell
 that reads it in the guest, and its here-documents must hand every script over verbatim. The
