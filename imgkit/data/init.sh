@@ -25,6 +25,9 @@
 # With verity= (the hash device of root=), the root is opened with veritysetup as
 # /dev/mapper/root using roothash= (or imgkit.roothash=; imgkit.verity= names the hash device)
 # and, with verity_check=, read once whole so that a corrupted block fails the boot loudly.
+# A layer of the root for which init.conf's layer_idmap prints a map (u|g|b:ON_DISK:SEEN:COUNT
+# ranges) is mounted on /run/imgkit/raw/N and reaches its place as an id-mapped bind mount
+# made by /bin/idmap-mount; a filesystem the kernel cannot id-map fails the boot.
 # On failure it prints "imgkit-init: ERROR ..." and then powers off if panic= is set (after
 # that many seconds; negative means at once), else opens a shell.
 
@@ -76,6 +79,7 @@ verity= roothash= verity_check=1
 hook_before_root() { :; }
 hook_after_root() { :; }
 hook_before_exec() { :; }
+layer_idmap() { :; }
 run_hook() {
     stage=$1; shift
     "$@" || say "warning: $stage hook '$*' exited with status $?"
@@ -254,6 +258,28 @@ mount_layer() {
     esac
 }
 
+# mount_mapped SPEC DIR OPTS [TYPE]: mount_layer, or, when init.conf maps SPEC's ids
+# (layer_idmap), the layer mounted on /run/imgkit/raw/N and an id-mapped clone of it put on
+# DIR by idmap-mount (open_tree, mount_setattr(MOUNT_ATTR_IDMAP), move_mount).
+raw=0
+mount_mapped() {
+    map=$(layer_idmap "$1")
+    if [ -z "$map" ]; then
+        mount_layer "$@"
+        return
+    fi
+    raw=$((raw + 1))
+    rawdir=/run/imgkit/raw/$raw
+    mount_layer "$1" "$rawdir" "$3" "$4"
+    rawtype=$(awk -v m="$rawdir" '$2 == m { t = $3 } END { print t }' /proc/mounts)
+    command -v idmap-mount >/dev/null 2>&1 || fail "layer $1: idmap-mount is not in the initramfs (imgkit adds it with idmap or idmaps)"
+    mkdir -p "$2"
+    if ! err=$(idmap-mount "$rawdir" "$2" "$map" 2>&1); then
+        fail "layer $1 (${rawtype:-unknown filesystem}) cannot be id-mapped with '$map': ${err#idmap-mount: }; id-mapped mounts need a filesystem that allows them (Linux 6.1: ext4, xfs, btrfs, vfat, f2fs; not squashfs, erofs, iso9660 or tmpfs)"
+    fi
+    say "id-mapped layer $1 ($rawtype, $map) on $2"
+}
+
 # open_verity: root (the data device) and verity (its hash device) opened with veritysetup
 # as /dev/mapper/root, which becomes the root; with verity_check, every block is read once,
 # so a corrupted image stops the boot here instead of failing reads later.
@@ -294,7 +320,7 @@ opts=$mode
 layer_spec=$root
 [ -n "$root" ] && [ -n "$rootfile" ] && layer_spec="$root:$rootfile"
 if [ -z "$lowers" ] && [ -z "$upper" ]; then
-    mount_layer "$layer_spec" /newroot "$opts" "$rootfstype"
+    mount_mapped "$layer_spec" /newroot "$opts" "$rootfstype"
 else
     # the stack: root at the bottom, then lowers (later wins); overlayfs lists the top first
     n=0 lowerdir= type=$rootfstype saved_ifs=$IFS
@@ -304,7 +330,7 @@ else
         IFS=$saved_ifs; set +f
         [ -z "$layer" ] && continue
         n=$((n + 1))
-        mount_layer "$layer" "/run/imgkit/layer/$n" ro "$type"
+        mount_mapped "$layer" "/run/imgkit/layer/$n" ro "$type"
         type=
         lowerdir="/run/imgkit/layer/$n${lowerdir:+:$lowerdir}"
     done

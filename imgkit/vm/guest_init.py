@@ -7,7 +7,9 @@ load-order file, optionally ``/etc/imgkit/rc``, the hook run when no ``root=`` i
 ``/etc/imgkit/init.conf``, the declarative init config (:class:`InitConfig`) rendered as
 shell assignments and hook functions, because busybox ``sh`` cannot read TOML: every value is
 single-quoted, so the init sources the file without anything in it being expanded.
-Everything is owned by 0:0 whoever builds it: metadata lives in the tree.
+A config with id-mapped layers also gets ``/bin/idmap-mount`` (:mod:`imgkit.vm.idmap_helper`),
+since busybox ``mount`` cannot make id-mapped mounts. Everything is owned by 0:0 whoever
+builds it: metadata lives in the tree.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from imgkit.errors import InputError
-from imgkit.settings import BOOL, INT, STR, STRINGS, ValueType, Where, setting
+from imgkit.settings import BOOL, INT, STR, STRING_MAP, STRINGS, ValueType, Where, setting
 
 if TYPE_CHECKING:  # the config reads InitConfig without the tree machinery
     from imgkit.tree import Tree
@@ -38,13 +40,14 @@ def init_script() -> bytes:
 def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
                       modules: Iterable[Module] = (), moddir: str | os.PathLike | None = None,
                       rc_script: str | None = None, *, init_config: InitConfig | None = None,
-                      mtime: int = 0) -> Tree:
+                      mtime: int = 0, cache_dir: str | os.PathLike | None = None) -> Tree:
     """An initramfs tree: built-in ``/init``, static busybox, device nodes, modules, rc hook.
 
     ``busybox_path`` must be a *static* busybox (Debian: busybox-static), since the
     initramfs has no libc. ``modules`` (from :func:`imgkit.vm.kmod.resolve_modules`) are taken
     from ``moddir``. ``rc_script`` becomes ``/etc/imgkit/rc``, ``init_config``
-    ``/etc/imgkit/init.conf`` (its modules, :func:`init_config_modules`, are the caller's).
+    ``/etc/imgkit/init.conf`` (its modules, :func:`init_config_modules`, are the caller's);
+    with id-mapped layers, ``/bin/idmap-mount`` comes compiled from the cache in ``cache_dir``.
     """
     from imgkit.tree import BytesBlob, Entry, FileBlob, Kind, Tree
     from imgkit.vm.kmod import modules_tree
@@ -81,6 +84,12 @@ def busybox_init_tree(busybox_path: str | os.PathLike = "/bin/busybox",
         tree.add(Entry(CONF_PATH, Kind.FILE, mode=0o644, mtime=mtime,
                        data=BytesBlob(render_init_conf(init_config).encode()),
                        origin="init_config"))
+        if uses_idmap(init_config):
+            from imgkit.vm.idmap_helper import NAME, SOURCE_NAME, helper_path
+            helper = helper_path(cache_dir)
+            tree.add(Entry(f"bin/{NAME}", Kind.FILE, mode=0o755, mtime=mtime,
+                           data=FileBlob(helper, os.stat(helper).st_size),
+                           origin=f"imgkit/data/{SOURCE_NAME}"))
     return tree
 
 
@@ -114,6 +123,12 @@ HOOKS = ValueType("list of argv lists", (list,), _hooks)
 #: Where each layer or root spelling comes from, as the init reads it.
 LAYER_HELP = ("a device (/dev/vdX, LABEL=, UUID=, PARTLABEL=, PARTUUID=), DEVICE:/path for an "
               "image file or a directory on that device, /path for a directory of the initramfs")
+
+#: How an id map is spelled (the on-disk id first, then the id seen through the mount).
+IDMAP_HELP = ("blank-separated u|g|b:ON_DISK:SEEN:COUNT ranges, or ON_DISK:SEEN:COUNT for both "
+              "(e.g. \"u:1000:0:1 g:1000:0:1\": files owned by 1000 on the filesystem are seen "
+              "as root's); the layer's filesystem must allow id-mapped mounts (ext4, xfs, btrfs, "
+              "vfat, f2fs on Linux 6.1; not squashfs, erofs, iso9660 or tmpfs)")
 
 #: Modules a root of that filesystem type needs beyond its own name.
 _FSTYPE_MODULES = {"iso9660": ("isofs",), "vfat": ("vfat", "nls_cp437", "nls_ascii"),
@@ -164,9 +179,12 @@ class InitConfig:
                           help="how the root is entered: switch_root (the initramfs emptied), "
                                "chroot (the initramfs stays the mount namespace's root) or "
                                "pivot_root (through a tmpfs stage; the old root detached)")
-    idmap: str | None = setting(STR, None, help="id-mapped layers: refused, the built-in init "
-                                                "cannot make id-mapped mounts (map owners at "
-                                                "build time with uid_map/gid_map)")
+    idmap: str | None = setting(STR, None, help=f"one id map for every layer of the root (root and "
+                                                f"lowers; not the upper), spelled like mount's "
+                                                f"X-mount.idmap: {IDMAP_HELP}")
+    idmaps: tuple[tuple[str, str], ...] = setting(
+        STRING_MAP, (), help="id maps of single layers (wins over idmap): layer as written in "
+                             "root or lowers = map, e.g. { \"PARTLABEL=ext\" = \"b:1000:0:1\" }")
 
 
 def _layers(cfg: InitConfig) -> list[str]:
@@ -236,14 +254,109 @@ def _here_document(command: str, text: str) -> list[str]:
     return [f"{command} <<'{delimiter}'", *lines, delimiter]
 
 
-def _check_idmap(cfg: InitConfig) -> None:
-    if cfg.idmap is not None:
-        raise InputError(
-            "init config idmap: the built-in init cannot make id-mapped mounts: busybox mount "
-            "has no mount_setattr(MOUNT_ATTR_IDMAP), which needs a user namespace to take the "
-            "mapping from, and the initramfs holds no helper for it",
-            hint="map owners when the layer is built ([trees.NAME] uid_map/gid_map or owner); "
-                 "the layers are then mounted plain")
+@dataclass(frozen=True)
+class MountIdRange:
+    """One range of an id-mapped mount: ``count`` ids from ``on_disk`` seen from ``seen``."""
+
+    kind: str  # "u" or "g"
+    on_disk: int
+    seen: int
+    count: int
+
+
+#: Ids are 32-bit and (uid_t)-1 is no id, so a range ends at 4294967294 at most.
+_ID_END = 2**32 - 1
+#: The kernel takes at most this many ranges of each kind (uid_map, gid_map).
+_MAX_RANGES = 340
+
+
+def parse_idmap(text: str, what: str) -> tuple[MountIdRange, ...]:
+    """The ranges of an id map written like ``X-mount.idmap`` (``b:`` and untyped entries
+    stand for a uid and a gid range), checked as the kernel checks ``uid_map``: numbers,
+    no id beyond 4294967294, and no two ranges of a kind overlapping on either side."""
+    ranges: list[MountIdRange] = []
+    entries = text.split()
+    if not entries:
+        raise InputError(f"init config {what}: an empty id map",
+                         hint='e.g. "u:1000:0:1 g:1000:0:1" or "0:100000:65536"')
+    for entry in entries:
+        kind, _, ids = entry.partition(":") if entry[:2] in ("u:", "g:", "b:") else ("b", "", entry)
+        fields = ids.split(":")
+        if len(fields) != 3 or not all(f.isascii() and f.isdigit() for f in fields):
+            raise InputError(f"init config {what}: expected u|g|b:ON_DISK:SEEN:COUNT or "
+                             f"ON_DISK:SEEN:COUNT, got {entry!r}",
+                             hint='e.g. "u:1000:0:1 g:1000:0:1" (on-disk 1000 seen as 0)')
+        on_disk, seen, count = (int(f) for f in fields)
+        if count == 0 or on_disk + count > _ID_END or seen + count > _ID_END:
+            raise InputError(f"init config {what}: range {entry!r} "
+                             + ("is empty" if count == 0 else "goes past id 4294967294"),
+                             hint="ids are 32-bit; the count is at least 1")
+        for k in ("u", "g") if kind == "b" else (kind,):
+            ranges.append(MountIdRange(k, on_disk, seen, count))
+    for kind in ("u", "g"):
+        mine = [r for r in ranges if r.kind == kind]
+        if len(mine) > _MAX_RANGES:
+            raise InputError(f"init config {what}: {len(mine)} {kind}id ranges, the kernel takes "
+                             f"at most {_MAX_RANGES}")
+        for i, a in enumerate(mine):
+            for b in mine[:i]:
+                for side in ("on_disk", "seen"):
+                    lo_a, lo_b = getattr(a, side), getattr(b, side)
+                    if lo_a < lo_b + b.count and lo_b < lo_a + a.count:
+                        raise InputError(
+                            f"init config {what}: {kind}id ranges {_spell(b)} and {_spell(a)} "
+                            f"overlap on the {side.replace('_', '-')} side",
+                            hint="each id may be mapped once, in each direction")
+    return tuple(ranges)
+
+
+def _spell(r: MountIdRange) -> str:
+    return f"{r.kind}:{r.on_disk}:{r.seen}:{r.count}"
+
+
+def layer_idmaps(cfg: InitConfig) -> dict[str, str]:
+    """Each id-mapped layer of ``cfg`` (as written in root or lowers) and its map, checked
+    and spelled for ``idmap-mount`` (one ``u:``/``g:`` entry per range)."""
+    layers = _layers(cfg)
+    wanted = dict(cfg.idmaps)
+    for layer in wanted:
+        if layer not in layers:
+            raise InputError(f"init config idmaps: {layer!r} is not a layer of the root "
+                             f"(root and lowers: {', '.join(map(repr, layers)) or 'none'})",
+                             hint="name the layer as root or lowers write it")
+    maps = {}
+    for layer in layers:
+        if layer in wanted:
+            text, what = wanted[layer], f"idmaps.{layer!r}"
+        elif cfg.idmap is not None:
+            text, what = cfg.idmap, "idmap"
+        else:
+            continue
+        maps[layer] = " ".join(_spell(r) for r in parse_idmap(text, what))
+    return maps
+
+
+def uses_idmap(cfg: InitConfig) -> bool:
+    """Whether the init needs ``idmap-mount`` for ``cfg``."""
+    return cfg.idmap is not None or bool(cfg.idmaps)
+
+
+def _init_layer_name(cfg: InitConfig, layer: str) -> str:
+    """How the init names ``layer`` when it mounts it: the root opened through dm-verity is
+    /dev/mapper/root, the root with ``file`` is ROOT:FILE."""
+    if layer != cfg.root:
+        return layer
+    if cfg.verity:
+        layer = "/dev/mapper/root"
+    return f"{layer}:{cfg.file}" if cfg.file else layer
+
+
+def _render_idmaps(maps: dict[str, str]) -> list[str]:
+    """``layer_idmap SPEC``: the map of that layer, empty for a plain one."""
+    q = shlex.quote
+    lines = ["layer_idmap() {", '    case "$1" in']
+    lines += [f"        {q(layer)}) echo {q(text)} ;;" for layer, text in maps.items()]
+    return lines + ["    esac", "}"]
 
 
 def render_init_conf(cfg: InitConfig) -> str:
@@ -263,7 +376,7 @@ def render_init_conf(cfg: InitConfig) -> str:
     for layer in _layers(cfg) + ([cfg.upper] if cfg.upper else []):
         _check_spec(layer, "layer")
     _check_verity(cfg)
-    _check_idmap(cfg)
+    maps = layer_idmaps(cfg)
     q = shlex.quote
     lines = ["# /etc/imgkit/init.conf: read by /init (sourced; every value is quoted)",
              f"root={q(cfg.root or '')}",
@@ -279,6 +392,9 @@ def render_init_conf(cfg: InitConfig) -> str:
              f"command={q(' '.join(q(a) for a in cfg.command))}",
              f"initctl={'1' if cfg.initctl else ''}",
              f"switch={q(cfg.switch)}"]
+    if maps:
+        lines += _render_idmaps({_init_layer_name(cfg, layer): text
+                                 for layer, text in maps.items()})
     for hook in ("before_root", "after_root", "before_exec"):
         lines.append(f"hook_{hook}() {{")
         for item in getattr(cfg, hook):
