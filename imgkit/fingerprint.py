@@ -151,6 +151,17 @@ def tool_path(argv0: str, env: object = None) -> str | None:
     return shutil.which(argv0, path=path or os.environ.get("PATH"))
 
 
+#: Where imgkit's tools look besides ``PATH`` (as :func:`imgkit.tools.which` does).
+SBIN = ":/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def tool_identity(path: str) -> list:
+    """A tool binary's identity, and whether its name on today's ``PATH`` finds it: a tool
+    run by name is another one when an earlier ``PATH`` directory gets one of that name."""
+    found = shutil.which(os.path.basename(path), path=os.environ.get("PATH", "") + SBIN)
+    return [file_identity(path), found is not None and os.path.abspath(found) == path]
+
+
 class Recorder:
     """The inputs one artifact (or one memoized step) read, first identity kept."""
 
@@ -310,9 +321,13 @@ def _record_subprocess(rec: Recorder, executable: object, argv: object, cwd: obj
     if found is None:
         rec.add(NEVER, f"tool {program}", None)
         return
-    rec.add(TOOL, found, file_identity(found))
+    rec.add(TOOL, found, tool_identity(found))
     for config in TOOL_CONFIG.get(os.path.basename(found), ()):
         rec.add_file(config)
+    libraries = env.get("LD_LIBRARY_PATH") if isinstance(env, dict) else None
+    for directory in libraries.split(":") if isinstance(libraries, str) else ():
+        if directory.startswith("/"):   # a tool's own libraries (an unpacked e2fsprogs)
+            rec.add_path(directory)
     base = os.fsdecode(cwd) if isinstance(cwd, (str, bytes)) else os.getcwd()
     for word in words[1:]:
         if "/" not in word or word.startswith("-") or "=" in word:
@@ -334,7 +349,7 @@ def first_change(deps: Iterable[Dep], identity: str,
         if kind == FILE:
             ok = file_identity(name, identity) == value
         elif kind == TOOL:
-            ok = file_identity(name) == value
+            ok = tool_identity(name) == value
         elif kind == DIR:
             ok = listing_identity(name) == value
         elif kind == WALK:

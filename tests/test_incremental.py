@@ -148,6 +148,18 @@ def test_content_identity_sees_an_edit_that_keeps_size_and_mtime(demo):
     assert same_bytes(demo / "content-changed/demo.img", demo / "content-clean/demo.img")
 
 
+def test_another_tool_binary_rebuilds_what_it_made(demo, tmp_path):
+    """A tool's binary is an input: an mke2fs found first on PATH (here a wrapper of the same
+    one, so the bytes stay those of the clean build) rebuilds the ext4 and the disk only."""
+    wrapper = tmp_path / "mke2fs"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('mke2fs', path='/usr/sbin:/sbin')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    changed = build(demo, "tool", env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert changed == {"initramfs:main": True, "uki:main": True, "fs:esp": True,
+                       "fs:root": False, "disk": False}, changed
+    assert same_bytes(demo / "tool/demo.img", demo / "clean/demo.img")
+
+
 def test_no_cache_neither_reads_nor_writes(demo):
     objects = demo / "cache/artifacts/objects"
     before = sorted(os.listdir(objects))
