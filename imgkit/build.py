@@ -15,13 +15,14 @@ small :class:`~imgkit.filesystems.BuildContext` rather than this driver.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from imgkit import filesystems, scratch
+from imgkit import filesystems, fingerprint, scratch
 from imgkit.atomic import atomic_path
 from imgkit.bootloaders import table as boot
 from imgkit.config import (
@@ -40,6 +41,7 @@ from imgkit.sizes import parse_size
 if TYPE_CHECKING:
     import uuid
 
+    from imgkit.artifact_cache import ArtifactCache, CachePolicy, Hit
     from imgkit.disk import layout
     from imgkit.disk.image import Content
     from imgkit.elfdeps import Root
@@ -67,13 +69,16 @@ class Output:
 @dataclass
 class BuildResult:
     outputs: list[Output]
+    #: (artifact, taken from the cache?, what changed if it was cached before) for every
+    #: artifact this build needed, with a cache.
+    artifacts: list[tuple[str, bool, str]] = field(default_factory=list)
 
 
 class Builder:
     """Builds the artifacts of one config; every artifact is built at most once."""
 
     def __init__(self, cfg: Config, output_dir: str, *, progress: Progress | None = None,
-                 mtime: int | None = None) -> None:
+                 mtime: int | None = None, cache: CachePolicy | None = None) -> None:
         self.cfg = cfg
         self.output_dir = output_dir
         self.progress = progress or (lambda msg: None)
@@ -81,6 +86,14 @@ class Builder:
         self._work: str | None = None
         self._cache: dict[str, object] = {}
         self.outputs: list[Output] = []
+        self.cache_policy = cache
+        self.identity = cache.identity if cache else fingerprint.STAT
+        self._store: ArtifactCache | None = None
+        self._deps: dict[str, list[fingerprint.Dep]] = {}   # what each _once step read
+        self._keys: dict[str, str] = {}                      # artifact reference -> key
+        self._excluded_paths: list[str] | None = None
+        self._kernel_state_value: str | None = None
+        self.artifacts: list[tuple[str, bool, str]] = []
 
     @property
     def work(self) -> str:
@@ -104,8 +117,144 @@ class Builder:
         Each key names one kind of artifact (``tree:NAME`` a Tree, ``fs:NAME`` a (path, size)),
         so what the cache holds under it is what ``make`` returns."""
         if key not in self._cache:
-            self._cache[key] = make()
+            if self.cache_policy is None:
+                self._cache[key] = make()
+            else:
+                with self._recording() as rec:
+                    self._cache[key] = make()
+                self._deps[key] = rec.as_list()
+        deps, top = self._deps.get(key), fingerprint.active()
+        if deps and top is not None:
+            top.merge(deps)   # whoever asks for a step depends on what it read
         return cast(_T, self._cache[key])
+
+    # -- the artifact cache -----------------------------------------------------------------
+    @property
+    def store(self) -> ArtifactCache:
+        """The artifact cache, opened when first needed (a build with a policy only)."""
+        assert self.cache_policy is not None
+        if self._store is None:
+            from imgkit.artifact_cache import ArtifactCache
+            self._store = ArtifactCache(self.cache_policy)
+        return self._store
+
+    def _recording(self) -> contextlib.AbstractContextManager[fingerprint.Recorder]:
+        if self._excluded_paths is None:
+            self._excluded_paths = list(os.path.abspath(p) for p in (
+                self.work, scratch.current(), self.store.root, self.output_dir, _kmod_cache(),
+                "/proc", "/sys", "/dev", *fingerprint.python_paths()) if p)
+        return fingerprint.recording(self.identity, self._excluded_paths)
+
+    def _artifact(self, ref: str, label: str, section: object,
+                  write: Callable[[str], dict | None], path: str) -> tuple[str, dict]:
+        """Artifact ``ref``: taken from the cache when everything it was made of is unchanged,
+        else written at ``path`` by ``write(path)`` (which returns the details an output
+        records) and kept in the cache -> (its file, its details)."""
+        if self.cache_policy is None:
+            return path, write(path) or {}
+        from imgkit.artifact_cache import digest
+        from imgkit.build_key import first_key
+        first = first_key(self, ref, section)
+        with self._recording():      # what checking reads is no input of the caller
+            hit, changed = self._lookup(first)
+        if hit is not None:
+            self._found(ref, hit.key, cached=True)
+            self.progress(f"{label}: cached")
+            return hit.path, hit.details
+        if changed:
+            self.progress(f"{label}: rebuilding ({changed})")
+        with self._recording() as rec:
+            details = write(path) or {}
+        deps = rec.as_list()
+        key = digest(first, deps)
+        self.store.store(first, key, deps, path, details)
+        self._found(ref, key, cached=False, changed=changed)
+        return path, details
+
+    def _lookup(self, first: str) -> tuple[Hit | None, str]:
+        """The cached artifact whose recorded inputs are all unchanged, else what changed
+        for the most recent candidate ("" when there was none)."""
+        changed = ""
+        for candidate in self.store.candidates(first):
+            dep = fingerprint.first_change(candidate["deps"], self.identity, self._check_dep)
+            if dep is None:
+                hit = self.store.entry(candidate["key"])
+                if hit is not None:
+                    return hit, ""
+                changed = changed or "its cache entry is missing or damaged"
+            else:
+                changed = changed or f"{dep[0]} {dep[1]} changed"
+        return None, changed
+
+    def _found(self, ref: str, key: str, *, cached: bool, changed: str = "") -> None:
+        self._keys[ref] = key
+        self.artifacts.append((ref, cached, changed))
+        top = fingerprint.active()
+        if top is not None:
+            top.add(fingerprint.ARTIFACT, ref, key)
+
+    def _check_dep(self, kind: str, name: str, value: object) -> bool:
+        """Whether a recorded input only this driver knows is unchanged: another artifact
+        (fetched or rebuilt now, then its key compared) or the kernel's resolution."""
+        if kind == fingerprint.ENV and name == "kernel":
+            return self._kernel_state() == value
+        if kind != fingerprint.ARTIFACT:
+            return False
+        from imgkit.errors import ImgkitError
+        try:
+            self._reference(name)
+        except (ImgkitError, KeyError, ValueError):
+            return False
+        return self._keys.get(name) == value
+
+    def _reference(self, ref: str) -> None:
+        kind, _, rest = ref.partition(":")
+        if kind == "fs":
+            name, _, at = rest.partition("@")
+            if at:
+                size, _, offset = at.partition("+")
+                self.filesystem(name, size=int(size),
+                                disk_offset=None if offset == "None" else int(offset))
+            else:
+                self.filesystem(name)
+        elif kind == "initramfs":
+            self.initramfs(rest)
+        elif kind == "uki":
+            self.uki(rest)
+        else:
+            raise KeyError(ref)
+
+    def _kernel_state(self) -> str:
+        """What the kernel's resolution depends on besides files: its config, and for a
+        Debian kernel apt's state (the candidate version follows the package lists)."""
+        if self._kernel_state_value is None:
+            from imgkit.build_key import kernel_state
+            self._kernel_state_value = kernel_state(self.cfg.kernel)
+        return self._kernel_state_value
+
+    def _record_blobs(self, tree: Tree) -> None:
+        top = fingerprint.active()
+        if top is not None:
+            from imgkit.build_key import record_blobs
+            record_blobs(top, tree)
+
+    def evict(self) -> None:
+        """After a build: the artifact cache back within its size limit."""
+        if self._store is not None:
+            self._store.evict()
+
+    def _place(self, ref: str, src: str, dest: str) -> None:
+        """Cached final output ``ref`` copied to ``dest`` (atomically; holes kept), unless
+        ``dest`` is still the copy an earlier build left there."""
+        from imgkit.artifact_cache import place
+        key = self._keys[ref]
+        if self.store.still_placed(dest, key):
+            return
+        self._check_room(os.path.getsize(src), f"output {os.path.basename(dest)}",
+                         os.path.dirname(dest) or ".")
+        with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+            place(src, f.fileno())
+        self.store.placed(dest, key)
 
     def _seed(self, *parts: str) -> str:
         import hashlib
@@ -173,12 +322,45 @@ class Builder:
                                      version=kc.version, modules=wanted)
                 self.progress(f"kernel: {info.version} from tree {kc.tree}")
                 return info
-            info = k.fetch_debian_kernel(package=kc.package)
+            info = self._debian_kernel()
             self.progress(f"kernel: {info.version} from Debian package {kc.package} "
                           + ("(downloaded)" if info.downloaded else "(cached)"))
             return info
-        info = self._once("kernel", make)
+
+        def make_recorded() -> KernelInfo:
+            top = fingerprint.active()
+            if top is None:
+                return make()
+            top.add(fingerprint.ENV, "kernel", self._kernel_state())
+            info = make()
+            if self.cfg.kernel.source == "debian":
+                # an unpacked package is never changed, only replaced with a new .complete:
+                # that one file stands for its thousands
+                unpacked = os.path.dirname(os.path.dirname(info.vmlinuz))
+                top.add_file(os.path.join(unpacked, ".complete"))
+                assert self._excluded_paths is not None
+                self._excluded_paths += {os.path.abspath(unpacked), os.path.realpath(unpacked)}
+            return info
+        info = self._once("kernel", make_recorded)
         self._check_tree_modules()
+        return info
+
+    def _debian_kernel(self) -> KernelInfo:
+        """The Debian kernel: which one apt resolves to is remembered in the artifact cache
+        while apt's state is unchanged (asking apt takes seconds)."""
+        from imgkit.vm import kernel as k
+        package = self.cfg.kernel.package
+        if self.cache_policy is None:
+            return k.fetch_debian_kernel(package=package)
+        state = self._kernel_state()
+        known = self.store.remembered(state)
+        if known is not None and os.path.isfile(str(known.get("vmlinuz"))) and (
+                known.get("moddir") is None or os.path.isdir(str(known["moddir"]))):
+            return k.KernelInfo(str(known["vmlinuz"]), known.get("moddir"), str(known["version"]))
+        with fingerprint.unrecorded():   # what it reads in apt's lists is the kernel state
+            info = k.fetch_debian_kernel(package=package)
+        self.store.remember(state, {"vmlinuz": info.vmlinuz, "moddir": info.moddir,
+                                    "version": info.version})
         return info
 
     def kernel_initrd(self) -> str:
@@ -237,6 +419,10 @@ class Builder:
             raise InputError(f"{self.cfg.path}: {where}: {ref!r} does not exist",
                              hint="a host path (relative to the config file) or a reference: "
                                   "kernel, initramfs:NAME, uki:NAME, fs:NAME")
+        top = fingerprint.active()
+        watched = top.watched(ref) if top is not None else None
+        if top is not None and watched is not None:
+            top.add_file(watched)   # its mode and size count, not only its bytes
         return ref
 
     # -- trees ------------------------------------------------------------------------------
@@ -267,6 +453,10 @@ class Builder:
                         init=tc.init, modules=tc.modules, moddir=moddir, rc=tc.rc,
                         init_config=tc.init_config, file_mask=0o755,
                         keep_zeros=tc.keep_zeros)
+        top = fingerprint.active()
+        if top is not None:
+            from imgkit.build_key import record_sources
+            record_sources(top, tc.sources)
         tree = assemble(spec, progress=lambda msg: self.progress(f"tree {tc.name}: {msg}"))
         for warning in tree.warnings:
             self.progress(f"warning: tree {tc.name}: {warning}")
@@ -286,26 +476,31 @@ class Builder:
 
     # -- archives and UKIs ------------------------------------------------------------------
     def initramfs(self, name: str) -> str:
-        def make() -> str:
+        ic = self.cfg.initramfs[name]
+
+        def write(path: str) -> None:
             from imgkit.archives import write_initramfs
-            ic = self.cfg.initramfs[name]
-            path = os.path.join(self.work, f"initramfs-{name}.cpio")
             tree = self.tree(ic.tree)
+            self._record_blobs(tree)
             result = write_initramfs(tree, path, compress=ic.compress)
             for warning in result.warnings:
                 if warning not in tree.warnings:  # the tree's own are reported once, when built
                     self.progress(f"warning: initramfs {name}: {warning}")
             self.progress(f"initramfs {name}: {os.path.getsize(path):,} bytes ({ic.compress})")
+
+        def make() -> str:
+            path, _ = self._artifact(f"initramfs:{name}", f"initramfs {name}", ic, write,
+                                     os.path.join(self.work, f"initramfs-{name}.cpio"))
             self._publish("initramfs", name, path, ic.output)
             return path
         return self._once(f"initramfs:{name}", make)
 
     def uki(self, name: str) -> str:
-        def make() -> str:
+        uc = self.cfg.uki[name]
+
+        def write(path: str) -> None:
             from imgkit.bootloaders.uki import build_uki
-            uc = self.cfg.uki[name]
             where = f"[uki.{name}]"
-            path = os.path.join(self.work, f"uki-{name}.efi")
             build_uki(path, kernel=self.resolve(uc.kernel, where),
                       initrds=[self.resolve(r, where) for r in uc.initrd],
                       cmdline=self.substitute(uc.cmdline),
@@ -313,6 +508,10 @@ class Builder:
                       splash=self.resolve(uc.splash, where) if uc.splash else None,
                       devicetree=self.resolve(uc.devicetree, where) if uc.devicetree else None)
             self.progress(f"uki {name}: {os.path.getsize(path):,} bytes")
+
+        def make() -> str:
+            path, _ = self._artifact(f"uki:{name}", f"uki {name}", uc, write,
+                                     os.path.join(self.work, f"uki-{name}.efi"))
             self._publish("uki", name, path, uc.output)
             return path
         return self._once(f"uki:{name}", make)
@@ -437,18 +636,23 @@ class Builder:
                    disk_offset: int | None = None) -> tuple[str, int]:
         """Build filesystem ``name`` in a file of its own (at ``size`` bytes, else its own
         size; ``disk_offset``: where on a disk it will be copied) -> (path, size)."""
-        def make() -> tuple[str, int]:
-            fc = self.cfg.filesystems[name]
-            path = os.path.join(self.work, f"fs-{name}.img")
+        fc = self.cfg.filesystems[name]
+        key = f"fs:{name}" if size is None else f"fs:{name}@{size}+{disk_offset}"
+
+        def write(path: str) -> None:
             want = size if size is not None else (
                 None if fc.size == "auto" else parse_size(fc.size, what=f"[filesystems.{name}] size"))
             if want is not None:
                 self._check_room(want, f"[filesystems.{name}] size", self.work)
+            self._record_blobs(self.fs_tree(fc))
             filesystems.get(fc.type).write(self.fs_tree(fc), path, 0, want, fc, self.context(),
                                            disk_offset=disk_offset)
+
+        def make() -> tuple[str, int]:
+            path, _ = self._artifact(key, f"filesystem {name}", fc, write,
+                                     os.path.join(self.work, f"fs-{name}.img"))
             self._publish("filesystem", name, path, fc.output)
             return path, os.path.getsize(path)
-        key = f"fs:{name}" if size is None else f"fs:{name}@{size}+{disk_offset}"
         return self._once(key, make)
 
     # -- disk -------------------------------------------------------------------------------
@@ -470,6 +674,26 @@ class Builder:
         return name, fs.boot[bp.name]
 
     def disk(self) -> str:
+        """The disk: from the cache when no partition, region or boot code changed, else
+        assembled (a filesystem taken from the cache is copied in, holes kept)."""
+        dc = self.cfg.disk
+        assert dc is not None
+        out = self._out_path(dc.output)
+        if not any(p.filesystem or p.image for p in dc.partitions):
+            self._record("disk", dc.output, out, **self._write_disk(out))
+            return out   # nothing in it is built: nothing to reuse
+        section = (dc, [self.cfg.filesystems[p.filesystem] for p in dc.partitions if p.filesystem])
+        path, details = self._artifact("disk", f"disk {dc.output}", section,
+                                       lambda _: self._write_disk(out), out)
+        if path != out:
+            self._place("disk", path, out)
+        elif self.cache_policy is not None:
+            self.store.placed(out, self._keys["disk"])
+        self._record("disk", dc.output, out, **details)
+        return out
+
+    def _write_disk(self, out: str) -> dict:
+        """Assemble the disk at ``out`` -> the details its output records."""
         from imgkit.disk import layout
         from imgkit.disk.image import convert_raw, write_disk_into
 
@@ -507,7 +731,6 @@ class Builder:
         self._check_room(plan.disk_size, "[disk] size", self.output_dir)
         regions = bios.disk_regions(bios_options, dc.table, plan, holder, self.context()) \
             if bios else boot.DiskBoot()
-        out = self._out_path(dc.output)
         with atomic_path(out) as tmp:
             # A raw disk is assembled in its final file; other formats are converted from one.
             raw = tmp if dc.format == "raw" else os.path.join(self.work, "disk.raw")
@@ -532,11 +755,10 @@ class Builder:
                 convert_raw(raw, tmp, dc.format, seed=self._seed("disk"), mtime=self.mtime or 0,
                             name=os.path.basename(dc.output))
         verity_info = {name: self.verity(name).root_hash_hex for name in protected}
-        self._record("disk", dc.output, out, table=dc.table, format=dc.format,
-                     partitions=[{"name": p.name, "start": p.start, "size": p.size,
-                                  "number": p.number} for p in plan.partitions],
-                     **({"verity_root_hashes": verity_info} if verity_info else {}))
-        return out
+        return dict(table=dc.table, format=dc.format,
+                    partitions=[{"name": p.name, "start": p.start, "size": p.size,
+                                 "number": p.number} for p in plan.partitions],
+                    **({"verity_root_hashes": verity_info} if verity_info else {}))
 
     def _disk_spec(self, dc: DiskConfig, specs: list[layout.PartitionSpec],
                    reserved: tuple[layout.Reserved, ...]) -> layout.DiskSpec:
@@ -640,7 +862,9 @@ class Builder:
             raise LayoutError(f"filesystem {fc.name!r} is {fs_size:,} bytes but partition "
                               f"{part!r} holds {pp.size:,}",
                               hint="make the partition bigger or the filesystem size 'auto'")
-        if handler.in_place and not fc.output:
+        if handler.in_place and not fc.output and self.cache_policy is None:
+            # in the disk file: no copy (with the cache, built apart so the next build can
+            # copy it in when only another partition changed)
             handler.write(self.fs_tree(fc), disk, pp.start, fs_size, fc, self.context(),
                           disk_offset=pp.start)
             return None
@@ -648,6 +872,18 @@ class Builder:
 
     # -- ISO --------------------------------------------------------------------------------
     def iso(self) -> str:
+        ic = self.cfg.iso
+        assert ic is not None
+        out = self._out_path(ic.output)
+        path, _ = self._artifact("iso", f"iso {ic.output}", ic, lambda _: self._write_iso(out), out)
+        if path != out:
+            self._place("iso", path, out)
+        elif self.cache_policy is not None:
+            self.store.placed(out, self._keys["iso"])
+        self._record("iso", ic.output, out)
+        return out
+
+    def _write_iso(self, out: str) -> None:
         from imgkit.tree import Tree
         ic = self.cfg.iso
         assert ic is not None
@@ -660,25 +896,31 @@ class Builder:
                 entry = boot.get(choice.path).eltorito(choice.options, self.context(), f"[iso] {key}")
                 tree.overlay(entry.files)
                 entries.append(entry)
-        out = self._out_path(ic.output)
+        self._record_blobs(tree)
         own_hybrid = [e.hybrid for e in entries if e.hybrid is not None]
         filesystems.get(ic.type).write_boot_media(tree, out, entries, label=ic.volume_id,
                                                   hybrid=ic.hybrid and not own_hybrid,
                                                   ctx=self.context())
         for make_hybrid in own_hybrid if ic.hybrid else ():
             make_hybrid(out)
-        self._record("iso", ic.output, out)
-        return out
+
+
+def _kmod_cache() -> str:
+    """Where module metadata derived from the kernel's files is cached (no input itself)."""
+    from imgkit.vm.kernel import cache_root
+    return os.path.join(cache_root(), "kmod")
 
 
 def build(cfg: Config, output_dir: str, *, progress: Progress | None = None,
-          mtime: int | None = None, only: tuple[str, ...] = ()) -> BuildResult:
+          mtime: int | None = None, only: tuple[str, ...] = (),
+          cache: CachePolicy | None = None) -> BuildResult:
     """Build every output ``cfg`` declares (or only those named in ``only``) into ``output_dir``.
 
     ``only`` names artifacts as ``disk``, ``iso``, ``initramfs:NAME``, ``uki:NAME``,
-    ``fs:NAME``.
+    ``fs:NAME``. With a ``cache`` policy, artifacts whose inputs are unchanged are taken
+    from the artifact cache (:mod:`imgkit.artifact_cache`), and new ones kept there.
     """
-    b = Builder(cfg, output_dir, progress=progress, mtime=mtime)
+    b = Builder(cfg, output_dir, progress=progress, mtime=mtime, cache=cache)
     try:
         wanted = set(only)
 
@@ -709,6 +951,7 @@ def build(cfg: Config, output_dir: str, *, progress: Progress | None = None,
             raise InputError(f"{cfg.path} declares no output",
                              hint="add [disk] or [iso] with output = ..., or output = ... to an "
                                   "[initramfs.NAME], [uki.NAME] or [filesystems.NAME] table")
-        return BuildResult(b.outputs)
+        b.evict()
+        return BuildResult(b.outputs, b.artifacts)
     finally:
         b.close()

@@ -10,6 +10,8 @@ from imgkit.cli.common import epoch, progress
 if TYPE_CHECKING:
     import argparse
 
+    from imgkit.artifact_cache import CachePolicy
+
 DESCRIPTION = ("Build trees, initramfs archives, UKIs, filesystems, a disk and/or an ISO as "
                "declared in a TOML config file (see README).")
 
@@ -24,6 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clamp times to EPOCH (default: config 'mtime', else $SOURCE_DATE_EPOCH)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.add_argument("--json", action="store_true", help="print a JSON list of outputs on stdout")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither use nor fill the artifact cache ($IMGKIT_CACHE/artifacts)")
+    p.add_argument("--cache-limit", metavar="SIZE",
+                   help="keep the artifact cache within SIZE, least recently used entries "
+                        "removed first (default: $IMGKIT_CACHE_LIMIT, else 2G)")
+    p.add_argument("--cache-identity", choices=("stat", "content"), default="stat",
+                   help="how input files are recognised as unchanged: by path, size, times "
+                        "and inode (default), or by their content's hash")
 
 
 def check_output_dir(path: str) -> None:
@@ -43,6 +53,18 @@ def check_output_dir(path: str) -> None:
         raise InputError(f"-O {path}: {parent} is a file, so no directory can be made there")
 
 
+def cache_policy(args: argparse.Namespace) -> CachePolicy | None:
+    """The artifact cache a build uses, from ``--no-cache``, ``--cache-limit``,
+    ``--cache-identity`` and ``$IMGKIT_CACHE_LIMIT``."""
+    if args.no_cache:
+        return None
+    from imgkit.artifact_cache import CachePolicy, default_limit
+    from imgkit.sizes import parse_size
+    limit = parse_size(args.cache_limit, what="--cache-limit") if args.cache_limit \
+        else default_limit()
+    return CachePolicy(limit=limit, identity=args.cache_identity)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
@@ -56,12 +78,16 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output_dir)
     with steps.reporting(progress_line.for_stream(sys.stderr, quiet=quiet)):
         result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
-                       progress=None if quiet else progress, only=tuple(args.only))
+                       progress=None if quiet else progress, only=tuple(args.only),
+                       cache=cache_policy(args))
     if args.json:
         import json
 
         print(json.dumps({"outputs": [{"kind": o.kind, "name": o.name, "path": o.path,
                                        "bytes": o.size, **o.details} for o in result.outputs],
+                          "artifacts": [{"artifact": ref, "cached": cached,
+                                         **({"changed": why} if why else {})}
+                                        for ref, cached, why in result.artifacts],
                           "seconds": round(time.monotonic() - started, 3)}, indent=1))
     elif not args.quiet:
         progress(f"done in {time.monotonic() - started:.1f} s")
