@@ -109,7 +109,19 @@ def fetch_release_packages(name: str, release: str, packages: Sequence[str], *,
                            cache_dir: str | None = None) -> str:
     """The unpacked ``packages`` of Debian ``release`` (``$CACHE/NAME/root``), fetched on
     first use; ``check(root)`` refuses an unpacked set (raising :class:`ToolError`) before it
-    is published. Needs the network once; raises :class:`ToolError` when it cannot."""
+    is published. Needs the network once; raises :class:`ToolError` when it cannot.
+
+    What fetching reads is no input of the artifact being built (:mod:`imgkit.fingerprint`):
+    the tools it unpacks are, as each is run."""
+    from imgkit import fingerprint
+
+    with fingerprint.unrecorded():
+        return _fetch_release_packages(name, release, packages, check=check,
+                                       cache_dir=cache_dir)
+
+
+def _fetch_release_packages(name: str, release: str, packages: Sequence[str], *,
+                            check: Callable[[str], None], cache_dir: str | None) -> str:
     from imgkit.vm.kernel import cache_lock, cache_root, usable_dir, writable_cache_subdir
 
     root = cache_root(cache_dir)

@@ -11,6 +11,9 @@ from imgkit.tree import BytesBlob, Entry, Kind, Tree
 
 # Tests and the runtime share one kernel cache (so a root and an unprivileged run reuse it).
 os.environ.setdefault("IMGKIT_CACHE", "/tmp/imgkit-cache")
+# Builds run by the tests are real builds: a second build of the same config must not be the
+# first one's cached bytes (tests/test_incremental.py turns the artifact cache on for itself).
+os.environ.setdefault("IMGKIT_CACHE_LIMIT", "0")
 
 
 def sh(*argv: str, input: bytes | None = None, check: bool = True) -> str:

@@ -105,7 +105,7 @@ def test_demo_builds_are_bit_identical(tmp_path):
     digests = []
     for run in ("a", "b"):
         out = tmp_path / run
-        imgkit("build", os.path.join(EXAMPLES, "demo.toml"), "-O", str(out), "-q")
+        imgkit("build", os.path.join(EXAMPLES, "demo.toml"), "-O", str(out), "-q", "--no-cache")
         with open(out / "demo.img", "rb") as f:
             digests.append(hashlib.file_digest(f, "sha256").hexdigest())
     assert digests[0] == digests[1]

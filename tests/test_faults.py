@@ -241,9 +241,10 @@ def _started(tmpdir: Path, proc: subprocess.Popen, seconds: float = 30) -> None:
 def test_signal_during_build_cleans_up(tmp_path, data_dir, sig, status, delay):
     (tmp_path / "cfg.toml").write_text(BIG_TOML)
     out, env = tmp_path / "out", _env(tmp_path)
+    # --no-cache: the signal must meet a build at work, not one placing cached artifacts
     proc = subprocess.Popen([sys.executable, "-m", "imgkit", "build", str(tmp_path / "cfg.toml"),
-                             "-O", str(out)], env=env, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path)
+                             "-O", str(out), "--no-cache"], env=env, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path)
     _started(tmp_path / "tmpdir", proc)
     time.sleep(delay)
     proc.send_signal(sig)
@@ -263,7 +264,8 @@ def test_sigkill_leftovers_are_swept_by_the_next_run(tmp_path, data_dir, delay):
     (tmp_path / "cfg.toml").write_text(BIG_TOML)
     out, env = tmp_path / "out", _env(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "imgkit", "build", str(tmp_path / "cfg.toml"),
-                             "-O", str(out)], env=env, stderr=subprocess.DEVNULL, cwd=tmp_path)
+                             "-O", str(out), "--no-cache"], env=env, stderr=subprocess.DEVNULL,
+                            cwd=tmp_path)
     _started(tmp_path / "tmpdir", proc)
     time.sleep(delay)
     proc.kill()

@@ -33,8 +33,9 @@ def demo(tmp_path_factory):
     cache = root / "cache"
     cache.mkdir()
     shared = os.environ.get("IMGKIT_CACHE", "/tmp/imgkit-cache")
-    if os.path.isdir(os.path.join(shared, "kernels")):
-        os.symlink(os.path.join(shared, "kernels"), cache / "kernels")
+    for downloads in ("kernels", "e2fsprogs-bpo"):   # fetched once, for every test
+        if os.path.isdir(os.path.join(shared, downloads)):
+            os.symlink(os.path.join(shared, downloads), cache / downloads)
     build(root, "clean", "--no-cache")
     first = build(root, "warm")
     assert set(first) == ALL and not any(first.values()), first
@@ -71,7 +72,7 @@ def build(demo, out: str, *extra: str, env: dict[str, str] | None = None) -> dic
     """Build the demo copy into ``demo/out`` -> {artifact: taken from the cache?}."""
     r = subprocess.run([sys.executable, "-m", "imgkit", "build", str(demo / "demo.toml"),
                         "-O", str(demo / out), "--json", *extra], capture_output=True, text=True,
-                       env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH,
+                       env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "IMGKIT_CACHE_LIMIT": "2G",
                             "IMGKIT_CACHE": str(demo / "cache"), **(env or {})})
     assert r.returncode == 0, r.stderr
     print(out, r.stdout)   # what changed, shown when a test fails

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="neither use nor fill the artifact cache ($IMGKIT_CACHE/artifacts)")
     p.add_argument("--cache-limit", metavar="SIZE",
                    help="keep the artifact cache within SIZE, least recently used entries "
-                        "removed first (default: $IMGKIT_CACHE_LIMIT, else 2G)")
+                        "removed first (default: $IMGKIT_CACHE_LIMIT, else 2G; 0: no cache)")
     p.add_argument("--cache-identity", choices=("stat", "content"), default="stat",
                    help="how input files are recognised as unchanged: by path, size, times "
                         "and inode (default), or by their content's hash")
@@ -62,24 +62,23 @@ def cache_policy(args: argparse.Namespace) -> CachePolicy | None:
     from imgkit.sizes import parse_size
     limit = parse_size(args.cache_limit, what="--cache-limit") if args.cache_limit \
         else default_limit()
+    if limit == 0:
+        return None   # a cache that may hold nothing: none at all, like --no-cache
     return CachePolicy(limit=limit, identity=args.cache_identity)
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
-    from imgkit import progress as steps
     from imgkit.build import build
-    from imgkit.cli import progress_line
     from imgkit.config import load_config
 
     started = time.monotonic()
     quiet = args.json or args.quiet
     check_output_dir(args.output_dir)
-    with steps.reporting(progress_line.for_stream(sys.stderr, quiet=quiet)):
-        result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
-                       progress=None if quiet else progress, only=tuple(args.only),
-                       cache=cache_policy(args))
+    # the progress line's reporter is installed for every command (cli.common.guarded)
+    result = build(load_config(args.config), args.output_dir, mtime=epoch(args.mtime),
+                   progress=None if quiet else progress, only=tuple(args.only),
+                   cache=cache_policy(args))
     if args.json:
         import json
 
