@@ -9,9 +9,11 @@ buffer. Only a compressor's window is held in memory.
 
 Each member is a ustar header, preceded by a pax extended header (typeflag ``x``) when the
 ustar fields cannot hold the entry exactly: a path or link target past ustar's fields or not
-ASCII, an owner, device number, size or time out of the octal fields' range, xattrs
+ASCII, an owner, size or time out of the octal fields' range, xattrs
 (``SCHILY.xattr.NAME``, binary values as they are), POSIX ACLs, sparse maps. Owners are
-stored by number only: user and group names are left empty.
+stored by number only: user and group names are left empty. Device numbers past the
+octal fields are written in base-256 there, as GNU tar does (it reads no pax record for
+them).
 
 Sparse files become pax sparse members (GNU format 1.0, as GNU tar and libarchive write
 them): ``GNU.sparse.name``/``realsize`` in the pax header, the map ahead of the data, and
@@ -91,9 +93,10 @@ _DEVICE = b"%07o\0%07o\0"
 def parse_number(field: bytes) -> int | None:
     """A numeric field: octal text (NUL or space terminated) or base-256; ``None`` when it is
     neither."""
-    if field[:1] and field[0] & 0x80:
-        value = int.from_bytes(field[1:], "big")
-        return value - (1 << (8 * len(field) - 9)) * 2 if field[0] & 0x40 else value
+    if field[:1] and field[0] & 0x80:   # base-256: two's complement after the marker bit
+        if field[0] == 0xFF:
+            return int.from_bytes(field, "big", signed=True)
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.replace(b"\0", b" ").strip()
     try:
         return int(text, 8) if text else 0
@@ -109,11 +112,9 @@ def header_checksum(block: bytes) -> int:
 def looks_like_tar(head: bytes) -> bool:
     """Whether ``head`` starts with a tar header: ustar's magic, or (an old, pre-POSIX
     archive) only a checksum that matches."""
-    if len(head) < BLOCK:
-        return False
     if head[_MAGIC_AT] == MAGIC[:5]:
         return True
-    if head[0] == 0:
+    if len(head) < BLOCK or head[0] == 0:
         return False
     stored = head[_CHECKSUM].split(b"\0")[0].strip()
     try:
@@ -130,8 +131,8 @@ def is_member_header(block: bytes, size: int) -> bool:
 
 
 def _octal(value: int, width: int) -> bytes:
-    """``value`` in a field of ``width`` bytes: octal with a NUL, or base-256 past that (the
-    caller stores the exact value in a pax record too)."""
+    """``value`` in a field of ``width`` bytes: octal with a NUL, or base-256 past that (for
+    a size, the caller stores the exact value in a pax record too)."""
     if value < 8 ** (width - 1):
         return b"%0*o\0" % (width - 1, value)
     return b"\x80" + value.to_bytes(width - 1, "big")
@@ -168,11 +169,11 @@ def _ustar(name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: in
     split = _split_name(name)
     prefix, name = split if split is not None else (b"", name[:_NAME_MAX])
     link = link[:_NAME_MAX]
-    if size <= _MAX12 and uid <= _MAX8 and gid <= _MAX8:
+    if size <= _MAX12 and uid <= _MAX8 and gid <= _MAX8 and dev[0] <= _MAX8 >= dev[1]:
         numbers = _NUMBERS % (mode, uid, gid, size, mtime) + typeflag + _DEVICE % dev
     else:
         numbers = (b"%07o\0" % mode + _octal(uid, 8) + _octal(gid, 8) + _octal(size, 12)
-                   + b"%011o\0" % mtime + typeflag + _DEVICE % dev)
+                   + b"%011o\0" % mtime + typeflag + _octal(dev[0], 8) + _octal(dev[1], 8))
     check = _FIXED_SUM + sum(name) + sum(prefix) + sum(link) + sum(numbers)
     return HEADER.struct.pack(name, numbers[:8], numbers[8:16], numbers[16:24], numbers[24:36],
                               numbers[36:48], b"%06o\0 " % check, typeflag, link, MAGIC,
@@ -365,11 +366,7 @@ def _headers(e: Entry, meta: Entry, ranges: Ranges | None, acl_text: bool,
         records.append(pax_record(b"mtime", b"%d" % mtime))
     dev = (0, 0)
     if kind is Kind.CHAR or kind is Kind.BLOCK:
-        dev = e.rdev
-        if dev[0] > _MAX8 or dev[1] > _MAX8:
-            records += [pax_record(b"SCHILY.devmajor", b"%d" % dev[0]),
-                        pax_record(b"SCHILY.devminor", b"%d" % dev[1])]
-            dev = (min(dev[0], _MAX8), min(dev[1], _MAX8))
+        dev = e.rdev   # past 7 octal digits: base-256 in the field, as GNU tar writes it
     if meta.xattrs:
         if acl_text:
             acls, mode = _acl_records(meta, mode, e.path, warnings)
