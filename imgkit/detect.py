@@ -259,22 +259,12 @@ def _protective(head: bytes) -> bool:
 def _archive_kind(head: bytes) -> str | None:
     if head[:6] in _CPIO_MAGIC or head[:2] in _CPIO_BINARY:
         return "cpio"
-    if head[257:262] == b"ustar" or _tar_v7(head):
+    from imgkit.formats.tar import looks_like_tar
+    if looks_like_tar(head):
         return "tar"
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     return None
-
-
-def _tar_v7(head: bytes) -> bool:
-    """An old (pre-POSIX) tar header: only its checksum identifies it."""
-    if len(head) < 512 or head[0] == 0:
-        return False
-    try:
-        stored = int(head[148:156].split(b"\0")[0].strip() or b"x", 8)
-    except ValueError:
-        return False
-    return stored == sum(head[:148]) + 8 * 32 + sum(head[156:512])
 
 
 def _pe_kind(head: bytes) -> str | None:

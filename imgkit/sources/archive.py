@@ -32,6 +32,7 @@ from libarchive import ffi
 
 from imgkit import progress, scratch
 from imgkit.errors import ImageError, InputError
+from imgkit.formats.tar import is_member_header as _is_member_header
 from imgkit.sources import posix_acl
 from imgkit.sources.posix_acl import AclEntry, Tag
 from imgkit.tree import Entry, FileBlob, Kind, Tree, _Window, normalize_path
@@ -236,23 +237,6 @@ class _TarWindows:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-def _is_member_header(block: bytes, size: int) -> bool:
-    """Whether ``block`` is a ustar/GNU header of a regular file of ``size`` bytes."""
-    if len(block) != _TAR_BLOCK or block[257:262] != b"ustar" or block[156:157] not in (
-            b"0", b"\0", b"7"):
-        return False
-    field = block[124:136]
-    if field[0] & 0x80:   # base-256, for sizes past 8 GiB
-        value = int.from_bytes(field[1:], "big")
-    else:
-        text = field.replace(b"\0", b" ").strip()
-        try:
-            value = int(text, 8) if text else 0
-        except ValueError:
-            return False
-    return value == size
 
 
 def read_archive(path: str, *, prefix: str = "", layer: bool = False) -> Tree:

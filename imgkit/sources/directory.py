@@ -37,44 +37,11 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
         return (0 if st.st_uid == uid else st.st_uid, 0 if st.st_gid == gid else st.st_gid)
 
     kinds = {stat.S_IFREG: Kind.FILE, stat.S_IFDIR: Kind.DIR, stat.S_IFLNK: Kind.SYMLINK}
-
-    def special_bits(st: os.stat_result, rel: str) -> int:
-        """The permission bits of ``st``, without setuid/setgid the default owner would make
-        root's."""
-        bits = stat.S_IMODE(st.st_mode)
-        if host_owners or not stat.S_ISREG(st.st_mode):
-            return bits
-        drop = (stat.S_ISUID if uid != 0 and st.st_uid == uid else 0) | (
-            stat.S_ISGID if gid != 0 and st.st_gid == gid else 0)
-        if bits & drop:
-            dropped.append(rel)
-        return bits & ~drop
-
-    def add(host: str, rel: str, st: os.stat_result) -> None:
-        mode = st.st_mode
-        kind = kinds.get(stat.S_IFMT(mode)) or Kind.from_mode(mode)
-        u, g = owner(st)
-        perms = special_bits(st, rel)
-        target = None
-        data = None
-        rdev = (0, 0)
-        if kind is Kind.FILE:
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                first = seen_inodes.get(key)
-                if first is not None:
-                    tree.add_in_order(Entry(rel, Kind.HARDLINK, perms, u, g,
-                                            int(st.st_mtime), first, origin=host))
-                    return
-                seen_inodes[key] = rel
-            data = FileBlob(host, st.st_size)
-        elif kind is Kind.SYMLINK:
-            target = os.readlink(host)
-        elif kind in (Kind.CHAR, Kind.BLOCK):
-            rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        xa = _read_xattrs(host) if xattrs and kind is not Kind.SYMLINK else ()
-        tree.add_in_order(Entry(rel, kind, perms, u, g, int(st.st_mtime), target,
-                                rdev, xa, data, host))
+    # Which set-id bits a file of the invoking user loses to the default owner (see above).
+    own_uid = uid if uid != 0 and not host_owners else -1
+    own_gid = gid if gid != 0 and not host_owners else -1
+    unreadable: list[str] = []
+    add = tree.add_in_order
 
     root_st = os.lstat(path)
     u, g = owner(root_st)
@@ -86,22 +53,58 @@ def read_directory(path: str, *, host_owners: bool = False, xattrs: bool = True,
                        mtime=int(root_st.st_mtime))
 
     def walk(host_dir: str, rel_dir: str) -> None:
+        """Add the entries below ``host_dir``, parents first, siblings by name: one ``lstat``
+        and one ``listxattr`` an entry (and ``access`` for a regular file), the per-entry work
+        written out in one loop, as it runs for every file of the tree."""
         try:
             with os.scandir(host_dir) as it:
-                items = sorted(it, key=lambda d: d.name)
+                items = sorted(it, key=_by_name)
         except OSError as exc:
             raise unreadable_error(path, f"cannot read directory {host_dir!r}: "
                                    f"{exc.strerror}") from exc
+        base = rel_dir + "/" if rel_dir else ""
         for item in items:
-            rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
+            host = item.path
+            rel = base + item.name
             st = item.stat(follow_symlinks=False)
-            add(item.path, rel, st)
-            if stat.S_ISDIR(st.st_mode):
-                walk(item.path, rel)
-            elif stat.S_ISREG(st.st_mode) and not os.access(item.path, os.R_OK):
-                unreadable.append(item.path)
+            mode = st.st_mode
+            fmt = stat.S_IFMT(mode)
+            kind = kinds.get(fmt) or Kind.from_mode(mode)
+            st_uid, st_gid = st.st_uid, st.st_gid
+            if host_owners:
+                u, g = st_uid, st_gid
+            else:
+                u, g = (0 if st_uid == uid else st_uid), (0 if st_gid == gid else st_gid)
+            perms = mode & 0o7777
+            target = None
+            data = None
+            rdev = (0, 0)
+            if kind is Kind.FILE:
+                drop = (stat.S_ISUID if st_uid == own_uid else 0) | (
+                    stat.S_ISGID if st_gid == own_gid else 0)
+                if perms & drop:
+                    dropped.append(rel)
+                    perms &= ~drop
+                if not os.access(host, os.R_OK):
+                    unreadable.append(host)
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    first = seen_inodes.get(key)
+                    if first is not None:
+                        add(Entry(rel, Kind.HARDLINK, perms, u, g, int(st.st_mtime), first,
+                                  origin=host))
+                        continue
+                    seen_inodes[key] = rel
+                data = FileBlob(host, st.st_size)
+            elif kind is Kind.SYMLINK:
+                target = os.readlink(host)
+            elif kind is Kind.CHAR or kind is Kind.BLOCK:
+                rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            xa = _read_xattrs(host) if xattrs and kind is not Kind.SYMLINK else ()
+            add(Entry(rel, kind, perms, u, g, int(st.st_mtime), target, rdev, xa, data, host))
+            if kind is Kind.DIR:
+                walk(host, rel)
 
-    unreadable: list[str] = []
     walk(path, prefix)
     if unreadable:
         raise unreadable_error(path, f"{len(unreadable)} file(s) of {path} cannot "
@@ -127,10 +130,16 @@ def unreadable_error(source: str, message: str) -> InputError:
                       "(or podman/buildah unshare), which leaves it readable by you")
 
 
+def _by_name(item: os.DirEntry[str]) -> str:
+    return item.name
+
+
 def _read_xattrs(host: str) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(host, follow_symlinks=False)
     except OSError:
+        return ()
+    if not names:
         return ()
     out = []
     for name in sorted(names):
