@@ -41,8 +41,9 @@ def write_initramfs(tree: Tree, out_path: str, *, compress: str = "zstd",
 
 
 def write_tarball(tree: Tree, out_path: str, *, compress: str = "none") -> ArchiveResult:
-    """Write ``tree`` as a pax tar at ``out_path``, compressed by libarchive's filters."""
-    from imgkit.formats.tar import write_tar  # libarchive: not loaded for an initramfs
+    """Write ``tree`` as a pax tar at ``out_path``, compressed as the cpio is
+    (:mod:`imgkit.compress`)."""
+    from imgkit.formats.tar import write_tar  # not loaded for an initramfs
     check_method(compress)
     with atomic_open(out_path) as f, progress.watching(
             f.name, f"tar {os.path.basename(out_path)}",
