@@ -31,6 +31,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -182,7 +183,11 @@ class ArtifactCache:
         except OSError:
             return None
         with contextlib.suppress(OSError):
-            os.utime(base + ".json")   # recently used: evicted last
+            # recently used: evicted last. The time is the clock's, to the nanosecond: the
+            # file system's own stamp (utime without a time) is as coarse as the kernel's
+            # tick, so the artifacts of one build would tie and be evicted by size.
+            now = time.time_ns()
+            os.utime(base + ".json", ns=(now, now))
         return Hit(key, data, dict(meta.get("details") or {}))
 
     # -- writing ----------------------------------------------------------------------------
@@ -200,6 +205,8 @@ class ArtifactCache:
         try:
             os.fchmod(fd, 0o644)
             fill(fd)
+            now = time.time_ns()   # the last use, finer than the file system's stamp
+            os.utime(fd, ns=(now, now))
             os.close(fd)
             fd = -1
             os.replace(tmp, dest)
