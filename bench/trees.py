@@ -281,8 +281,12 @@ SCALE_TREES_QUICK = (("1k", 1_000, 100), ("10k", 10_000, 100), ("flat-5k", 5_000
 
 def scale_tree(name: str, files: int, per_dir: int) -> str:
     """A synthetic tree of ``files`` small files (0-2 KiB, deterministic contents), ``per_dir``
-    to a directory (0: all in one directory ``flat``). Cached under the bench cache."""
-    dest = os.path.join(cache_dir(), f"scale-{name}")
+    to a directory (0: all in one directory ``flat``). Cached under the bench cache.
+
+    The one-directory tree's names are long and share their first six characters (the case
+    mtools handles worst), yet short enough (25 characters: two long-name slots and the short
+    one) for 20,000 of them to fit the 65,536 entries a FAT directory may have."""
+    dest = os.path.join(cache_dir(), f"scale-{name}" + ("" if per_dir else "-3slot"))
     stamp = dest + ".complete"
     if os.path.exists(stamp):
         return dest
@@ -294,7 +298,7 @@ def scale_tree(name: str, files: int, per_dir: int) -> str:
             fname = f"file{i:06d}.dat"
         else:
             d = os.path.join(dest, "flat")
-            fname = f"longname_shared_prefix_{i:06d}.data"
+            fname = f"shared_prefix_{i:06d}.data"
         if i % (per_dir or files) == 0:
             os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, fname), "wb") as f:
