@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cpio_listing, sh
+from conftest import copy_partition, cpio_listing, sfdisk_partitions, sh
 
 from imgkit.errors import InputError
 from imgkit.vm.guest_init import InitConfig, init_config_modules, render_init_conf
@@ -220,6 +220,58 @@ def test_boot_three_layer_overlay_with_hook(tmp_path):
     log = boot_direct(out, "LIVE-DONE")
     assert "LIVE-ROOT ext4-over-squashfs hook-wrote-this" in log, log[-3000:]
     assert "MOUNT overlay / overlay" in log, log[-3000:]
+
+
+UPPER_PARTITION = """
+[trees.up]
+entries = ["dir /lost+found 0700 0 0"]
+
+[filesystems.up]
+type = "ext4"
+tree = "up"
+size = "16M"
+"""
+
+UPPER_CONFIG = """root = "PARTLABEL=sq"
+fstype = "squashfs"
+lowers = ["PARTLABEL=ext"]
+upper = "PARTLABEL=up"
+command = ["/bin/busybox", "sh", "-c",
+           "echo written-in-guest > /etc/written && /bin/busybox sync && exec /bin/busybox sh /check"]"""
+
+
+@pytest.mark.boot
+def test_boot_overlay_with_a_writable_partition_upper(tmp_path):
+    """The upper layer a partition: what the guest writes lands in its ``upper/`` (with the
+    overlay's ``work/`` beside it), read back by debugfs; the lower partitions are unchanged."""
+    write_roots(tmp_path)
+    text = STACK.format(init_config=UPPER_CONFIG).replace(
+        '  { name = "ext", size = "auto", filesystem = "ext" },\n',
+        '  { name = "ext", size = "auto", filesystem = "ext" },\n'
+        '  { name = "up", size = "16M", filesystem = "up" },\n') + UPPER_PARTITION
+    assert 'name = "up"' in text
+    (tmp_path / "c.toml").write_text(text)
+    out = tmp_path / "out"
+    imgkit("build", str(tmp_path / "c.toml"), "-O", str(out), "-q")
+    image = str(out / "disk.img")
+    parts = {p["name"]: p for p in sfdisk_partitions(image)}
+
+    def partition_bytes(name: str) -> bytes:
+        with open(image, "rb") as f:
+            f.seek(parts[name]["start"] * 512)
+            return f.read(parts[name]["size"] * 512)
+    lower_before = {n: partition_bytes(n) for n in ("sq", "ext")}
+    r = imgkit("run", "--kernel", debian_kernel().vmlinuz, "--initrd", str(out / "initrd.zst"),
+               "--append", "console=ttyS0 panic=-1", "--drive", image, "--expect", "LIVE-DONE",
+               "--timeout", BOOT_TIMEOUT, check=False)
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
+    assert "LIVE-ROOT ext4-over-squashfs" in r.stdout, r.stdout[-3000:]
+    assert "under PARTLABEL=up" in r.stdout, r.stdout[-3000:]
+    copy_partition(image, parts["up"], tmp_path / "up.ext4")
+    upper = str(tmp_path / "up.ext4")
+    assert sh("debugfs", "-R", "cat /upper/etc/written", upper).strip() == "written-in-guest"
+    assert "work" in sh("debugfs", "-R", "ls /", upper)
+    assert {n: partition_bytes(n) for n in ("sq", "ext")} == lower_before
 
 
 # -- the live ISO example -----------------------------------------------------------------------
