@@ -222,6 +222,31 @@ def test_boot_three_layer_overlay_with_hook(tmp_path):
     assert "MOUNT overlay / overlay" in log, log[-3000:]
 
 
+OVERRIDDEN_CONFIG = """root = "PARTLABEL=sq"
+fstype = "squashfs"
+lowers = ["PARTLABEL=ext"]
+upper = "tmpfs"
+command = ["/bin/busybox", "sh", "/check"]"""
+
+
+@pytest.mark.boot
+def test_kernel_command_line_overrides_the_init_config(tmp_path):
+    """init.conf says: an overlay of the squashfs and the ext4 layer; ``imgkit.lowers=`` and
+    ``imgkit.upper=`` on the command line make it the squashfs alone, and ``imgkit.init=``
+    another final command."""
+    write_roots(tmp_path)
+    os.chmod(tmp_path / "check.sh", 0o755)   # run as the final command itself
+    out = build_stack(tmp_path, OVERRIDDEN_CONFIG)
+    r = imgkit("run", "--kernel", debian_kernel().vmlinuz, "--initrd", str(out / "initrd.zst"),
+               "--append", "console=ttyS0 panic=-1 imgkit.lowers= imgkit.upper= "
+               "imgkit.init=/check", "--drive", str(out / "disk.img"), "--snapshot",
+               "--expect", "LIVE-DONE", "--timeout", BOOT_TIMEOUT, check=False)
+    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
+    assert "LIVE-ROOT squashfs" in r.stdout, r.stdout[-3000:]
+    assert "mounted an overlay" not in r.stdout and "MOUNT overlay" not in r.stdout
+    assert " / squashfs " in r.stdout[r.stdout.index("LIVE-ROOT"):], r.stdout[-3000:]
+
+
 UPPER_PARTITION = """
 [trees.up]
 entries = ["dir /lost+found 0700 0 0"]
