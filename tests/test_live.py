@@ -197,11 +197,13 @@ def debian_kernel():
     return kernel.fetch_debian_kernel(os.environ.get("IMGKIT_CACHE"))
 
 
-def boot_direct(out, expect: str) -> str:
-    """Boot Debian's kernel with the built initramfs and disk; the console log."""
+def boot_direct(out, expect: str, *, append: str = "", snapshot: bool = True) -> str:
+    """Boot Debian's kernel with the built initramfs and disk (``append`` added to the command
+    line; without ``snapshot`` the guest's writes reach the disk image); the console log."""
     r = imgkit("run", "--kernel", debian_kernel().vmlinuz, "--initrd", str(out / "initrd.zst"),
-               "--append", "console=ttyS0 panic=-1", "--drive", str(out / "disk.img"),
-               "--snapshot", "--expect", expect, "--timeout", BOOT_TIMEOUT, check=False)
+               "--append", f"console=ttyS0 panic=-1 {append}".strip(), "--drive",
+               str(out / "disk.img"), *(["--snapshot"] if snapshot else []), "--expect", expect,
+               "--timeout", BOOT_TIMEOUT, check=False)
     assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
     return r.stdout
 
@@ -237,14 +239,11 @@ def test_kernel_command_line_overrides_the_init_config(tmp_path):
     write_roots(tmp_path)
     os.chmod(tmp_path / "check.sh", 0o755)   # run as the final command itself
     out = build_stack(tmp_path, OVERRIDDEN_CONFIG)
-    r = imgkit("run", "--kernel", debian_kernel().vmlinuz, "--initrd", str(out / "initrd.zst"),
-               "--append", "console=ttyS0 panic=-1 imgkit.lowers= imgkit.upper= "
-               "imgkit.init=/check", "--drive", str(out / "disk.img"), "--snapshot",
-               "--expect", "LIVE-DONE", "--timeout", BOOT_TIMEOUT, check=False)
-    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
-    assert "LIVE-ROOT squashfs" in r.stdout, r.stdout[-3000:]
-    assert "mounted an overlay" not in r.stdout and "MOUNT overlay" not in r.stdout
-    assert " / squashfs " in r.stdout[r.stdout.index("LIVE-ROOT"):], r.stdout[-3000:]
+    log = boot_direct(out, "LIVE-DONE",
+                      append="imgkit.lowers= imgkit.upper= imgkit.init=/check")
+    assert "LIVE-ROOT squashfs" in log, log[-3000:]
+    assert "mounted an overlay" not in log and "MOUNT overlay" not in log
+    assert " / squashfs " in log[log.index("LIVE-ROOT"):], log[-3000:]
 
 
 UPPER_PARTITION = """
@@ -286,12 +285,9 @@ def test_boot_overlay_with_a_writable_partition_upper(tmp_path):
             f.seek(parts[name]["start"] * 512)
             return f.read(parts[name]["size"] * 512)
     lower_before = {n: partition_bytes(n) for n in ("sq", "ext")}
-    r = imgkit("run", "--kernel", debian_kernel().vmlinuz, "--initrd", str(out / "initrd.zst"),
-               "--append", "console=ttyS0 panic=-1", "--drive", image, "--expect", "LIVE-DONE",
-               "--timeout", BOOT_TIMEOUT, check=False)
-    assert r.returncode == 0, f"boot failed:\n{r.stderr[-4000:]}\n{r.stdout[-4000:]}"
-    assert "LIVE-ROOT ext4-over-squashfs" in r.stdout, r.stdout[-3000:]
-    assert "under PARTLABEL=up" in r.stdout, r.stdout[-3000:]
+    log = boot_direct(out, "LIVE-DONE", snapshot=False)
+    assert "LIVE-ROOT ext4-over-squashfs" in log, log[-3000:]
+    assert "under PARTLABEL=up" in log, log[-3000:]
     copy_partition(image, parts["up"], tmp_path / "up.ext4")
     upper = str(tmp_path / "up.ext4")
     assert sh("debugfs", "-R", "cat /upper/etc/written", upper).strip() == "written-in-guest"
