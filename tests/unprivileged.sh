@@ -12,6 +12,7 @@ if "${as_nobody[@]}" test -x "$repo/$venv/bin/python" -a -r "$repo/pyproject.tom
     cd "$repo"
 else
     copy=$(mktemp -d /tmp/imgkit-unprivileged.XXXXXX)
+    trap 'rm -rf "$copy"' EXIT
     echo "checkout not reachable by uid 65534: testing a copy in $copy"
     git -C "$repo" ls-files -z | (cd "$repo" && xargs -0 cp --parents -t "$copy")
     "${PYTHON:-python3}" -m venv "$copy/$venv"
@@ -19,4 +20,4 @@ else
     chmod -R a+rX "$copy"
     cd "$copy"
 fi
-exec "${as_nobody[@]}" "$venv/bin/python" -m pytest -p no:cacheprovider -q -ra "$@"
+"${as_nobody[@]}" "$venv/bin/python" -m pytest -p no:cacheprovider -q -ra "$@"
