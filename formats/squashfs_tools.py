@@ -88,21 +88,12 @@ def _choose(setting: str | None) -> SquashfsTools:
         return host_tools("IMGKIT_SQUASHFS_TOOLS=host")
     if setting:
         return tools_in(os.path.abspath(setting), f"IMGKIT_SQUASHFS_TOOLS={setting}")
-    try:
-        host = host_tools("the host's")
-        if host.reads_tar:
-            return host
-    except ToolError:
-        host = None
-    from imgkit.debfetch import fetch_release_packages
-    try:
-        root = fetch_release_packages(CACHE_NAME, RELEASE, (PACKAGE,), check=_check_fetched)
-    except ToolError as exc:
-        if host is None:
-            raise
-        return host_tools(f"the host's: squashfs-tools from Debian {RELEASE} could not be "
-                          f"fetched ({str(exc)[:300]})")
-    return tools_in(root, f"from Debian {RELEASE} (cached in {root})")
+    from imgkit import debfetch
+    choice = debfetch.host_unless_older(lambda: host_tools("").reads_tar, CACHE_NAME, RELEASE,
+                                        (PACKAGE,), check=_check_fetched)
+    if choice.root is None:
+        return host_tools(choice.why)
+    return tools_in(choice.root, f"{choice.why} (cached in {choice.root})")
 
 
 def squashfs_tools() -> SquashfsTools:

@@ -18,6 +18,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from imgkit import tools
 from imgkit.errors import ToolError
@@ -118,6 +119,37 @@ def fetch_release_packages(name: str, release: str, packages: Sequence[str], *,
     with fingerprint.unrecorded():
         return _fetch_release_packages(name, release, packages, check=check,
                                        cache_dir=cache_dir)
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """Which build of a tool to run: the fetched packages' root (None for the host's), and
+    why, in words a build line can show."""
+
+    root: str | None
+    why: str
+
+
+def host_unless_older(host_is_new_enough: Callable[[], bool], name: str, release: str,
+                      packages: Sequence[str], *, check: Callable[[str], None]) -> ToolChoice:
+    """The host's tool when ``host_is_new_enough()``; else ``packages`` of Debian
+    ``release``, fetched once (:func:`fetch_release_packages`); else, when they cannot be
+    fetched, the host's again, saying why. ``host_is_new_enough`` raising
+    :class:`ToolError` means the host has no such tool: then a failed fetch raises that."""
+    try:
+        new_enough, missing = host_is_new_enough(), None
+    except ToolError as exc:
+        new_enough, missing = False, exc
+    if new_enough:
+        return ToolChoice(None, "the host's")
+    try:
+        root = fetch_release_packages(name, release, packages, check=check)
+    except ToolError as exc:
+        if missing is not None:
+            raise missing from exc
+        return ToolChoice(None, f"the host's; Debian {release}'s could not be fetched: "
+                                f"{str(exc).splitlines()[0][:160]}")
+    return ToolChoice(root, f"from Debian {release}")
 
 
 def _fetch_release_packages(name: str, release: str, packages: Sequence[str], *,

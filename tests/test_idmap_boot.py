@@ -11,7 +11,7 @@ kernel does not id-map squashfs) fails the boot with the init's ERROR line and E
 from __future__ import annotations
 
 import pytest
-from test_live import BOOT_TIMEOUT, boot_direct, debian_kernel, imgkit
+from test_live import BOOT_TIMEOUT, boot_direct, debian_kernel, imgkit, stack_config
 
 CHECK = r"""#!/bin/busybox sh
 for f in /etc/layer /mapped/file /mapped/other /plain-user /check /written; do
@@ -32,27 +32,17 @@ done
 echo "RAW mapped/file $(stat -c %u:%g /run/imgkit/raw/1/mapped/file)"
 """
 
-CONFIG = """
-seed = "idmap-test"
-mtime = 1700000000
-
-[trees.initrd]
-init = "busybox"
-modules = ["virtio_pci", "virtio_blk", "ext4"]
-
-[trees.initrd.init_config]
-root = "PARTLABEL=sq"
+INIT_CONFIG = """root = "PARTLABEL=sq"
 fstype = "squashfs"
 lowers = ["PARTLABEL=ext"]
 upper = "tmpfs"
 command = ["/bin/busybox", "sh", "/check"]
 after_root = [{{ shell = '''{after_root}''' }}]
-{idmaps}
+{idmaps}"""
 
-[initramfs.main]
-tree = "initrd"
-output = "initrd.zst"
-
+#: The squashfs layer has a file of 1000:1000 left unmapped; the ext4 layer's files are all
+#: 1000's but one of 1001.
+LAYERS = """
 [trees.sq]
 files = {{ "/bin/busybox" = "/bin/busybox", "/check" = "check.sh" }}
 entries = ["dir /proc 0555 0 0", "dir /sys 0555 0 0", "dir /dev 0755 0 0", "dir /tmp 01777 0 0",
@@ -62,29 +52,15 @@ entries = ["dir /proc 0555 0 0", "dir /sys 0555 0 0", "dir /dev 0755 0 0", "dir 
 entries = ["dir /etc 0755 1000 1000", "file /etc/layer {dir}/ext-layer 0644 1000 1000",
            "dir /mapped 0755 1000 1000", "file /mapped/file {dir}/ext-layer 0644 1000 1000",
            "file /mapped/other {dir}/ext-layer 0644 1001 1001"]
-
-[filesystems.sq]
-type = "squashfs"
-tree = "sq"
-
-[filesystems.ext]
-type = "ext4"
-tree = "ext"
-
-[disk]
-output = "disk.img"
-partitions = [
-  {{ name = "sq", size = "auto", filesystem = "sq" }},
-  {{ name = "ext", size = "auto", filesystem = "ext" }},
-]
 """
 
 
 def build(tmp_path, idmaps: str):
     (tmp_path / "check.sh").write_text(CHECK)
     (tmp_path / "ext-layer").write_text("ext4\n")
-    (tmp_path / "c.toml").write_text(CONFIG.format(after_root=AFTER_ROOT, idmaps=idmaps,
-                                                        dir=tmp_path))
+    (tmp_path / "c.toml").write_text(stack_config(
+        INIT_CONFIG.format(after_root=AFTER_ROOT, idmaps=idmaps),
+        layers=LAYERS.format(dir=tmp_path), seed="idmap-test"))
     out = tmp_path / "out"
     imgkit("build", str(tmp_path / "c.toml"), "-O", str(out), "-q")
     return out

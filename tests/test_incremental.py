@@ -98,6 +98,17 @@ def check_with_other_tools(image, tmp_path) -> None:
 ALL = {"initramfs:main", "uki:main", "fs:esp", "fs:root", "disk"}
 
 
+def build_edited(demo, name: str, path, data: bytes) -> dict[str, bool]:
+    """Builds the demo into *name* with *path* holding *data*, through the cache and then
+    clean (``--no-cache``): the two disks must be bit-identical. Returns which artifacts the
+    cached build took from the cache."""
+    with edited(path, data):
+        cached = build(demo, name)
+        build(demo, f"{name}-clean", "--no-cache")
+    assert same_bytes(demo / name / "demo.img", demo / f"{name}-clean/demo.img")
+    return cached
+
+
 def test_unchanged_rebuild_takes_everything_from_the_cache_bit_identically(demo, tmp_path):
     assert same_bytes(demo / "clean/demo.img", demo / "warm/demo.img")
     again = build(demo, "warm")      # over the previous output
@@ -108,12 +119,9 @@ def test_unchanged_rebuild_takes_everything_from_the_cache_bit_identically(demo,
 
 def test_one_root_file_changed_rebuilds_only_root_and_disk(demo, tmp_path):
     release = demo / "demo-rootfs/etc/os-release"
-    with edited(release, release.read_bytes() + b"VARIANT=changed\n"):
-        changed = build(demo, "changed")
-        assert changed == {"initramfs:main": True, "uki:main": True, "fs:esp": True,
-                           "fs:root": False, "disk": False}, changed
-        build(demo, "changed-clean", "--no-cache")
-        assert same_bytes(demo / "changed/demo.img", demo / "changed-clean/demo.img")
+    changed = build_edited(demo, "changed", release, release.read_bytes() + b"VARIANT=changed\n")
+    assert changed == {"initramfs:main": True, "uki:main": True, "fs:esp": True,
+                       "fs:root": False, "disk": False}, changed
     check_with_other_tools(demo / "changed/demo.img", tmp_path)
     assert b"VARIANT=changed" in subprocess.run(
         ["debugfs", "-R", "cat /etc/os-release", str(tmp_path / "root.part")],
@@ -127,12 +135,10 @@ def test_changed_kernel_cmdline_rebuilds_uki_esp_and_disk(demo, tmp_path):
     config = demo / "demo.toml"
     text = config.read_text()
     assert text.count('panic=-1"\n') == 1    # the [uki.main] cmdline line
-    with edited(config, text.replace('panic=-1"\n', 'panic=-1 quiet"\n').encode()):
-        changed = build(demo, "cmdline")
-        assert changed == {"initramfs:main": True, "uki:main": False, "fs:esp": False,
-                           "fs:root": True, "disk": False}, changed
-        build(demo, "cmdline-clean", "--no-cache")
-    assert same_bytes(demo / "cmdline/demo.img", demo / "cmdline-clean/demo.img")
+    changed = build_edited(demo, "cmdline", config,
+                           text.replace('panic=-1"\n', 'panic=-1 quiet"\n').encode())
+    assert changed == {"initramfs:main": True, "uki:main": False, "fs:esp": False,
+                       "fs:root": True, "disk": False}, changed
     check_with_other_tools(demo / "cmdline/demo.img", tmp_path)
 
 

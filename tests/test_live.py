@@ -115,8 +115,21 @@ def write_roots(tmp_path) -> None:
     (tmp_path / "ext-layer").write_text("ext4-over-squashfs\n")
 
 
+#: The two lower layers of the live tests: the squashfs root (busybox, /etc/layer = squashfs,
+#: the check script) and an ext4 layer with a later /etc/layer.
+LIVE_LAYERS = """
+[trees.sq]
+files = { "/bin/busybox" = "/bin/busybox", "/etc/layer" = "sq-layer", "/check" = "check.sh" }
+entries = ["dir /proc 0555 0 0", "dir /sys 0555 0 0", "dir /dev 0755 0 0", "dir /tmp 01777 0 0"]
+owner = "squash"
+
+[trees.ext]
+files = { "/etc/layer" = "ext-layer" }
+owner = "squash"
+"""
+
 STACK = """
-seed = "live-test"
+seed = "{seed}"
 mtime = 1700000000
 
 [trees.initrd]
@@ -129,16 +142,7 @@ modules = ["virtio_pci", "virtio_blk", "ext4"]
 [initramfs.main]
 tree = "initrd"
 output = "initrd.zst"
-
-[trees.sq]
-files = {{ "/bin/busybox" = "/bin/busybox", "/etc/layer" = "sq-layer", "/check" = "check.sh" }}
-entries = ["dir /proc 0555 0 0", "dir /sys 0555 0 0", "dir /dev 0755 0 0", "dir /tmp 01777 0 0"]
-owner = "squash"
-
-[trees.ext]
-files = {{ "/etc/layer" = "ext-layer" }}
-owner = "squash"
-
+{layers}
 [filesystems.sq]
 type = "squashfs"
 tree = "sq"
@@ -147,14 +151,24 @@ tree = "sq"
 type = "ext4"
 tree = "ext"
 label = "layer2"
-
+{extra}
 [disk]
 output = "disk.img"
 partitions = [
   {{ name = "sq", size = "auto", filesystem = "sq" }},
   {{ name = "ext", size = "auto", filesystem = "ext" }},
-]
+{extra_partitions}]
 """
+
+
+def stack_config(init_config: str, *, layers: str = LIVE_LAYERS, seed: str = "live-test",
+                 extra: str = "", extra_partitions: str = "") -> str:
+    """A disk of a squashfs partition ``sq`` and an ext4 one ``ext`` (the trees of the same
+    names, from *layers*), with more filesystems and partitions if given, and an initramfs
+    whose init config is *init_config*."""
+    return STACK.format(init_config=init_config, layers=layers, seed=seed, extra=extra,
+                        extra_partitions=extra_partitions)
+
 
 OVERLAY_CONFIG = """root = "PARTLABEL=sq"
 fstype = "squashfs"
@@ -172,7 +186,7 @@ command = ["/bin/busybox", "sh", "-c", "echo hook > /tmp/x; exec /bin/busybox sh
 
 def build_stack(tmp_path, init_config: str):
     write_roots(tmp_path)
-    (tmp_path / "c.toml").write_text(STACK.format(init_config=init_config))
+    (tmp_path / "c.toml").write_text(stack_config(init_config))
     out = tmp_path / "out"
     imgkit("build", str(tmp_path / "c.toml"), "-O", str(out), "-q")
     return out
@@ -269,12 +283,9 @@ def test_boot_overlay_with_a_writable_partition_upper(tmp_path):
     """The upper layer a partition: what the guest writes lands in its ``upper/`` (with the
     overlay's ``work/`` beside it), read back by debugfs; the lower partitions are unchanged."""
     write_roots(tmp_path)
-    text = STACK.format(init_config=UPPER_CONFIG).replace(
-        '  { name = "ext", size = "auto", filesystem = "ext" },\n',
-        '  { name = "ext", size = "auto", filesystem = "ext" },\n'
-        '  { name = "up", size = "16M", filesystem = "up" },\n') + UPPER_PARTITION
-    assert 'name = "up"' in text
-    (tmp_path / "c.toml").write_text(text)
+    (tmp_path / "c.toml").write_text(stack_config(
+        UPPER_CONFIG, extra=UPPER_PARTITION,
+        extra_partitions='  { name = "up", size = "16M", filesystem = "up" },\n'))
     out = tmp_path / "out"
     imgkit("build", str(tmp_path / "c.toml"), "-O", str(out), "-q")
     image = str(out / "disk.img")

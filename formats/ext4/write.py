@@ -70,6 +70,7 @@ import tempfile
 import uuid as uuidlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imgkit import hostdir, progress, scratch, tools
 from imgkit.atomic import atomic_path
@@ -77,6 +78,9 @@ from imgkit.errors import InputError, LayoutError, ToolError
 from imgkit.formats.ext4 import debugfs
 from imgkit.hostdir import HostEntry
 from imgkit.tree import Entry, FileBlob, Kind, Tree
+
+if TYPE_CHECKING:
+    from imgkit.debfetch import ToolChoice
 
 #: Another e2fsprogs to run instead of the one on ``PATH``, or ``"host"`` (see the module
 #: docstring); unset, the writer chooses (:func:`choose_e2fsprogs`).
@@ -87,8 +91,8 @@ TAR_INPUT = (1, 47, 1)
 BACKPORTS_RELEASE = "bookworm-backports"
 BACKPORTS_PACKAGES = ("e2fsprogs", "libext2fs2")
 BACKPORTS_CACHE = "e2fsprogs-bpo"
-#: The writer's choice once made: ``{"dir": path}`` (fetched), ``{"host": why}``.
-_chosen: dict[str, str] = {}
+#: The writer's choice once made (``{"choice": ToolChoice}``), kept for the process.
+_chosen: dict[str, ToolChoice] = {}
 
 BLOCK = 4096
 INODE_SIZE = 256
@@ -407,7 +411,8 @@ def _active_dir() -> str | None:
     """The unpacked e2fsprogs in use, or None for the host's."""
     if E2FSPROGS_DIR == "host":
         return None
-    return E2FSPROGS_DIR or _chosen.get("dir")
+    chosen = _chosen.get("choice")
+    return E2FSPROGS_DIR or (chosen.root if chosen else None)
 
 
 def _check_backports(root: str) -> None:
@@ -423,22 +428,12 @@ def choose_e2fsprogs() -> str:
     Called by the writer only, since it may fetch Debian packages (once per cache)."""
     if E2FSPROGS_DIR:
         return f"IMGKIT_E2FSPROGS={E2FSPROGS_DIR}"
-    if "dir" in _chosen:
-        return f"from Debian {BACKPORTS_RELEASE}"
-    if "host" in _chosen:
-        return _chosen["host"]
-    if _version_of(None) >= TAR_INPUT:
-        _chosen["host"] = "the host's"
-        return _chosen["host"]
-    from imgkit.debfetch import fetch_release_packages
-    try:
-        _chosen["dir"] = fetch_release_packages(BACKPORTS_CACHE, BACKPORTS_RELEASE,
-                                                BACKPORTS_PACKAGES, check=_check_backports)
-    except ToolError as exc:
-        _chosen["host"] = (f"the host's; Debian {BACKPORTS_RELEASE}'s could not be fetched: "
-                           f"{str(exc).splitlines()[0][:160]}")
-        return _chosen["host"]
-    return choose_e2fsprogs()
+    if "choice" not in _chosen:
+        from imgkit import debfetch
+        _chosen["choice"] = debfetch.host_unless_older(
+            lambda: _version_of(None) >= TAR_INPUT, BACKPORTS_CACHE, BACKPORTS_RELEASE,
+            BACKPORTS_PACKAGES, check=_check_backports)
+    return _chosen["choice"].why
 
 
 def e2fsprogs_version() -> tuple[int, ...]:
