@@ -82,7 +82,7 @@ class Blob(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileBlob:
     """Content of a host file, read only when a writer needs it."""
 
@@ -102,7 +102,7 @@ class FileBlob:
         return (self.path, self.offset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BytesBlob:
     """Small content held in memory (generated files: configs, init scripts)."""
 
@@ -143,7 +143,7 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One path of the image and all of its metadata.
 

@@ -85,6 +85,10 @@ _BAD_CHARS = re.compile(r'[\x00-\x1f"*/:<>?\\|]')
 # --------------------------------------------------------------------------------------
 # The plan
 # --------------------------------------------------------------------------------------
+#: What every file node has as children: one shared empty list, not one each.
+_NO_CHILDREN: list = []
+
+
 class _Node:
     """One directory entry to be: its FAT names, size and clusters."""
 
@@ -104,7 +108,7 @@ class _Node:
         self.case = 0
         self.first = 0
         self.nclus = 0
-        self.children: list[_Node] = []
+        self.children: list[_Node] = [] if is_dir else _NO_CHILDREN
         self.nentries = 0                   # 32-byte slots this node takes in its parent
         self.parent: _Node | None = None
 
@@ -375,8 +379,9 @@ def _basis(name: str) -> tuple[str, str]:
     return base or "_", ext
 
 
-def _name_directory(parent: _Node, kids: list[tuple[_Node, str, bytes]], case_bits: bool) -> None:
-    """Give every child of one directory its short name (and long name where needed).
+def _name_directory(parent: _Node, case_bits: bool) -> None:
+    """Give every child of one directory its short name (and long name where needed; each
+    child's ``lfn`` holds its UTF-16-LE name on entry, and keeps it only if it is needed).
 
     Plain 8.3 names are reserved first so that a generated ``~n`` alias never takes a name a
     later file needs as it stands. Aliases use one counter per (prefix, extension, tail
@@ -384,18 +389,19 @@ def _name_directory(parent: _Node, kids: list[tuple[_Node, str, bytes]], case_bi
     six characters costs one set lookup per name, not a scan.
     """
     used: set[bytes] = set()
-    pending: list[tuple[_Node, str, bytes]] = []
-    for node, name, utf16 in kids:
+    pending: list[tuple[_Node, str]] = []
+    for node in parent.children:
+        name = node.entry.name
         p = _plain_83(name)
         if p is not None and (p[3] or (case_bits and p[2] > 0)):
             node.short = (p[0].ljust(8) + p[1].ljust(3)).encode("ascii")
             node.case = p[2]
+            node.lfn = None
             used.add(node.short)
         else:
-            pending.append((node, name, utf16))
+            pending.append((node, name))
     counters: dict[tuple[str, str, int], int] = {}
-    for node, name, utf16 in pending:
-        node.lfn = utf16
+    for node, name in pending:
         p = _plain_83(name)
         if p is not None:
             short = (p[0].ljust(8) + p[1].ljust(3)).encode("ascii")
@@ -434,17 +440,14 @@ _SPECIAL = {Kind.SYMLINK: "a symlink", Kind.CHAR: "a character device",
 
 def _build_nodes(tree: Tree, case_bits: bool, skip_special: bool) -> tuple[_Node, list[_Node], list[_Node]]:
     """Nodes for every directory and file, named; returns (root, dirs, files)."""
-    by_path: dict[str, Entry] = {}
     root = _Node(tree.root, None, 0, True, ATTR_DIRECTORY)
     dirs: dict[str, _Node] = {"": root}
     dir_list: list[_Node] = [root]
     files: list[_Node] = []
-    kids: dict[str, list[tuple[_Node, str, bytes]]] = {"": []}
     folded: dict[str, dict[str, str]] = {"": {}}
     for e in tree:
         if not e.path:
             continue
-        by_path[e.path] = e
         parent = e.parent
         if parent not in dirs:
             continue                      # below a skipped entry (cannot happen for dirs)
@@ -462,12 +465,11 @@ def _build_nodes(tree: Tree, case_bits: bool, skip_special: bool) -> tuple[_Node
             node = _Node(e, None, 0, True, ATTR_DIRECTORY | ro)
             dirs[e.path] = node
             dir_list.append(node)
-            kids[e.path] = []
             folded[e.path] = {}
         else:
             src = e
             if kind is Kind.HARDLINK:
-                src = by_path.get(e.target or "") or tree.get(e.target or "")  # type: ignore[assignment]
+                src = tree.get(e.target or "")  # type: ignore[assignment]
                 if src is None or src.kind is not Kind.FILE:
                     raise InputError(
                         f"hard link {e.path!r} points at {e.target!r}, which is not a regular "
@@ -481,7 +483,7 @@ def _build_nodes(tree: Tree, case_bits: bool, skip_special: bool) -> tuple[_Node
             node = _Node(e, src.data, size, False, ATTR_ARCHIVE | ro)
             files.append(node)
         name = e.name
-        utf16 = _check_name(name, e)
+        node.lfn = _check_name(name, e)     # the candidate long name (see _name_directory)
         low = name.lower()
         seen = folded[parent]
         other = seen.get(low)
@@ -491,12 +493,11 @@ def _build_nodes(tree: Tree, case_bits: bool, skip_special: bool) -> tuple[_Node
                 f"ignoring case, so one directory cannot hold both",
                 hint="rename one of them")
         seen[low] = e.path
-        kids[parent].append((node, name, utf16))
         node.parent = dirs[parent]
         dirs[parent].children.append(node)
-    for path, lst in kids.items():
-        _name_directory(dirs[path], lst, case_bits)
-        for node, _, _ in lst:
+    for directory in dir_list:
+        _name_directory(directory, case_bits)
+        for node in directory.children:
             node.nentries = 1 + (-(-len(node.lfn) // 26) if node.lfn else 0)
     return root, dir_list, files
 
