@@ -88,9 +88,8 @@ def place(src: str, fd: int) -> None:
         except OSError:
             pass
         size = os.fstat(f.fileno()).st_size
-    from imgkit.holes import copy_sparse
-    os.ftruncate(fd, 0)
-    os.ftruncate(fd, size)
+    from imgkit.holes import all_holes, copy_sparse
+    all_holes(fd, size)
     copy_sparse(src, fd, 0, size)
 
 

@@ -97,6 +97,15 @@ def read_range(fd: int, offset: int, length: int, path: str) -> Iterator[bytes]:
 _CHUNK = 1 << 20
 
 
+def all_holes(fd: int, size: int) -> None:
+    """Make the open file ``size`` bytes of holes. One with data is emptied first; a new,
+    empty one is not: ext4 takes a truncation to zero for a rewrite in place and writes the
+    whole file back when it is closed (``auto_da_alloc``), a cost of 0.1 s per 100 MB."""
+    if os.fstat(fd).st_size:
+        os.ftruncate(fd, 0)
+    os.ftruncate(fd, size)
+
+
 def copy_sparse(src: str, dst_fd: int, dst_offset: int, size: int | None = None) -> None:
     """Copy the data extents of file ``src`` to ``dst_fd`` at ``dst_offset``; holes are skipped.
 

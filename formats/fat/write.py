@@ -58,6 +58,7 @@ from imgkit.formats.fat.c_fat import (
     SECTOR,
     lfn_checksum,
 )
+from imgkit.holes import all_holes
 from imgkit.tree import Blob, BytesBlob, Entry, Kind, Tree
 
 __all__ = ["FatPlan", "plan_fat", "write_fat", "fat_size_for"]
@@ -889,8 +890,7 @@ class _Sink:
         """Empty the output and make it ``size`` bytes of holes."""
         if self.fd is not None:
             self.f.flush()
-            os.ftruncate(self.fd, 0)
-            os.ftruncate(self.fd, size)
+            all_holes(self.fd, size)
         else:
             self.f.seek(0)
             self.f.truncate(0)

@@ -23,7 +23,7 @@ from imgkit.disk.layout import Plan
 from imgkit.errors import InputError, LayoutError
 from imgkit.formats import gpt as _gpt
 from imgkit.formats import mbr as _mbr
-from imgkit.holes import copy_sparse, pwrite_all
+from imgkit.holes import all_holes, copy_sparse, pwrite_all
 from imgkit.sizes import format_size, format_size_and_bytes
 
 #: Formats ``qemu-img convert`` writes, with the options each needs (a VHD keeps the exact
@@ -221,8 +221,9 @@ def _write_raw(plan: Plan, sources: list[tuple[int, str, int]],
     with open(path, "r+b") as out:
         fd = out.fileno()
         if fresh:
-            os.ftruncate(fd, 0)
-        os.ftruncate(fd, plan.disk_size)
+            all_holes(fd, plan.disk_size)
+        else:
+            os.ftruncate(fd, plan.disk_size)
         data = sum(min(os.stat(src).st_blocks * 512, size) for _start, src, size in sources)
         with progress.watching(path, f"disk {os.path.basename(path)}", data):
             for start, src, size in sources:
