@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from imgkit.errors import InputError
-from imgkit.formats.cpio import _copy_fd
+from imgkit.formats.cpio import SMALL_FILE, _copy_fd
 from imgkit.formats.cpio import _Sink as _CpioSink
 from imgkit.formats.records import Record
 from imgkit.holes import Ranges, file_data_ranges
@@ -77,9 +77,6 @@ _MAX12 = 0o77777777777         # 11 octal digits and a NUL
 _MTIME_OCTAL_END = 0x7FFFFFFF
 _U32 = 0xFFFFFFFF
 _ZEROS = bytes(2 * BLOCK)
-#: A dense file this small is read into the header buffer (one ``preadv``, no flush); a
-#: larger one is copied by the kernel.
-_SMALL = 128 << 10
 #: Sum of the header bytes that never change: magic, version and the checksum field itself
 #: (counted as spaces), for the checksum computed from the fields that do.
 _FIXED_SUM = sum(MAGIC) + sum(VERSION) + 8 * ord(" ")
@@ -404,7 +401,7 @@ class _Sink(_CpioSink):
 
     def host_range(self, src: int, offset: int, length: int, path: str) -> None:
         """``length`` bytes of the open file ``src`` from ``offset``."""
-        if self._fd is None or length < _SMALL:
+        if self._fd is None or length < SMALL_FILE:
             self._read_into_buffer(src, offset, length, path)
             return
         self.flush()
