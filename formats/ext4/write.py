@@ -68,9 +68,9 @@ import shutil
 import stat
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from imgkit import hostdir, progress, scratch, tools
 from imgkit.atomic import atomic_path
@@ -829,26 +829,19 @@ def _write_debugfs_commands(cmd_path: str, tree: Tree, host: dict[str, HostEntry
     ``mtimes_set``: mke2fs took every mtime from the tree (an archive), so only those of
     directories, which it may touch while filling them, are written again.
     """
+    # Written as they are made: a tree of 100k files needs about a million commands, which
+    # as one list of strings, encoded and joined, took 300 MB.
     with open(cmd_path, "wb") as f:
-        _metadata_commands(_CommandFile(f), tree, host, inodes, work, fs_time,
+        def emit(line: str) -> None:
+            f.write(os.fsencode(line) + b"\n")
+        _metadata_commands(emit, tree, host, inodes, work, fs_time,
                            exact_times=exact_times, mtimes_set=mtimes_set)
 
 
-class _CommandFile:
-    """debugfs commands written as they are made: a tree of 100k files needs about a million,
-    which as one list of strings, encoded and joined, took 300 MB."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-
-    def append(self, line: str) -> None:
-        self._f.write(os.fsencode(line) + b"\n")
-
-
-def _metadata_commands(lines: _CommandFile, tree: Tree, host: dict[str, HostEntry],
+def _metadata_commands(emit: Callable[[str], None], tree: Tree, host: dict[str, HostEntry],
                        inodes: dict[str, _Inode], work: str, fs_time: int, *,
                        exact_times: bool, mtimes_set: bool) -> None:
-    lines.append(f"set_current_time @{fs_time}")
+    emit(f"set_current_time @{fs_time}")
     retime: set[str] = set()   # directories whose entries were rewritten
     # 1. device numbers, and the type of placeholders (see stage_tree and _tar_tree): the
     #    directory entry carries the type too, so the name is linked anew once the inode has
@@ -867,13 +860,13 @@ def _metadata_commands(lines: _CommandFile, tree: Tree, host: dict[str, HostEntr
                 words = (major * 256 + minor, 0)
             else:
                 words = (0, (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12))
-            lines.append(f"sif {ref} block[0] {words[0]}")
-            lines.append(f"sif {ref} block[1] {words[1]}")
+            emit(f"sif {ref} block[0] {words[0]}")
+            emit(f"sif {ref} block[1] {words[1]}")
         if stat.S_IFMT(node.mode) != e.kind.type_bits:
-            lines.append(f"sif {ref} mode 0{e.st_mode:o}")
-            lines.append(f"cd <{inodes[e.parent].ino}>")
-            lines.append(f"unlink {_q(e.name)}")
-            lines.append(f"link {ref} {_q(e.name)}")
+            emit(f"sif {ref} mode 0{e.st_mode:o}")
+            emit(f"cd <{inodes[e.parent].ino}>")
+            emit(f"unlink {_q(e.name)}")
+            emit(f"link {ref} {_q(e.name)}")
             retime.add(e.parent)
     # 2. xattrs: drop all mke2fs copied from the host (SELinux labels, inherited ACLs, or
     #    the same ones in another order), then set the tree's in its order. Values go
@@ -887,13 +880,13 @@ def _metadata_commands(lines: _CommandFile, tree: Tree, host: dict[str, HostEntr
             continue
         ref = f"<{inodes[e.path].ino}>"
         for name in sorted(h.xattrs if h else ()):
-            lines.append(f"ea_rm {ref} {_q(name)}")
+            emit(f"ea_rm {ref} {_q(name)}")
         for name, value in e.xattrs:
             vfile = os.path.join(work, f"xattr-{n_values}")
             n_values += 1
             with open(vfile, "wb") as f:
                 f.write(value)
-            lines.append(f"ea_set -f {_q(vfile)} {ref} {_q(name)}")
+            emit(f"ea_set -f {_q(vfile)} {ref} {_q(name)}")
     # 3. owner, full mode and the four times, last so nothing above bumps them.
     entries: Iterable[Entry] = [e for e in tree if e.kind is not Kind.HARDLINK]
     if "lost+found" not in tree:
@@ -902,11 +895,11 @@ def _metadata_commands(lines: _CommandFile, tree: Tree, host: dict[str, HostEntr
         node = inodes[e.path]
         ref = f"<{node.ino}>"
         if node.uid != e.uid:
-            lines.append(f"sif {ref} uid {e.uid}")
+            emit(f"sif {ref} uid {e.uid}")
         if node.gid != e.gid:
-            lines.append(f"sif {ref} gid {e.gid}")
+            emit(f"sif {ref} gid {e.gid}")
         if node.mode != e.st_mode:
-            lines.append(f"sif {ref} mode 0{e.st_mode:o}")
+            emit(f"sif {ref} mode 0{e.st_mode:o}")
         h = host.get(e.path) if e.path and e.path != "lost+found" else None
         exact = exact_times and 0 <= e.mtime < 1 << 31
         want_ns = e.mtime * 1_000_000_000
@@ -918,8 +911,8 @@ def _metadata_commands(lines: _CommandFile, tree: Tree, host: dict[str, HostEntr
                     and e.path not in retime):
                 continue   # mke2fs took it from the archive
             if not exact:
-                lines.append(f"sif {ref} {field}_extra 0")   # before the time: epoch bits
-            lines.append(f"sif {ref} {field} @{e.mtime}")
+                emit(f"sif {ref} {field}_extra 0")   # before the time: epoch bits
+            emit(f"sif {ref} {field} @{e.mtime}")
 
 
 def _allocate_commands(tree: Tree, inodes: dict[str, _Inode]) -> list[str]:
